@@ -1,0 +1,1 @@
+"""Derived indexes and the embedders that feed them."""

@@ -1,0 +1,16 @@
+"""The `unidb` Postgres schema: table definitions and the migrations that create them."""
+
+from .migrate import downgrade, head_revision, upgrade
+from .tables import SCHEMA, changes, chunks, collections, documents, metadata
+
+__all__ = [
+    "SCHEMA",
+    "changes",
+    "chunks",
+    "collections",
+    "documents",
+    "downgrade",
+    "head_revision",
+    "metadata",
+    "upgrade",
+]

@@ -1,0 +1,99 @@
+"""Table definitions of the `unidb` schema. Migrations create them; nothing calls create_all."""
+
+from __future__ import annotations
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import UserDefinedType
+
+
+class Xid8(UserDefinedType[int]):
+    """Postgres' 64-bit transaction id (``pg_current_xact_id()``)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "xid8"
+
+SCHEMA = "unidb"
+
+metadata = MetaData(schema=SCHEMA)
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("dim", Integer, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("embedder", JSONB, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("dim BETWEEN 1 AND 16000", name="collections_dim_range"),
+    CheckConstraint("metric IN ('cosine', 'l2', 'ip')", name="collections_metric_known"),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column(
+        "collection_id",
+        Integer,
+        ForeignKey(f"{SCHEMA}.collections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("id", Text, primary_key=True),
+    Column("text", Text, nullable=False, server_default=""),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # blake2b of (text, metadata, embedding): an upsert of identical content is a no-op
+    Column("content_hash", LargeBinary, nullable=False),
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("collection_id", Integer, primary_key=True),
+    Column("document_id", Text, primary_key=True),
+    Column("chunk_no", Integer, primary_key=True),
+    # a chunk is a span of its document's text, so text is stored once
+    Column("start_char", Integer, nullable=False),
+    Column("end_char", Integer, nullable=False),
+    Column("embedding", Vector(), nullable=True),
+    ForeignKeyConstraint(
+        ["collection_id", "document_id"],
+        [f"{SCHEMA}.documents.collection_id", f"{SCHEMA}.documents.id"],
+        ondelete="CASCADE",
+    ),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", BigInteger, Identity(), primary_key=True),
+    # the writing transaction's id: indexers read only below the snapshot xmin
+    Column("xid", Xid8, nullable=False, server_default=func.pg_current_xact_id()),
+    Column("collection_id", Integer, nullable=False),
+    Column("document_id", Text, nullable=True),
+    Column("op", Text, nullable=False),
+    Column("version", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("op IN ('upsert', 'delete', 'drop')", name="changes_op_known"),
+)

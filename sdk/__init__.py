@@ -1,0 +1,51 @@
+"""unidb: one Postgres schema for app state, documents and embeddings, searched as one.
+
+>>> import unidb
+>>> client = unidb.Client("http://127.0.0.1:8000")          # a running `unidb serve`
+>>> client = unidb.Client.embedded("./unidb-data")           # or everything in-process
+"""
+
+from ._client import AsyncClient, Backend, Client
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+    UnidbError,
+)
+from .models import (
+    Collection,
+    Document,
+    Hit,
+    QueryResponse,
+    StoredDocument,
+    UpsertResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Backend",
+    "Client",
+    "Collection",
+    "Conflict",
+    "Document",
+    "Forbidden",
+    "Hit",
+    "InvalidInput",
+    "NotFound",
+    "PayloadTooLarge",
+    "QueryResponse",
+    "ServerError",
+    "StoredDocument",
+    "Unauthorized",
+    "Unavailable",
+    "UnidbError",
+    "UpsertResult",
+    "__version__",
+]

@@ -1,0 +1,344 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+from urllib.parse import quote
+
+import httpx
+
+from .errors import NotFound, Unavailable, error_from_response
+from .models import (
+    Collection,
+    CollectionCreate,
+    CollectionList,
+    Consistency,
+    DeleteResult,
+    Document,
+    Health,
+    Metric,
+    QueryMode,
+    QueryRequest,
+    QueryResponse,
+    StoredDocument,
+    UpsertRequest,
+    UpsertResult,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 60.0
+
+DocumentLike = Document | Mapping[str, Any]
+
+
+class Backend(Protocol):
+    """What a client talks to: a unidb server over HTTP, or an engine in this process."""
+
+    def create_collection(self, spec: CollectionCreate) -> Collection: ...
+    def get_collection(self, name: str) -> Collection: ...
+    def list_collections(self) -> list[Collection]: ...
+    def delete_collection(self, name: str) -> DeleteResult: ...
+    def upsert_documents(self, collection: str, documents: list[Document]) -> UpsertResult: ...
+    def get_document(self, collection: str, document_id: str) -> StoredDocument: ...
+    def delete_document(self, collection: str, document_id: str) -> DeleteResult: ...
+    def query(self, collection: str, request: QueryRequest) -> QueryResponse: ...
+    def health(self) -> Health: ...
+    def close(self) -> None: ...
+
+
+def _as_documents(documents: Sequence[DocumentLike]) -> list[Document]:
+    return [d if isinstance(d, Document) else Document.model_validate(d) for d in documents]
+
+
+def _collection_path(name: str) -> str:
+    return f"/v1/collections/{quote(name, safe='')}"
+
+
+def _document_path(collection: str, document_id: str) -> str:
+    return f"{_collection_path(collection)}/documents/{quote(document_id, safe='')}"
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    raise error_from_response(response.status_code, body)
+
+
+class _HttpBackend:
+    def __init__(self, http: httpx.Client) -> None:
+        self._http = http
+
+    def _send(self, method: str, path: str, content: bytes | None = None) -> bytes:
+        headers = {"content-type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(method, path, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach unidb at {self._http.base_url}: {exc}") from exc
+        _raise_for_status(response)
+        return response.content
+
+    def create_collection(self, spec: CollectionCreate) -> Collection:
+        body = self._send("POST", "/v1/collections", spec.model_dump_json().encode())
+        return Collection.model_validate_json(body)
+
+    def get_collection(self, name: str) -> Collection:
+        return Collection.model_validate_json(self._send("GET", _collection_path(name)))
+
+    def list_collections(self) -> list[Collection]:
+        body = self._send("GET", "/v1/collections")
+        return CollectionList.model_validate_json(body).collections
+
+    def delete_collection(self, name: str) -> DeleteResult:
+        return DeleteResult.model_validate_json(self._send("DELETE", _collection_path(name)))
+
+    def upsert_documents(self, collection: str, documents: list[Document]) -> UpsertResult:
+        payload = UpsertRequest.model_construct(documents=documents).model_dump_json(
+            exclude_none=True
+        )
+        body = self._send("POST", f"{_collection_path(collection)}/documents", payload.encode())
+        return UpsertResult.model_validate_json(body)
+
+    def get_document(self, collection: str, document_id: str) -> StoredDocument:
+        body = self._send("GET", _document_path(collection, document_id))
+        return StoredDocument.model_validate_json(body)
+
+    def delete_document(self, collection: str, document_id: str) -> DeleteResult:
+        body = self._send("DELETE", _document_path(collection, document_id))
+        return DeleteResult.model_validate_json(body)
+
+    def query(self, collection: str, request: QueryRequest) -> QueryResponse:
+        payload = request.model_dump_json(exclude_none=True).encode()
+        body = self._send("POST", f"{_collection_path(collection)}/query", payload)
+        return QueryResponse.model_validate_json(body)
+
+    def health(self) -> Health:
+        return Health.model_validate_json(self._send("GET", "/healthz"))
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class Client:
+    """A synchronous unidb client.
+
+    ``Client(url)`` talks to a running ``unidb serve``; ``Client.embedded(path)`` runs
+    Postgres and the engine inside this process, with no TCP port.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        if backend is None:
+            http = httpx.Client(base_url=url, timeout=timeout, headers=dict(headers or {}))
+            backend = _HttpBackend(http)
+        self._backend = backend
+
+    @classmethod
+    def embedded(cls, path: str | Path, **settings: Any) -> Client:
+        """Start (or reopen) an embedded unidb under ``path``: Postgres and the engine in-process.
+
+        Extra keyword arguments override ``unidb.service`` settings (for example
+        ``pool_max_size=4``). Needs the ``server`` extra.
+        """
+        try:
+            from unidb.service.engine import Engine
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "Client.embedded needs the server extra: pip install 'unidb[server]'"
+            ) from exc
+        return cls(backend=Engine.open_embedded(Path(path), **settings))
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release connections; an embedded client also stops its Postgres."""
+        self._backend.close()
+
+    def health(self) -> Health:
+        """``{"status": "ok"}`` when the server and its database answer."""
+        return self._backend.health()
+
+    def create_collection(self, name: str, *, dim: int, metric: Metric = "cosine") -> Collection:
+        """Create a collection for ``dim``-dimensional vectors compared by ``metric``."""
+        return self._backend.create_collection(CollectionCreate(name=name, dim=dim, metric=metric))
+
+    def get_collection(self, name: str) -> Collection:
+        """A collection's settings, document count and index state."""
+        return self._backend.get_collection(name)
+
+    def list_collections(self) -> list[Collection]:
+        """Every collection, by name."""
+        return self._backend.list_collections()
+
+    def delete_collection(self, name: str) -> bool:
+        """Drop a collection with its documents; False if there was none."""
+        try:
+            return self._backend.delete_collection(name).deleted
+        except NotFound:
+            return False
+
+    def upsert(self, collection: str, documents: Sequence[DocumentLike]) -> UpsertResult:
+        """Insert or replace documents by id, all in one transaction."""
+        return self._backend.upsert_documents(collection, _as_documents(documents))
+
+    def get(self, collection: str, document_id: str) -> StoredDocument:
+        """One document with its version and timestamps (raises NotFound)."""
+        return self._backend.get_document(collection, document_id)
+
+    def delete(self, collection: str, document_id: str) -> bool:
+        """Delete one document; False if there was none."""
+        try:
+            return self._backend.delete_document(collection, document_id).deleted
+        except NotFound:
+            return False
+
+    def query(
+        self,
+        collection: str,
+        *,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        mode: QueryMode = "hybrid",
+        filter: Mapping[str, Any] | None = None,
+        consistency: Consistency = "strong",
+    ) -> QueryResponse:
+        """Search a collection; see ``QueryRequest`` for the fields."""
+        request = QueryRequest(
+            text=text,
+            vector=list(vector) if vector is not None else None,
+            k=k,
+            mode=mode,
+            filter=dict(filter) if filter is not None else None,
+            consistency=consistency,
+        )
+        return self._backend.query(collection, request)
+
+
+class AsyncClient:
+    """An asyncio unidb client for a running ``unidb serve``; mirrors ``Client``."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=url, timeout=timeout, headers=dict(headers or {}), transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, content: bytes | None = None) -> bytes:
+        headers = {"content-type": "application/json"} if content is not None else None
+        try:
+            response = await self._http.request(method, path, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach unidb at {self._http.base_url}: {exc}") from exc
+        _raise_for_status(response)
+        return response.content
+
+    async def create_collection(
+        self, name: str, *, dim: int, metric: Metric = "cosine"
+    ) -> Collection:
+        spec = CollectionCreate(name=name, dim=dim, metric=metric)
+        body = await self._send("POST", "/v1/collections", spec.model_dump_json().encode())
+        return Collection.model_validate_json(body)
+
+    async def get_collection(self, name: str) -> Collection:
+        return Collection.model_validate_json(await self._send("GET", _collection_path(name)))
+
+    async def list_collections(self) -> list[Collection]:
+        body = await self._send("GET", "/v1/collections")
+        return CollectionList.model_validate_json(body).collections
+
+    async def delete_collection(self, name: str) -> bool:
+        try:
+            body = await self._send("DELETE", _collection_path(name))
+        except NotFound:
+            return False
+        return DeleteResult.model_validate_json(body).deleted
+
+    async def upsert(self, collection: str, documents: Sequence[DocumentLike]) -> UpsertResult:
+        payload = UpsertRequest.model_construct(documents=_as_documents(documents))
+        body = await self._send(
+            "POST",
+            f"{_collection_path(collection)}/documents",
+            payload.model_dump_json(exclude_none=True).encode(),
+        )
+        return UpsertResult.model_validate_json(body)
+
+    async def get(self, collection: str, document_id: str) -> StoredDocument:
+        body = await self._send("GET", _document_path(collection, document_id))
+        return StoredDocument.model_validate_json(body)
+
+    async def delete(self, collection: str, document_id: str) -> bool:
+        try:
+            body = await self._send("DELETE", _document_path(collection, document_id))
+        except NotFound:
+            return False
+        return DeleteResult.model_validate_json(body).deleted
+
+    async def query(
+        self,
+        collection: str,
+        *,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        mode: QueryMode = "hybrid",
+        filter: Mapping[str, Any] | None = None,
+        consistency: Consistency = "strong",
+    ) -> QueryResponse:
+        request = QueryRequest(
+            text=text,
+            vector=list(vector) if vector is not None else None,
+            k=k,
+            mode=mode,
+            filter=dict(filter) if filter is not None else None,
+            consistency=consistency,
+        )
+        body = await self._send(
+            "POST",
+            f"{_collection_path(collection)}/query",
+            request.model_dump_json(exclude_none=True).encode(),
+        )
+        return QueryResponse.model_validate_json(body)

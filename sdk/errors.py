@@ -1,0 +1,119 @@
+"""The exceptions unidb raises, on the server and in the SDK alike.
+
+    UnidbError                  base; carries ``code``, ``message``, ``field`` and ``status``
+    ├── InvalidInput            400  bad request body, parameter or filter
+    ├── Unauthorized            401
+    ├── Forbidden               403
+    ├── NotFound                404  unknown collection or document
+    ├── Conflict                409  already exists, or a version check failed
+    ├── PayloadTooLarge         413  request body or batch over the configured limit
+    ├── Unavailable             503  database unreachable or pool exhausted
+    └── ServerError             500  anything unexpected
+
+The server renders each as ``{"error": {"code", "message", "field"}}`` with its status;
+the SDK turns such a response back into the same class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "UnidbError",
+    "InvalidInput",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "PayloadTooLarge",
+    "Unavailable",
+    "ServerError",
+    "error_from_response",
+]
+
+
+class UnidbError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return {"error": body}
+
+    def __str__(self) -> str:
+        return f"{self.message} (field: {self.field})" if self.field else self.message
+
+
+class InvalidInput(UnidbError):
+    status = 400
+    code = "invalid_input"
+
+
+class Unauthorized(UnidbError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(UnidbError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(UnidbError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(UnidbError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(UnidbError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unavailable(UnidbError):
+    status = 503
+    code = "unavailable"
+
+
+class ServerError(UnidbError):
+    status = 500
+    code = "server_error"
+
+
+_BY_CODE: dict[str, type[UnidbError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidInput,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        Unavailable,
+        ServerError,
+    )
+}
+_BY_STATUS: dict[int, type[UnidbError]] = {cls.status: cls for cls in _BY_CODE.values()}
+
+
+def error_from_response(status: int, body: Any) -> UnidbError:
+    """The exception a server response with a non-2xx ``status`` stands for."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        cls = _BY_CODE.get(str(error.get("code")))
+        if cls is None:
+            cls = _BY_STATUS.get(status, InvalidInput if 400 <= status < 500 else ServerError)
+        return cls(str(error.get("message", "")), field=error.get("field"))
+    cls = _BY_STATUS.get(status, InvalidInput if 400 <= status < 500 else ServerError)
+    return cls(f"HTTP {status}: {body!r}"[:500])

@@ -1,0 +1,153 @@
+"""Typed request and response models shared by the SDK, REST, CLI and agent tools."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Metric",
+    "QueryMode",
+    "Consistency",
+    "CollectionCreate",
+    "Collection",
+    "CollectionList",
+    "Health",
+    "Document",
+    "StoredDocument",
+    "UpsertRequest",
+    "UpsertResult",
+    "QueryRequest",
+    "Hit",
+    "HitScores",
+    "QueryResponse",
+    "DeleteResult",
+]
+
+Metric = Literal["cosine", "l2", "ip"]
+QueryMode = Literal["hybrid", "bm25", "vector"]
+Consistency = Literal["strong", "eventual"]
+
+MAX_DIM = 16000
+MAX_ID_CHARS = 512
+
+
+def _no_nul(value: str) -> str:
+    # Postgres text and jsonb cannot hold U+0000; reject it here rather than fail in the driver.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+def _json_without_nul(value: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        raise ValueError("is nested more than 32 levels deep")
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ValueError("keys must not contain the NUL character (U+0000)")
+            _json_without_nul(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _json_without_nul(item, depth + 1)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_no_nul)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_json_without_nul)]
+CollectionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class CollectionCreate(_Model):
+    """A new collection: its name, vector dimension and distance metric."""
+
+    name: CollectionName
+    dim: int = Field(ge=1, le=MAX_DIM)
+    metric: Metric = "cosine"
+
+
+class Collection(_Model):
+    name: str
+    dim: int
+    metric: Metric
+    created_at: datetime
+    documents: int = Field(description="number of documents in the collection")
+    vector_index: Literal["none", "building", "hnsw"] = Field(
+        description="the pgvector HNSW index on this collection's embeddings"
+    )
+
+
+class CollectionList(_Model):
+    collections: list[Collection]
+
+
+class Health(_Model):
+    status: Literal["ok"]
+
+
+class Document(_Model):
+    """A document to upsert. ``embedding`` must have the collection's dimension."""
+
+    id: DocumentId
+    text: Text = ""
+    metadata: Metadata = Field(default_factory=dict)
+    embedding: list[float] | None = None
+
+
+class StoredDocument(Document):
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class UpsertRequest(_Model):
+    documents: list[Document] = Field(min_length=1)
+
+
+class UpsertResult(_Model):
+    written: int = Field(description="documents inserted or changed")
+    unchanged: int = Field(description="documents identical to the stored version")
+
+
+class DeleteResult(_Model):
+    deleted: bool
+
+
+class QueryRequest(_Model):
+    """A search over one collection. ``vector`` for vector mode; ``filter`` in unidb's filter language."""
+
+    text: Text | None = None
+    vector: list[float] | None = None
+    k: int = Field(default=10, ge=1, le=1000)
+    mode: QueryMode = "hybrid"
+    filter: dict[str, Any] | None = None
+    consistency: Consistency = "strong"
+
+
+class HitScores(_Model):
+    bm25: float | None = None
+    vector: float | None = None
+
+
+class Hit(_Model):
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    scores: HitScores
+
+
+class QueryResponse(_Model):
+    hits: list[Hit]
+    exhaustive: bool = Field(
+        description="true when every matching row was considered (exact scan), false for an approximate index scan"
+    )

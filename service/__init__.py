@@ -1,0 +1,1 @@
+"""The unidb service: engine, REST API, CLI."""

@@ -1,0 +1,101 @@
+"""Every error leaves the API as ``{"error": {"code", "message", "field"}}`` with its status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from unidb.errors import InvalidInput, NotFound, ServerError, UnidbError
+
+log = logging.getLogger("unidb.api")
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+            },
+            "required": ["code", "message"],
+        }
+    },
+    "required": ["error"],
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for status, description in (
+        (400, "invalid input"),
+        (404, "not found"),
+        (409, "conflict"),
+        (413, "payload too large"),
+        (503, "unavailable"),
+    )
+}
+
+
+def field_from_location(location: Sequence[int | str]) -> str:
+    """``("body", "documents", 3, "embedding")`` → ``documents[3].embedding``."""
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path"):
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def invalid_input_from(exc: ValidationError | RequestValidationError) -> InvalidInput:
+    errors = exc.errors()
+    if not errors:
+        return InvalidInput("invalid request")
+    first = errors[0]
+    field = field_from_location(first.get("loc", ()))
+    message = str(first.get("msg", "invalid value"))
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return InvalidInput(f"{field}: {message}{more}", field=field)
+
+
+def render(error: UnidbError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(UnidbError)
+    async def on_unidb_error(request: Request, exc: UnidbError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return render(exc, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return render(invalid_input_from(exc))
+
+    @app.exception_handler(ValidationError)
+    async def on_model_error(request: Request, exc: ValidationError) -> JSONResponse:
+        return render(invalid_input_from(exc))
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return render(NotFound(f"no route {request.method} {request.url.path}"))
+        error = InvalidInput(str(exc.detail)) if exc.status_code < 500 else ServerError(str(exc.detail))
+        response = render(error)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return render(ServerError("internal error; see the server log"))

@@ -1,0 +1,46 @@
+"""The FastAPI app: a factory and its lifespan, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import unidb
+
+from ..config import Settings
+from ..engine import Engine
+from . import errors
+from .limits import BodySizeLimit
+from .routes import collections, documents, health
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The unidb REST app. Given an ``engine``, the caller owns it; otherwise the app
+    starts one from ``settings`` on startup and closes it on shutdown."""
+    settings = settings or (engine.settings if engine else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = engine is None
+        app.state.engine = engine if engine is not None else await run_in_threadpool(Engine.start, settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await run_in_threadpool(app.state.engine.close)
+
+    app = FastAPI(
+        title="unidb",
+        version=unidb.__version__,
+        description="One Postgres schema for app state, documents and embeddings.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(collections.router)
+    app.include_router(documents.router)
+    return app

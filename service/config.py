@@ -1,0 +1,52 @@
+"""Settings: read once from the environment (prefix ``UNIDB_``) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("unidb", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIDB_", extra="forbid")
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres with pgvector; unset starts embedded Postgres under data_dir",
+    )
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    pool_min_size: int = Field(default=1, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+    pool_timeout_s: float = Field(default=10.0, gt=0)
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_batch_documents: int = Field(default=10_000, ge=1)
+    max_text_chars: int = Field(default=1_000_000, ge=1)
+    max_filter_depth: int = Field(default=8, ge=1)
+
+    hnsw_min_rows: int = Field(
+        default=10_000,
+        ge=0,
+        description="a collection gets its HNSW index once it holds this many rows; "
+        "below it vector search is an exact scan",
+    )
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    hnsw_max_scan_tuples: int = Field(default=20_000, ge=1)
+
+    ingest_batch_size: int = Field(default=2_000, ge=1)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pg"

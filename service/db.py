@@ -1,0 +1,83 @@
+"""Connecting to Postgres: the pgvector check, migrations, and the process's one pool."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from unidb.errors import Unavailable
+from unidb.schema import upgrade
+
+from .config import Settings
+
+log = logging.getLogger("unidb.db")
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The SQLAlchemy URL (psycopg 3 driver) for a libpq DSN or URI."""
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    if dsn.startswith("postgresql+psycopg://"):
+        return dsn
+    raise Unavailable(f"database URL must start with postgresql://, got {dsn.split(':', 1)[0]}:")
+
+
+def check_pgvector(dsn: str) -> None:
+    """Fail with a clear message when the server cannot give us the `vector` extension."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(
+                "SELECT default_version, installed_version FROM pg_available_extensions"
+                " WHERE name = 'vector'"
+            ).fetchone()
+            version = conn.execute("SHOW server_version").fetchone()
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to Postgres: {exc}".strip()) from exc
+    if row is None:
+        server = version[0] if version else "?"
+        raise Unavailable(
+            f"the Postgres server (version {server}) has no `vector` extension: install "
+            "pgvector 0.8 or newer on it, or unset UNIDB_DATABASE_URL to use embedded Postgres"
+        )
+
+
+def migrate(dsn: str) -> None:
+    """Run Alembic `upgrade head` in one transaction."""
+    engine = create_engine(sqlalchemy_url(dsn), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            upgrade(connection)
+    finally:
+        engine.dispose()
+
+
+def open_pool(dsn: str, settings: Settings) -> ConnectionPool[psycopg.Connection[Any]]:
+    """The process's pool; every connection knows the vector type and the statement timeout."""
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        register_vector(conn)
+        conn.execute(
+            "SELECT set_config(%s, %s, false)",
+            ("statement_timeout", str(settings.statement_timeout_ms)),
+        )
+        conn.execute("SET application_name = 'unidb'")
+        conn.commit()
+
+    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=max(settings.pool_max_size, settings.pool_min_size),
+        timeout=settings.pool_timeout_s,
+        configure=configure,
+        open=False,
+        name="unidb",
+    )
+    pool.open(wait=True, timeout=30)
+    return pool

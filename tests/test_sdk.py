@@ -1,0 +1,146 @@
+"""SDK round trips: the HTTP client against a real server, the async client, the embedded client."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import unidb
+from unidb.service.engine import Engine
+
+
+def _docs(n: int, dim: int, seed: int = 0) -> list[dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "id": f"doc-{i}",
+            "text": f"text number {i}",
+            "metadata": {"i": i, "parity": "even" if i % 2 == 0 else "odd", "nested": {"v": i % 5}},
+            "embedding": rng.normal(size=dim).tolist(),
+        }
+        for i in range(n)
+    ]
+
+
+def test_http_client_round_trip(server_url: str, collection: str) -> None:
+    with unidb.Client(server_url) as client:
+        assert client.health().status == "ok"
+        created = client.create_collection(collection, dim=8)
+        assert (created.name, created.dim, created.metric, created.documents) == (collection, 8, "cosine", 0)
+        docs = _docs(20, 8)
+        result = client.upsert(collection, docs)
+        assert (result.written, result.unchanged) == (20, 0)
+
+        stored = client.get(collection, "doc-3")
+        assert stored.text == "text number 3"
+        assert stored.metadata == {"i": 3, "parity": "odd", "nested": {"v": 3}}
+        assert stored.embedding == pytest.approx(docs[3]["embedding"], rel=1e-6)
+        assert stored.version == 1
+
+        # the query vector of doc-7 finds doc-7 first, with cosine similarity 1
+        response = client.query(collection, vector=docs[7]["embedding"], k=5, mode="vector")  # type: ignore[arg-type]
+        assert response.hits[0].id == "doc-7"
+        assert response.hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert response.hits[0].scores.vector == response.hits[0].score
+        assert len(response.hits) == 5
+        assert [h.score for h in response.hits] == sorted((h.score for h in response.hits), reverse=True)
+
+        filtered = client.query(
+            collection, vector=docs[7]["embedding"], k=20, mode="vector", filter={"parity": "even"}  # type: ignore[arg-type]
+        )
+        assert {h.id for h in filtered.hits} == {f"doc-{i}" for i in range(0, 20, 2)}
+
+        assert collection in {c.name for c in client.list_collections()}
+        assert client.get_collection(collection).documents == 20
+        assert client.delete(collection, "doc-3") is True
+        assert client.delete(collection, "doc-3") is False
+        with pytest.raises(unidb.NotFound) as missing:
+            client.get(collection, "doc-3")
+        assert missing.value.field == "id"
+        assert client.delete_collection(collection) is True
+        assert client.delete_collection(collection) is False
+
+
+def test_upsert_changes_version_only_when_content_changes(server_url: str, collection: str) -> None:
+    with unidb.Client(server_url) as client:
+        client.create_collection(collection, dim=3)
+        doc = {"id": "a", "text": "one", "metadata": {"k": 1}, "embedding": [1.0, 2.0, 3.0]}
+        assert client.upsert(collection, [doc]).written == 1
+        assert client.upsert(collection, [doc]).unchanged == 1
+        assert client.get(collection, "a").version == 1
+        assert client.upsert(collection, [{**doc, "embedding": [1.0, 2.0, 4.0]}]).written == 1
+        assert client.get(collection, "a").version == 2
+        assert client.upsert(collection, [{**doc, "metadata": {"k": 2}}]).written == 1
+        changed = client.get(collection, "a")
+        assert (changed.version, changed.metadata) == (3, {"k": 2})
+
+
+def test_ids_need_no_escaping(server_url: str, collection: str) -> None:
+    odd_ids = ["a/b", "with space", "q?x=1&y=2", "percent%20", "ünïcødé", "../../etc", "#frag"]
+    with unidb.Client(server_url) as client:
+        client.create_collection(collection, dim=2)
+        client.upsert(collection, [{"id": i, "text": i, "embedding": [1.0, 0.5]} for i in odd_ids])
+        for document_id in odd_ids:
+            assert client.get(collection, document_id).text == document_id
+        assert client.delete(collection, "a/b")
+        assert client.get_collection(collection).documents == len(odd_ids) - 1
+
+
+def test_server_errors_come_back_as_the_same_classes(server_url: str, collection: str) -> None:
+    with unidb.Client(server_url) as client:
+        client.create_collection(collection, dim=2)
+        with pytest.raises(unidb.Conflict) as conflict:
+            client.create_collection(collection, dim=2)
+        assert conflict.value.field == "name"
+        with pytest.raises(unidb.InvalidInput) as invalid:
+            client.upsert(collection, [{"id": "x", "embedding": [1.0, 2.0, 3.0]}])
+        assert invalid.value.field == "documents[0].embedding"
+        with pytest.raises(unidb.NotFound):
+            client.query("no_such_collection", vector=[1.0, 2.0])
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    from tests.conftest import free_port
+
+    with unidb.Client(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
+        with pytest.raises(unidb.Unavailable):
+            client.health()
+
+
+def test_async_client_round_trip(server_url: str, collection: str) -> None:
+    async def scenario() -> None:
+        async with unidb.AsyncClient(server_url) as client:
+            await client.create_collection(collection, dim=4, metric="l2")
+            result = await client.upsert(
+                collection,
+                [
+                    {"id": "near", "text": "n", "embedding": [0.0, 0.0, 0.0, 1.0]},
+                    {"id": "far", "text": "f", "embedding": [0.0, 0.0, 0.0, 9.0]},
+                ],
+            )
+            assert result.written == 2
+            hits = (await client.query(collection, vector=[0.0, 0.0, 0.0, 0.0], k=2, mode="vector")).hits
+            assert [h.id for h in hits] == ["near", "far"]
+            assert hits[0].score == pytest.approx(-1.0)
+            assert (await client.get(collection, "far")).text == "f"
+            assert await client.delete(collection, "far")
+            assert (await client.get_collection(collection)).documents == 1
+            with pytest.raises(unidb.NotFound):
+                await client.get(collection, "far")
+            assert await client.delete_collection(collection)
+
+    asyncio.run(scenario())
+
+
+def test_embedded_client_keeps_rows_across_reopen(tmp_path: Path) -> None:
+    with unidb.Client.embedded(tmp_path / "db") as client:
+        client.create_collection("notes", dim=3, metric="ip")
+        client.upsert("notes", [{"id": "n1", "text": "remember", "embedding": [1.0, 0.0, 0.0]}])
+        assert isinstance(client.backend, Engine)
+    with unidb.Client.embedded(tmp_path / "db") as client:
+        assert client.get("notes", "n1").text == "remember"
+        hits = client.query("notes", vector=[2.0, 0.0, 0.0], k=1, mode="vector").hits
+        assert hits[0].id == "n1" and hits[0].score == pytest.approx(2.0)
