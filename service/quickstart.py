@@ -24,10 +24,14 @@ COLLECTION = "scifact"
 
 
 def find_scifact(explicit: Path | None) -> Path:
-    candidates = [explicit] if explicit else [
-        Path.cwd() / "shared/data/scifact",
-        Path.cwd().parent / "shared/data/scifact",
-    ]
+    candidates = (
+        [explicit]
+        if explicit
+        else [
+            Path.cwd() / "shared/data/scifact",
+            Path.cwd().parent / "shared/data/scifact",
+        ]
+    )
     for candidate in candidates:
         if candidate and (candidate / "corpus.jsonl").exists():
             return candidate
@@ -48,13 +52,17 @@ def _pick_query(folder: Path, loaded: set[str]) -> tuple[str, set[str]]:
             docs = relevant.get(query["_id"])
             if docs and docs <= loaded:
                 return query["text"], docs
-    raise InvalidInput("no test query has all its relevant documents among those loaded", field="limit")
+    raise InvalidInput(
+        "no test query has all its relevant documents among those loaded", field="limit"
+    )
 
 
 def run(settings: Settings, *, data: Path | None, limit: int, keep_serving: bool) -> int:
     folder = find_scifact(data)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, name="unidb-server", daemon=True)
     thread.start()
@@ -83,7 +91,7 @@ def run(settings: Settings, *, data: Path | None, limit: int, keep_serving: bool
                 limit=limit,
             )
             print(f"loaded {report.lines} SciFact abstracts ({report.written} new or changed)")
-            loaded = {line_id for line_id in _loaded_ids(folder / "corpus.jsonl", report.lines)}
+            loaded = set(_loaded_ids(folder / "corpus.jsonl", report.lines))
             question, relevant = _pick_query(folder, loaded)
             hits = client.query(
                 COLLECTION, vector=embedder.embed_query(question).tolist(), k=5, mode="vector"
@@ -103,7 +111,7 @@ def run(settings: Settings, *, data: Path | None, limit: int, keep_serving: bool
 
 
 def _loaded_ids(corpus: Path, count: int) -> list[str]:
-    ids = []
+    ids: list[str] = []
     with corpus.open() as stream:
         for line in stream:
             if len(ids) >= count:

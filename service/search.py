@@ -24,7 +24,7 @@ def _score(metric: str, distance: float) -> float:
 
 def _select(
     collection: CollectionRow, query: np.ndarray, k: int, where: CompiledFilter, *, indexed: bool
-) -> tuple[sql.Composable, list[Any]]:
+) -> tuple[sql.Composed, list[Any]]:
     # the indexed form repeats the index's expression and predicate literally so the planner
     # can match the partial index; the exact form orders by the plain column
     embedding = typed_embedding(collection) if indexed else sql.SQL("c.embedding")
@@ -33,7 +33,9 @@ def _select(
         if indexed
         else sql.SQL("{}::vector").format(sql.Placeholder())
     )
-    distance = sql.SQL("{} {} {}").format(embedding, sql.SQL(OPERATOR[collection.metric]), query_param)
+    distance = sql.SQL("{} {} {}").format(
+        embedding, sql.SQL(OPERATOR[collection.metric]), query_param
+    )
     statement = sql.SQL(
         "SELECT d.id, d.text, d.metadata, {distance} AS distance"
         " FROM unidb.chunks c JOIN unidb.documents d"

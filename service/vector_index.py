@@ -30,9 +30,7 @@ def build_hnsw(
     invalid index from an interrupted build is dropped and built again.
     """
     lock_key = ("unidb.hnsw", collection.id)
-    got = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key
-    ).fetchone()
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key).fetchone()
     if not got or not got[0]:
         return False
     try:
@@ -59,6 +57,8 @@ def build_hnsw(
                 collection=sql.Literal(collection.id),
             )
         )
+        # fresh statistics let the planner see that the index beats a scan
+        conn.execute("ANALYZE unidb.chunks, unidb.documents")
         log.info("HNSW index built for collection %s", collection.name)
         return True
     finally:

@@ -29,7 +29,12 @@ def test_http_client_round_trip(server_url: str, collection: str) -> None:
     with unidb.Client(server_url) as client:
         assert client.health().status == "ok"
         created = client.create_collection(collection, dim=8)
-        assert (created.name, created.dim, created.metric, created.documents) == (collection, 8, "cosine", 0)
+        assert (created.name, created.dim, created.metric, created.documents) == (
+            collection,
+            8,
+            "cosine",
+            0,
+        )
         docs = _docs(20, 8)
         result = client.upsert(collection, docs)
         assert (result.written, result.unchanged) == (20, 0)
@@ -46,10 +51,16 @@ def test_http_client_round_trip(server_url: str, collection: str) -> None:
         assert response.hits[0].score == pytest.approx(1.0, abs=1e-5)
         assert response.hits[0].scores.vector == response.hits[0].score
         assert len(response.hits) == 5
-        assert [h.score for h in response.hits] == sorted((h.score for h in response.hits), reverse=True)
+        assert [h.score for h in response.hits] == sorted(
+            (h.score for h in response.hits), reverse=True
+        )
 
         filtered = client.query(
-            collection, vector=docs[7]["embedding"], k=20, mode="vector", filter={"parity": "even"}  # type: ignore[arg-type]
+            collection,
+            vector=docs[7]["embedding"],
+            k=20,
+            mode="vector",
+            filter={"parity": "even"},  # type: ignore[arg-type]
         )
         assert {h.id for h in filtered.hits} == {f"doc-{i}" for i in range(0, 20, 2)}
 
@@ -122,7 +133,9 @@ def test_async_client_round_trip(server_url: str, collection: str) -> None:
                 ],
             )
             assert result.written == 2
-            hits = (await client.query(collection, vector=[0.0, 0.0, 0.0, 0.0], k=2, mode="vector")).hits
+            hits = (
+                await client.query(collection, vector=[0.0, 0.0, 0.0, 0.0], k=2, mode="vector")
+            ).hits
             assert [h.id for h in hits] == ["near", "far"]
             assert hits[0].score == pytest.approx(-1.0)
             assert (await client.get(collection, "far")).text == "f"

@@ -90,7 +90,9 @@ def install(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return render(NotFound(f"no route {request.method} {request.url.path}"))
-        error = InvalidInput(str(exc.detail)) if exc.status_code < 500 else ServerError(str(exc.detail))
+        error = (
+            InvalidInput(str(exc.detail)) if exc.status_code < 500 else ServerError(str(exc.detail))
+        )
         response = render(error)
         response.status_code = exc.status_code
         return response

@@ -17,15 +17,22 @@ from .limits import BodySizeLimit
 from .routes import collections, documents, health
 
 
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """The unidb REST app. Given an ``engine``, the caller owns it; otherwise the app
-    starts one from ``settings`` on startup and closes it on shutdown."""
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, close_engine: bool = False
+) -> FastAPI:
+    """The unidb REST app.
+
+    Without an ``engine`` the app starts one from ``settings`` on startup and closes it on
+    shutdown; a given engine is closed on shutdown only with ``close_engine=True``.
+    """
     settings = settings or (engine.settings if engine else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = engine is None
-        app.state.engine = engine if engine is not None else await run_in_threadpool(Engine.start, settings)
+        owned = engine is None or close_engine
+        app.state.engine = (
+            engine if engine is not None else await run_in_threadpool(Engine.start, settings)
+        )
         try:
             yield
         finally:

@@ -3,7 +3,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from unidb.models import DeleteResult, QueryRequest, QueryResponse, StoredDocument, UpsertRequest, UpsertResult
+from unidb.models import (
+    DeleteResult,
+    QueryRequest,
+    QueryResponse,
+    StoredDocument,
+    UpsertRequest,
+    UpsertResult,
+)
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES

@@ -1,0 +1,294 @@
+"""The filter language agrees with a Python oracle, and filtered vector search never under-fills."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import unidb
+from unidb.models import QueryRequest
+from unidb.service.engine import Engine
+
+MISSING = object()
+KEYS = ["a", "b", "c"]
+NESTED = ["x", "y"]
+STRINGS = ["", "a", "B", "b", "ab", "Z", "é", "10", "2"]
+
+SCALARS: list[Any] = [None, True, False, -3, -1, 0, 1, 2, 3, -1.5, 0.0, 0.25, 2.5, *STRINGS]
+
+
+def _random_value(rng: random.Random) -> Any:
+    if rng.random() < 0.2:
+        return [rng.choice(SCALARS) for _ in range(rng.randint(0, 2))]
+    return rng.choice(SCALARS)
+
+
+def _random_metadata(rng: random.Random) -> dict[str, Any]:
+    """Sparse, mixed-type metadata: keys present or not, values of every JSON kind."""
+    metadata: dict[str, Any] = {k: _random_value(rng) for k in KEYS if rng.random() < 0.7}
+    if rng.random() < 0.7:
+        metadata["n"] = {k: _random_value(rng) for k in NESTED if rng.random() < 0.6}
+    return metadata
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([-1.5, 0.0, 0.25, 2.5]),
+    st.sampled_from(STRINGS),
+)
+values = st.one_of(scalars, st.lists(scalars, max_size=2))
+paths = st.sampled_from([*KEYS, "n.x", "n.y", "n", "missing", "n.x.deeper"])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality as jsonb sees it: booleans are not numbers, 1 == 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _lookup(metadata: dict[str, Any], path: str) -> Any:
+    value: Any = metadata
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
+def _op_holds(value: Any, op: str, target: Any) -> bool:
+    if op == "$eq":
+        return value is not MISSING and _same(value, target)
+    if op == "$ne":
+        return not _op_holds(value, "$eq", target)
+    if op == "$in":
+        return any(_op_holds(value, "$eq", t) for t in target)
+    if op == "$nin":
+        return not _op_holds(value, "$in", target)
+    if op == "$exists":
+        return (value is not MISSING) == target
+    if value is MISSING or _kind(value) is None or _kind(value) != _kind(target):
+        return False
+    return {
+        "$gt": value > target,
+        "$gte": value >= target,
+        "$lt": value < target,
+        "$lte": value <= target,
+    }[op]
+
+
+def oracle(spec: dict[str, Any], metadata: dict[str, Any]) -> bool:
+    for key, condition in spec.items():
+        if key == "$and":
+            ok = all(oracle(s, metadata) for s in condition)
+        elif key == "$or":
+            ok = any(oracle(s, metadata) for s in condition)
+        elif key == "$not":
+            ok = not oracle(condition, metadata)
+        elif isinstance(condition, dict) and any(k.startswith("$") for k in condition):
+            value = _lookup(metadata, key)
+            ok = all(_op_holds(value, op, target) for op, target in condition.items())
+        else:
+            ok = _op_holds(_lookup(metadata, key), "$eq", condition)
+        if not ok:
+            return False
+    return True
+
+
+comparables = st.one_of(
+    st.integers(-3, 3), st.sampled_from([-1.5, 0.25, 2.5]), st.sampled_from(STRINGS)
+)
+conditions = st.one_of(
+    values,
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$eq", "$ne"]), values),
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), comparables),
+    st.builds(
+        lambda op, v: {op: v}, st.sampled_from(["$in", "$nin"]), st.lists(scalars, max_size=3)
+    ),
+    st.builds(lambda v: {"$exists": v}, st.booleans()),
+    st.builds(lambda lo, hi: {"$gte": lo, "$lt": hi}, st.integers(-3, 3), st.integers(-3, 3)),
+)
+leaf_filters = st.dictionaries(paths, conditions, min_size=1, max_size=2)
+filters = st.recursive(
+    leaf_filters,
+    lambda inner: st.one_of(
+        st.builds(lambda fs: {"$and": fs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda fs: {"$or": fs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda f: {"$not": f}, inner),
+    ),
+    max_leaves=6,
+)
+
+N_DOCS = 120
+
+
+@pytest.fixture(scope="module")
+def corpus(engine: Engine) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    name = "t_filter_oracle"
+    engine_client = unidb.Client(backend=engine)
+    engine_client.delete_collection(name)
+    engine_client.create_collection(name, dim=2)
+    rng = np.random.default_rng(7)
+    metas = [_random_metadata(random.Random(i)) for i in range(N_DOCS)]
+    docs = [
+        {"id": f"m{i}", "text": "", "metadata": meta, "embedding": rng.normal(size=2).tolist()}
+        for i, meta in enumerate(metas)
+    ]
+    engine_client.upsert(name, docs)
+    yield name, docs
+    engine_client.delete_collection(name)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(spec=filters)
+def test_filters_match_the_oracle(
+    engine: Engine, corpus: tuple[str, list[dict[str, Any]]], spec: dict[str, Any]
+) -> None:
+    name, docs = corpus
+    response = engine.query(
+        name, QueryRequest(vector=[1.0, 0.0], k=1000, mode="vector", filter=spec)
+    )
+    expected = {d["id"] for d in docs if oracle(spec, d["metadata"])}
+    assert {h.id for h in response.hits} == expected
+    assert response.exhaustive
+
+
+def test_array_fields_are_compared_whole(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [
+            {"id": "arr", "metadata": {"tags": ["x", "y"]}, "embedding": [1.0, 0.0]},
+            {"id": "str", "metadata": {"tags": "x"}, "embedding": [1.0, 0.0]},
+        ],
+    )
+
+    def ids(spec: dict[str, Any]) -> set[str]:
+        return {
+            h.id
+            for h in client.query(collection, vector=[1.0, 0.0], mode="vector", filter=spec).hits
+        }
+
+    assert ids({"tags": "x"}) == {"str"}
+    assert ids({"tags": ["x", "y"]}) == {"arr"}
+    assert ids({"tags": {"$in": ["x", ["x", "y"]]}}) == {"arr", "str"}
+
+
+def test_selective_filter_on_hnsw_still_returns_k(engine: Engine, collection: str) -> None:
+    """1 % of rows match; the HNSW graph alone would under-fill, the answer must not."""
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=16)
+    rng = np.random.default_rng(11)
+    n = 3000
+    vectors = rng.normal(size=(n, 16)).astype(np.float32)
+    docs = [
+        {
+            "id": f"v{i}",
+            "metadata": {"rare": i % 100 == 0, "bucket": i % 10},
+            "embedding": vectors[i].tolist(),
+        }
+        for i in range(n)
+    ]
+    for start in range(0, n, 500):
+        client.upsert(collection, docs[start : start + 500])
+    assert engine.build_vector_index(collection)
+    assert client.get_collection(collection).vector_index == "hnsw"
+
+    query = rng.normal(size=16).astype(np.float32)
+    rare = client.query(
+        collection, vector=query.tolist(), k=25, mode="vector", filter={"rare": True}
+    )
+    assert len(rare.hits) == 25
+    assert all(h.metadata["rare"] is True for h in rare.hits)
+    exact_rare = _exact_top(vectors, query, [i for i in range(n) if i % 100 == 0], 25)
+    assert [h.id for h in rare.hits] == exact_rare
+
+    broad = client.query(
+        collection, vector=query.tolist(), k=10, mode="vector", filter={"bucket": {"$lt": 5}}
+    )
+    assert len(broad.hits) == 10 and not broad.exhaustive
+    exact_broad = _exact_top(vectors, query, [i for i in range(n) if i % 10 < 5], 10)
+    assert len(set(h.id for h in broad.hits) & set(exact_broad)) >= 8  # approximate, high recall
+
+    unfiltered = client.query(collection, vector=query.tolist(), k=10, mode="vector")
+    assert len(unfiltered.hits) == 10 and not unfiltered.exhaustive
+
+
+def _exact_top(vectors: np.ndarray, query: np.ndarray, rows: list[int], k: int) -> list[str]:
+    subset = vectors[rows]
+    cosine = subset @ query / (np.linalg.norm(subset, axis=1) * np.linalg.norm(query))
+    order = np.argsort(-cosine)[:k]
+    return [f"v{rows[i]}" for i in order]
+
+
+def test_index_is_partial_per_collection_and_used(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=8)
+    rng = np.random.default_rng(3)
+    client.upsert(
+        collection, [{"id": str(i), "embedding": rng.normal(size=8).tolist()} for i in range(300)]
+    )
+    assert client.get_collection(collection).vector_index == "none"
+    assert engine.build_vector_index(collection)
+    with engine.transaction() as conn:
+        collection_id = conn.execute(
+            "SELECT id FROM unidb.collections WHERE name = %s", (collection,)
+        ).fetchone()[0]  # type: ignore[index]
+        definition = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'unidb' AND indexname = %s",
+            (f"chunks_embedding_hnsw_c{collection_id}",),
+        ).fetchone()[0]  # type: ignore[index]
+        assert "hnsw" in definition and "vector(8)" in definition
+        assert f"WHERE (collection_id = {collection_id})" in definition
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                f"EXPLAIN SELECT document_id FROM unidb.chunks c WHERE c.collection_id = {collection_id}"
+                f" ORDER BY (c.embedding::vector(8)) <=> %s::vector(8) LIMIT 5",
+                (rng.normal(size=8).astype(np.float32),),
+            ).fetchall()
+        )
+    assert f"chunks_embedding_hnsw_c{collection_id}" in plan
+
+
+def test_query_schedules_hnsw_build_past_threshold(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=4)
+    rng = np.random.default_rng(5)
+    threshold = engine.settings.hnsw_min_rows
+    client.upsert(
+        collection,
+        [{"id": str(i), "embedding": rng.normal(size=4).tolist()} for i in range(threshold)],
+    )
+    assert client.query(collection, vector=[1, 0, 0, 0], k=3, mode="vector").exhaustive
+    engine.wait_for_index_builds()
+    assert client.get_collection(collection).vector_index == "hnsw"
+    assert not client.query(collection, vector=[1, 0, 0, 0], k=3, mode="vector").exhaustive

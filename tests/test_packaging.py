@@ -1,0 +1,81 @@
+"""What ships: the public SDK surface, docker-compose wiring, the Dockerfile."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import yaml
+
+import unidb
+
+from .conftest import REPO
+
+
+def test_public_surface_is_what_we_say() -> None:
+    assert sorted(unidb.__all__) == sorted(
+        [
+            "AsyncClient",
+            "Backend",
+            "Client",
+            "Collection",
+            "Conflict",
+            "Document",
+            "Forbidden",
+            "Hit",
+            "InvalidInput",
+            "NotFound",
+            "PayloadTooLarge",
+            "QueryResponse",
+            "ServerError",
+            "StoredDocument",
+            "Unauthorized",
+            "Unavailable",
+            "UnidbError",
+            "UpsertResult",
+            "__version__",
+        ]
+    )
+    for name in unidb.__all__:
+        assert hasattr(unidb, name), name
+
+
+def test_sdk_imports_nothing_of_the_server() -> None:
+    for path in (REPO / "sdk").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                assert not node.module.startswith(
+                    ("fastapi", "psycopg", "sqlalchemy", "unidb.schema", "unidb.indexing")
+                ), (path, node.module)
+                if node.module.startswith("unidb.service"):
+                    # only Client.embedded reaches for the engine, lazily
+                    assert path.name == "_client.py"
+
+
+def test_docker_compose_wires_postgres_and_service() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) >= {"postgres", "unidb"}
+    postgres, service = services["postgres"], services["unidb"]
+    assert postgres["image"].startswith("pgvector/pgvector:")
+    assert "healthcheck" in postgres and "healthcheck" in service
+    assert service["build"] == "."
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    url = service["environment"]["UNIDB_DATABASE_URL"]
+    match = re.fullmatch(r"postgresql://(\w+):(\w+)@postgres:5432/(\w+)", url)
+    assert match, url
+    env = postgres["environment"]
+    assert match.groups() == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"])
+    assert "8000:8000" in service["ports"]
+    assert service["environment"]["UNIDB_PORT"] == "8000"
+
+
+def test_dockerfile_serves_on_the_composed_port() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.1[1-9]", dockerfile, re.M)
+    assert 'pip install ".[server]"' in dockerfile
+    assert "EXPOSE 8000" in dockerfile
+    assert 'CMD ["unidb", "serve"]' in dockerfile
+    for folder in ("sdk", "schema", "indexing", "service"):
+        assert f"COPY {folder} ./{folder}" in dockerfile

@@ -1,0 +1,125 @@
+"""Migrations and the outbox: the schema comes and goes cleanly; every write leaves its change row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import inspect, text
+
+import unidb
+from unidb.schema import downgrade, head_revision, upgrade
+from unidb.service.db import sqlalchemy_engine
+from unidb.service.engine import Engine
+
+
+@pytest.fixture
+def scratch_database(database_url: str) -> Iterator[str]:
+    """A database of its own, so migrating down does not disturb the session's schema."""
+    name = f"unidb_migrations_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test role may not create databases")
+    params = conninfo_to_dict(database_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _tables(url: str) -> set[str]:
+    engine = sqlalchemy_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(inspect(connection).get_table_names(schema="unidb")) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
+    engine = sqlalchemy_engine(scratch_database)
+    try:
+        with engine.begin() as connection:
+            upgrade(connection)
+        assert _tables(scratch_database) == {"collections", "documents", "chunks", "changes"}
+        with engine.begin() as connection:
+            version = connection.execute(
+                text("SELECT version_num FROM unidb.alembic_version")
+            ).scalar()
+            assert version == head_revision()
+            downgrade(connection, "base")
+        assert _tables(scratch_database) == set()
+        with engine.begin() as connection:
+            upgrade(connection)
+            connection.execute(
+                text("INSERT INTO unidb.collections (name, dim, metric) VALUES ('c', 3, 'cosine')")
+            )
+        assert _tables(scratch_database) == {"collections", "documents", "chunks", "changes"}
+    finally:
+        engine.dispose()
+
+
+def test_every_write_has_its_outbox_row_in_the_same_transaction(
+    engine: Engine, collection: str
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(collection, [{"id": "a", "embedding": [1, 0]}, {"id": "b", "embedding": [0, 1]}])
+    client.upsert(collection, [{"id": "a", "embedding": [1, 0]}])  # unchanged: no change row
+    client.upsert(collection, [{"id": "a", "text": "new", "embedding": [1, 0]}])
+    client.delete(collection, "b")
+    with engine.transaction() as conn:
+        collection_id = conn.execute(
+            "SELECT id FROM unidb.collections WHERE name = %s", (collection,)
+        ).fetchone()[0]  # type: ignore[index]
+        rows = conn.execute(
+            "SELECT document_id, op, version, xid::text::bigint > 0 FROM unidb.changes"
+            " WHERE collection_id = %s ORDER BY seq",
+            (collection_id,),
+        ).fetchall()
+    assert rows == [
+        ("a", "upsert", 1, True),
+        ("b", "upsert", 1, True),
+        ("a", "upsert", 2, True),
+        ("b", "delete", 1, True),
+    ] or rows == [
+        ("b", "upsert", 1, True),
+        ("a", "upsert", 1, True),
+        ("a", "upsert", 2, True),
+        ("b", "delete", 1, True),
+    ]
+    client.delete_collection(collection)
+    with engine.transaction() as conn:
+        last = conn.execute(
+            "SELECT op FROM unidb.changes WHERE collection_id = %s ORDER BY seq DESC LIMIT 1",
+            (collection_id,),
+        ).fetchone()
+    assert last == ("drop",)
+
+
+def test_failed_batch_rolls_back_documents_chunks_and_outbox(
+    engine: Engine, collection: str
+) -> None:
+    """A failure inside the database (not caught by validation) leaves no partial batch."""
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    with engine.transaction() as conn:
+        before = conn.execute("SELECT max(seq) FROM unidb.changes").fetchone()
+    with pytest.raises(unidb.ServerError):
+        with engine.transaction() as conn:
+            from unidb.models import Document
+            from unidb.service import collections, documents
+
+            row = collections.get(conn, collection)
+            documents.upsert(conn, row, [Document(id="x", embedding=[1, 0])], engine._limits)
+            conn.execute("SELECT 1/0")
+    with engine.transaction() as conn:
+        assert conn.execute("SELECT max(seq) FROM unidb.changes").fetchone() == before
+    assert client.get_collection(collection).documents == 0
