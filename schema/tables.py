@@ -8,8 +8,6 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
-    ForeignKey,
-    ForeignKeyConstraint,
     Identity,
     Integer,
     LargeBinary,
@@ -52,13 +50,16 @@ collections = Table(
 documents = Table(
     "documents",
     metadata,
-    Column(
-        "collection_id",
-        Integer,
-        ForeignKey(f"{SCHEMA}.collections.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("collection_id", Integer, primary_key=True),
     Column("id", Text, primary_key=True),
+    # the document's number for chunks, the outbox and the derived indexes
+    Column(
+        "key",
+        BigInteger,
+        nullable=False,
+        unique=True,
+        server_default=text("nextval('unidb.document_key_blocks') << 20"),
+    ),
     Column("text", Text, nullable=False, server_default=""),
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     # blake2b of (text, metadata, embedding): an upsert of identical content is a no-op
@@ -71,18 +72,13 @@ documents = Table(
 chunks = Table(
     "chunks",
     metadata,
-    Column("collection_id", Integer, primary_key=True),
-    Column("document_id", Text, primary_key=True),
+    Column("document_key", BigInteger, primary_key=True),
     Column("chunk_no", Integer, primary_key=True),
+    Column("collection_id", Integer, nullable=False, index=True),
     # a chunk is a span of its document's text, so text is stored once
     Column("start_char", Integer, nullable=False),
     Column("end_char", Integer, nullable=False),
     Column("embedding", Vector(), nullable=True),
-    ForeignKeyConstraint(
-        ["collection_id", "document_id"],
-        [f"{SCHEMA}.documents.collection_id", f"{SCHEMA}.documents.id"],
-        ondelete="CASCADE",
-    ),
 )
 
 changes = Table(
@@ -92,7 +88,7 @@ changes = Table(
     # the writing transaction's id: indexers read only below the snapshot xmin
     Column("xid", Xid8, nullable=False, server_default=func.pg_current_xact_id()),
     Column("collection_id", Integer, nullable=False),
-    Column("document_id", Text, nullable=True),
+    Column("document_key", BigInteger, nullable=True),
     Column("op", Text, nullable=False),
     Column("version", BigInteger, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
 
 __all__ = [
     "Metric",
@@ -41,25 +49,40 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _json_without_nul(value: Any, depth: int = 0) -> Any:
-    if depth > 32:
-        raise ValueError("is nested more than 32 levels deep")
-    if isinstance(value, str):
-        _no_nul(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                raise ValueError("keys must not contain the NUL character (U+0000)")
-            _json_without_nul(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _json_without_nul(item, depth + 1)
-    return value
+def _embedding(value: Any) -> Any:
+    # Only the container is checked here; the server checks every element in bulk (finite
+    # numbers, the collection's dimension), which is what keeps large batches fast.
+    if isinstance(value, list | str):
+        return value
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "tolist"):
+        return value  # a numpy array, passed through without a copy
+    raise ValueError("must be a list of numbers")
 
 
+def _embedding_as_list(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+Embedding = Annotated[
+    Any,
+    PlainValidator(_embedding),
+    PlainSerializer(_embedding_as_list, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "number"}},
+                {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "description": "little-endian float32 values, base64-encoded",
+                },
+            ]
+        }
+    ),
+]
 Text = Annotated[str, AfterValidator(_no_nul)]
-DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_no_nul)]
-Metadata = Annotated[dict[str, Any], AfterValidator(_json_without_nul)]
 CollectionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
@@ -95,15 +118,23 @@ class Health(_Model):
 
 
 class Document(_Model):
-    """A document to upsert. ``embedding`` must have the collection's dimension."""
+    """A document to upsert. ``embedding`` (a list of numbers, a numpy array, or in JSON a
+    base64 string of little-endian float32 values) must have the collection's dimension. The server refuses NUL characters in ids, text and metadata,
+    which Postgres cannot store."""
 
-    id: DocumentId
-    text: Text = ""
-    metadata: Metadata = Field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    text: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding: Embedding | None = None
+
+
+class StoredDocument(_Model):
+    id: str
+    text: str
+    metadata: dict[str, Any]
     embedding: list[float] | None = None
-
-
-class StoredDocument(Document):
     version: int
     created_at: datetime
     updated_at: datetime

@@ -65,6 +65,8 @@ def drop(conn: Connection, name: str) -> bool:
     if row is None:
         return False
     collection_id = row[0]
+    conn.execute("DELETE FROM unidb.chunks WHERE collection_id = %s", (collection_id,))
+    conn.execute("DELETE FROM unidb.documents WHERE collection_id = %s", (collection_id,))
     conn.execute(
         sql.SQL("DROP INDEX IF EXISTS unidb.{}").format(
             sql.Identifier(f"chunks_embedding_hnsw_c{collection_id}")

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     statement_timeout_ms: int = Field(default=30_000, ge=0)
 
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_batch_documents: int = Field(default=10_000, ge=1)
+    max_batch_documents: int = Field(default=10_000, ge=1, le=1 << 20)
     max_text_chars: int = Field(default=1_000_000, ge=1)
     max_filter_depth: int = Field(default=8, ge=1)
 

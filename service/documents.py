@@ -1,7 +1,14 @@
-"""Documents: validated, staged with binary COPY, and upserted with their chunks and outbox rows."""
+"""Documents: validated in bulk, then written with their chunks and outbox rows.
+
+A batch of ids that are all new is loaded with binary COPY straight into the tables; any
+other batch is staged with COPY and merged in one statement, leaving documents whose
+content is unchanged untouched (same version, no outbox row).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -15,37 +22,46 @@ from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
 from unidb.models import Document, StoredDocument, UpsertResult
 
 from .collections import CollectionRow
+from .copy_payload import chunks_payload, documents_payload, upsert_changes_payload
 
 Connection = psycopg.Connection[Any]
 
+_NUL_MESSAGE = "must not contain the NUL character (U+0000), which Postgres cannot store"
+
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS unidb_stage (
-    id text, text text, metadata text, content_hash bytea, embedding vector
+    ord integer, id text, text text, metadata text, content_hash bytea, embedding vector
 ) ON COMMIT DELETE ROWS
 """
 
-# One statement per batch: documents whose content changed (or are new) are written with a
-# bumped version, their single chunk replaced, and one outbox row each, all in the caller's
-# transaction. Identical re-upserts match the WHERE and touch nothing.
-_UPSERT = """
+# a batch's new documents are numbered (block << 20) + position; see migration 0001
+KEY_BLOCK_BITS = 20
+MAX_BATCH = 1 << KEY_BLOCK_BITS
+
+# Changed or new documents get a bumped version, their chunk replaced and an outbox row,
+# all in the caller's transaction. Identical re-upserts fail the WHERE and touch nothing.
+_MERGE = """
 WITH written AS (
-    INSERT INTO unidb.documents AS d (collection_id, id, text, metadata, content_hash)
-    SELECT %(collection)s, s.id, s.text, s.metadata::jsonb, s.content_hash FROM unidb_stage s
+    INSERT INTO unidb.documents AS d (collection_id, key, id, text, metadata, content_hash)
+    SELECT %(collection)s, (%(block)s::bigint << 20) + s.ord, s.id, s.text, s.metadata::jsonb,
+           s.content_hash
+    FROM unidb_stage s
     ON CONFLICT (collection_id, id) DO UPDATE
         SET text = excluded.text, metadata = excluded.metadata,
             content_hash = excluded.content_hash, version = d.version + 1, updated_at = now()
         WHERE d.content_hash IS DISTINCT FROM excluded.content_hash
-    RETURNING d.id, d.version
+    RETURNING d.id, d.key, d.version
 ), chunked AS (
-    INSERT INTO unidb.chunks AS c (collection_id, document_id, chunk_no, start_char, end_char, embedding)
-    SELECT %(collection)s, s.id, 0, 0, length(s.text), s.embedding
+    INSERT INTO unidb.chunks AS c
+        (document_key, chunk_no, collection_id, start_char, end_char, embedding)
+    SELECT w.key, 0, %(collection)s, 0, length(s.text), s.embedding
     FROM unidb_stage s JOIN written w ON w.id = s.id
-    ON CONFLICT (collection_id, document_id, chunk_no) DO UPDATE
+    ON CONFLICT (document_key, chunk_no) DO UPDATE
         SET start_char = excluded.start_char, end_char = excluded.end_char,
             embedding = excluded.embedding
 )
-INSERT INTO unidb.changes (collection_id, document_id, op, version)
-SELECT %(collection)s, w.id, 'upsert', w.version FROM written w
+INSERT INTO unidb.changes (collection_id, document_key, op, version)
+SELECT %(collection)s, w.key, 'upsert', w.version FROM written w
 """
 
 
@@ -55,78 +71,239 @@ class Limits:
     max_text_chars: int
 
 
-def _validated_rows(
-    collection: CollectionRow, documents: Sequence[Document], limits: Limits
-) -> list[tuple[str, str, str, bytes, np.ndarray | None]]:
-    if len(documents) > limits.max_batch_documents:
+@dataclass(slots=True)
+class Batch:
+    """A validated batch, one entry per distinct id (a later duplicate wins)."""
+
+    ids: list[str]
+    texts: list[str]
+    metadata_json: list[bytes]
+    content_hashes: list[bytes]
+    vectors: np.ndarray  # (n, dim) float32; rows without an embedding are zero
+    has_vector: np.ndarray  # (n,) bool
+
+
+def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Limits) -> Batch:
+    """Check every document; raises InvalidInput/PayloadTooLarge naming the first bad field."""
+    if len(documents) > min(limits.max_batch_documents, MAX_BATCH):
         raise PayloadTooLarge(
             f"a batch holds at most {limits.max_batch_documents} documents, got {len(documents)}",
             field="documents",
         )
-    by_id: dict[str, tuple[str, str, str, bytes, np.ndarray | None]] = {}
+    last: dict[str, int] = {}
     for i, doc in enumerate(documents):
+        last[doc.id] = i
+    order = sorted(last.values())
+    n = len(order)
+
+    vectors = np.zeros((n, collection.dim), dtype=np.float32)
+    has_vector = np.zeros(n, dtype=bool)
+    with_vector = [(row, i) for row, i in enumerate(order) if documents[i].embedding is not None]
+    if with_vector:
+        rows = [row for row, _ in with_vector]
+        vectors[rows] = _checked_vectors(collection, documents, [i for _, i in with_vector])
+        has_vector[rows] = True
+
+    metadata_json: list[bytes] = []
+    hashes: list[bytes] = []
+    for row, i in enumerate(order):
+        doc = documents[i]
+        where = f"documents[{i}]"
+        if "\x00" in doc.id:
+            raise InvalidInput(_NUL_MESSAGE, field=f"{where}.id")
+        if "\x00" in doc.text:
+            raise InvalidInput(_NUL_MESSAGE, field=f"{where}.text")
         if len(doc.text) > limits.max_text_chars:
             raise PayloadTooLarge(
                 f"text is {len(doc.text)} characters, over the limit of {limits.max_text_chars}",
-                field=f"documents[{i}].text",
+                field=f"{where}.text",
             )
-        metadata = orjson.dumps(doc.metadata, option=orjson.OPT_SORT_KEYS)
+        metadata = _metadata_json(doc.metadata, f"{where}.metadata")
         digest = blake2b(doc.text.encode(), digest_size=16)
         digest.update(b"\x00")
         digest.update(metadata)
-        vector: np.ndarray | None = None
-        if doc.embedding is not None:
-            vector = _checked_vector(collection, doc.embedding, f"documents[{i}].embedding")
+        if has_vector[row]:
             digest.update(b"\x00")
-            digest.update(vector.tobytes())
-        # a later duplicate of an id in the same batch wins, as if sent in order
-        by_id[doc.id] = (doc.id, doc.text, metadata.decode(), digest.digest(), vector)
-    return list(by_id.values())
+            digest.update(vectors[row].tobytes())
+        metadata_json.append(metadata)
+        hashes.append(digest.digest())
+    return Batch(
+        ids=[documents[i].id for i in order],
+        texts=[documents[i].text for i in order],
+        metadata_json=metadata_json,
+        content_hashes=hashes,
+        vectors=vectors,
+        has_vector=has_vector,
+    )
 
 
-def _checked_vector(collection: CollectionRow, values: Sequence[float], field: str) -> np.ndarray:
-    if len(values) != collection.dim:
+def _metadata_json(metadata: dict[str, Any], field: str) -> bytes:
+    try:
+        encoded = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidInput(f"is not JSON: {exc}", field=field) from exc
+    # orjson escapes U+0000 in keys and strings alike, so one scan finds it anywhere
+    if b"\\u0000" in encoded:
+        raise InvalidInput(_NUL_MESSAGE, field=field)
+    return encoded
+
+
+def _checked_vectors(
+    collection: CollectionRow, documents: Sequence[Document], positions: list[int]
+) -> np.ndarray:
+    """The embeddings at ``positions`` as one float32 matrix, checked in bulk."""
+    embeddings = [_unpacked(documents[i].embedding, f"documents[{i}].embedding") for i in positions]
+    for i, embedding in zip(positions, embeddings, strict=True):
+        if len(embedding) != collection.dim:
+            raise InvalidInput(
+                f"expected {collection.dim} dimensions for collection {collection.name!r}, "
+                f"got {len(embedding)}",
+                field=f"documents[{i}].embedding",
+            )
+    try:
+        raw = np.asarray(embeddings)
+    except (ValueError, TypeError):
+        raw = np.asarray([], dtype=object)
+    if raw.ndim != 2 or raw.dtype.kind not in "fiu":
+        # find the offending document for the message
+        for i, embedding in zip(positions, embeddings, strict=True):
+            check_vector(collection, embedding, f"documents[{i}].embedding")
+    with np.errstate(over="ignore"):
+        # a double beyond float32's range becomes inf here and is refused below
+        matrix = raw.astype(np.float32, copy=False)
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if collection.metric == "cosine":
+        bad |= ~matrix.any(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        check_vector(collection, matrix[first], f"documents[{positions[first]}].embedding")
+    return matrix
+
+
+def _unpacked(embedding: Any, field: str) -> Any:
+    """A base64 embedding (little-endian float32) as an array; anything else as it is."""
+    if not isinstance(embedding, str):
+        return embedding
+    try:
+        raw = base64.b64decode(embedding, validate=True)
+    except binascii.Error as exc:
+        raise InvalidInput("is not valid base64", field=field) from exc
+    if len(raw) % 4:
+        raise InvalidInput("base64 must decode to whole float32 values", field=field)
+    return np.frombuffer(raw, dtype="<f4")
+
+
+def check_vector(collection: CollectionRow, values: Any, field: str) -> np.ndarray:
+    """One vector as float32, or InvalidInput saying what is wrong with it."""
+    try:
+        raw = np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("must be a flat list of numbers", field=field) from exc
+    if raw.ndim != 1 or raw.dtype.kind not in "fiu":
+        raise InvalidInput("must be a flat list of numbers", field=field)
+    if raw.shape[0] != collection.dim:
         raise InvalidInput(
-            f"expected {collection.dim} dimensions for collection {collection.name!r}, got {len(values)}",
+            f"expected {collection.dim} dimensions for collection {collection.name!r}, "
+            f"got {raw.shape[0]}",
             field=field,
         )
     with np.errstate(over="ignore"):
-        # a double beyond float32's range becomes inf here and is refused below
-        vector = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(vector).all():
-        raise InvalidInput("must hold finite 32-bit floats (no NaN or infinity)", field=field)
+        vector = raw.astype(np.float32, copy=False)
+    finite = np.isfinite(vector)
+    if not finite.all():
+        position = int(np.flatnonzero(~finite)[0])
+        raise InvalidInput(
+            "must hold finite 32-bit floats (no NaN or infinity)", field=f"{field}[{position}]"
+        )
     if collection.metric == "cosine" and not vector.any():
         raise InvalidInput("a zero vector has no cosine distance", field=field)
     return vector
-
-
-def checked_query_vector(collection: CollectionRow, values: Sequence[float]) -> np.ndarray:
-    return _checked_vector(collection, values, "vector")
 
 
 def upsert(
     conn: Connection, collection: CollectionRow, documents: Sequence[Document], limits: Limits
 ) -> UpsertResult:
     """Write ``documents`` in the caller's transaction; validation fails before any write."""
-    rows = _validated_rows(collection, documents, limits)
-    conn.execute(_STAGE)
+    batch = prepare(collection, documents, limits)
+    block_row = conn.execute("SELECT nextval('unidb.document_key_blocks')").fetchone()
+    assert block_row is not None
+    block = int(block_row[0])
+    try:
+        # optimistic: a first load has only new ids and goes at COPY speed
+        with conn.transaction():
+            _copy_new(conn, collection, batch, block)
+        return UpsertResult(written=len(batch.ids), unchanged=0)
+    except psycopg.errors.UniqueViolation:
+        pass  # some ids exist already: merge instead
+    return _merge(conn, collection, batch, block)
+
+
+def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: int) -> None:
+    """Bulk-load ids that are all new straight into the tables."""
+    n = len(batch.ids)
+    keys = (np.int64(block) << KEY_BLOCK_BITS) + np.arange(n, dtype=np.int64)
+    lengths = np.fromiter((len(t) for t in batch.texts), dtype=np.int32, count=n)
     with conn.cursor() as cur:
         with cur.copy(
-            "COPY unidb_stage (id, text, metadata, content_hash, embedding) FROM STDIN (FORMAT BINARY)"
+            "COPY unidb.documents (collection_id, key, id, text, metadata, content_hash)"
+            " FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(["text", "text", "text", "bytea", "vector"])
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(_UPSERT, {"collection": collection.id})
+            copy.write(
+                documents_payload(
+                    collection.id,
+                    keys.tolist(),
+                    batch.ids,
+                    batch.texts,
+                    batch.metadata_json,
+                    batch.content_hashes,
+                )
+            )
+        with cur.copy(
+            "COPY unidb.chunks"
+            " (document_key, chunk_no, collection_id, start_char, end_char, embedding)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.write(
+                chunks_payload(collection.id, keys, lengths, batch.vectors, batch.has_vector)
+            )
+        with cur.copy(
+            "COPY unidb.changes (collection_id, document_key, op, version) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.write(upsert_changes_payload(collection.id, keys))
+
+
+def _merge(conn: Connection, collection: CollectionRow, batch: Batch, block: int) -> UpsertResult:
+    """Stage the batch, then upsert what changed in one statement."""
+    conn.execute(_STAGE)
+    # the staged batch is sorted and joined in memory, not spilled to disk
+    conn.execute("SELECT set_config('work_mem', '64MB', true)")
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY unidb_stage (ord, id, text, metadata, content_hash, embedding)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int4", "text", "text", "text", "bytea", "vector"])
+            for row in range(len(batch.ids)):
+                copy.write_row(
+                    (
+                        row,
+                        batch.ids[row],
+                        batch.texts[row],
+                        batch.metadata_json[row].decode(),
+                        batch.content_hashes[row],
+                        batch.vectors[row] if batch.has_vector[row] else None,
+                    )
+                )
+        cur.execute(_MERGE, {"collection": collection.id, "block": block})
         written = cur.rowcount
-    return UpsertResult(written=written, unchanged=len(rows) - written)
+    return UpsertResult(written=written, unchanged=len(batch.ids) - written)
 
 
 def get(conn: Connection, collection: CollectionRow, document_id: str) -> StoredDocument:
     row = conn.execute(
         "SELECT d.id, d.text, d.metadata, c.embedding, d.version, d.created_at, d.updated_at"
-        " FROM unidb.documents d LEFT JOIN unidb.chunks c"
-        "   ON c.collection_id = d.collection_id AND c.document_id = d.id AND c.chunk_no = 0"
+        " FROM unidb.documents d"
+        " LEFT JOIN unidb.chunks c ON c.document_key = d.key AND c.chunk_no = 0"
         " WHERE d.collection_id = %s AND d.id = %s",
         (collection.id, document_id),
     ).fetchone()
@@ -148,14 +325,16 @@ def get(conn: Connection, collection: CollectionRow, document_id: str) -> Stored
 
 def delete(conn: Connection, collection: CollectionRow, document_id: str) -> bool:
     row = conn.execute(
-        "DELETE FROM unidb.documents WHERE collection_id = %s AND id = %s RETURNING version",
+        "DELETE FROM unidb.documents WHERE collection_id = %s AND id = %s RETURNING key, version",
         (collection.id, document_id),
     ).fetchone()
     if row is None:
         return False
+    key, version = row
+    conn.execute("DELETE FROM unidb.chunks WHERE document_key = %s", (key,))
     conn.execute(
-        "INSERT INTO unidb.changes (collection_id, document_id, op, version)"
+        "INSERT INTO unidb.changes (collection_id, document_key, op, version)"
         " VALUES (%s, %s, 'delete', %s)",
-        (collection.id, document_id, row[0]),
+        (collection.id, key, version),
     )
     return True

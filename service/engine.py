@@ -189,7 +189,7 @@ class Engine:
         )
         with self.transaction() as conn:
             row = collections.get(conn, collection)
-            vector = documents.checked_query_vector(row, request.vector)
+            vector = documents.check_vector(row, request.vector, "vector")
             use_index = collections.vector_index_state(conn, row) == "hnsw"
             if not use_index:
                 self._maybe_schedule_index(conn, row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from unidb import Backend
-from unidb.errors import InvalidInput, NotFound
+from unidb import Backend, Client
+from unidb.errors import InvalidInput, NotFound, UnidbError
 from unidb.indexing.embedders import Embedder
-from unidb.models import CollectionCreate, Document
+from unidb.models import CollectionCreate, Document, UpsertResult
 
 
 @dataclass
@@ -46,18 +47,38 @@ def parse_line(line: bytes, number: int) -> Document:
         raise InvalidInput(f"{where}: {location}: {first['msg']}", field=where) from exc
 
 
-def _batches(stream: IO[bytes], size: int, progress: tqdm[Any]) -> Iterator[list[Document]]:
-    batch: list[Document] = []
+def _documents(
+    stream: IO[bytes],
+    progress: tqdm[Any],
+    line_numbers: list[int],
+    *,
+    limit: int | None,
+    embedder: Embedder | None,
+    embed_batch: int,
+) -> Iterator[Document]:
+    """Parsed documents in file order, embedded in groups when an embedder is given."""
+    pending: list[Document] = []
+
+    def embedded(group: list[Document]) -> list[Document]:
+        missing = [d for d in group if d.embedding is None]
+        if embedder is not None and missing:
+            vectors = embedder.embed_documents([embedding_text(d) for d in missing])
+            for document, vector in zip(missing, vectors, strict=True):
+                document.embedding = vector
+        return group
+
     for number, line in enumerate(stream, start=1):
         progress.update(len(line))
         if not line.strip():
             continue
-        batch.append(parse_line(line, number))
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        if limit is not None and len(line_numbers) >= limit:
+            break
+        line_numbers.append(number)
+        pending.append(parse_line(line, number))
+        if len(pending) >= embed_batch:
+            yield from embedded(pending)
+            pending = []
+    yield from embedded(pending)
 
 
 def embedding_text(document: Document) -> str:
@@ -79,9 +100,18 @@ def ingest_file(
     """Load ``path`` into ``collection`` (created when missing), one transaction per batch.
 
     Re-running the same file changes nothing: ids are upserted, identical content is skipped.
+    A bad document stops the load with an error naming its line; batches before it stay.
     """
     _ensure_collection(backend, collection, dim or (embedder.dim if embedder else None), path)
     report = IngestReport()
+    line_numbers: list[int] = []
+
+    def on_batch(size: int, result: UpsertResult) -> None:
+        report.lines += size
+        report.written += result.written
+        report.unchanged += result.unchanged
+        progress.set_postfix(written=report.written, unchanged=report.unchanged)
+
     with (
         path.open("rb") as stream,
         tqdm(
@@ -92,23 +122,34 @@ def ingest_file(
             disable=not show_progress,
         ) as progress,
     ):
-        for batch in _batches(stream, batch_size, progress):
-            if limit is not None:
-                batch = batch[: max(0, limit - report.lines)]
-                if not batch:
-                    break
-            if embedder is not None:
-                missing = [d for d in batch if d.embedding is None]
-                if missing:
-                    vectors = embedder.embed_documents([embedding_text(d) for d in missing])
-                    for document, vector in zip(missing, vectors, strict=True):
-                        document.embedding = vector.tolist()
-            result = backend.upsert_documents(collection, batch)
-            report.lines += len(batch)
-            report.written += result.written
-            report.unchanged += result.unchanged
-            progress.set_postfix(written=report.written, unchanged=report.unchanged)
+        documents = _documents(
+            stream,
+            progress,
+            line_numbers,
+            limit=limit,
+            embedder=embedder,
+            embed_batch=min(batch_size, 256),
+        )
+        try:
+            Client(backend=backend).ingest(
+                collection, documents, batch_size=batch_size, on_batch=on_batch
+            )
+        except UnidbError as exc:
+            raise _at_line(exc, line_numbers) from exc
     return report
+
+
+_POSITION = re.compile(r"^documents\[(\d+)\]\.?")
+
+
+def _at_line(error: UnidbError, line_numbers: list[int]) -> UnidbError:
+    match = _POSITION.match(error.field or "")
+    if match is None or int(match.group(1)) >= len(line_numbers):
+        return error
+    line = line_numbers[int(match.group(1))]
+    detail = error.field[match.end() :] if error.field else ""
+    message = f"line {line}: {detail + ': ' if detail else ''}{error.message}"
+    return type(error)(message, field=f"line {line}")
 
 
 def _ensure_collection(backend: Backend, name: str, dim: int | None, path: Path) -> None:

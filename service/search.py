@@ -39,7 +39,7 @@ def _select(
     statement = sql.SQL(
         "SELECT d.id, d.text, d.metadata, {distance} AS distance"
         " FROM unidb.chunks c JOIN unidb.documents d"
-        "   ON d.collection_id = c.collection_id AND d.id = c.document_id"
+        "   ON d.key = c.document_key"
         " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}"
         " ORDER BY distance LIMIT {k}"
     ).format(

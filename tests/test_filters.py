@@ -271,7 +271,7 @@ def test_index_is_partial_per_collection_and_used(engine: Engine, collection: st
         plan = "\n".join(
             r[0]
             for r in conn.execute(
-                f"EXPLAIN SELECT document_id FROM unidb.chunks c WHERE c.collection_id = {collection_id}"
+                f"EXPLAIN SELECT document_key FROM unidb.chunks c WHERE c.collection_id = {collection_id}"
                 f" ORDER BY (c.embedding::vector(8)) <=> %s::vector(8) LIMIT 5",
                 (rng.normal(size=8).astype(np.float32),),
             ).fetchall()

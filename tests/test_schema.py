@@ -72,36 +72,55 @@ def test_every_write_has_its_outbox_row_in_the_same_transaction(
     client = unidb.Client(backend=engine)
     client.create_collection(collection, dim=2)
     client.upsert(collection, [{"id": "a", "embedding": [1, 0]}, {"id": "b", "embedding": [0, 1]}])
+    with engine.transaction() as conn:
+        (collection_id,) = conn.execute(
+            "SELECT id FROM unidb.collections WHERE name = %s", (collection,)
+        ).fetchone()  # type: ignore[misc]
+        keys = dict(
+            conn.execute(
+                "SELECT id, key FROM unidb.documents WHERE collection_id = %s", (collection_id,)
+            ).fetchall()
+        )
     client.upsert(collection, [{"id": "a", "embedding": [1, 0]}])  # unchanged: no change row
-    client.upsert(collection, [{"id": "a", "text": "new", "embedding": [1, 0]}])
+    client.upsert(collection, [{"id": "a", "text": "new", "embedding": [1, 0]}])  # merged
+    client.upsert(
+        collection,
+        [{"id": "c", "embedding": [1, 1]}, {"id": "a", "text": "newer", "embedding": [1, 0]}],
+    )
     client.delete(collection, "b")
     with engine.transaction() as conn:
-        collection_id = conn.execute(
-            "SELECT id FROM unidb.collections WHERE name = %s", (collection,)
-        ).fetchone()[0]  # type: ignore[index]
+        keys.update(
+            conn.execute(
+                "SELECT id, key FROM unidb.documents WHERE collection_id = %s", (collection_id,)
+            ).fetchall()
+        )
         rows = conn.execute(
-            "SELECT document_id, op, version, xid::text::bigint > 0 FROM unidb.changes"
+            "SELECT document_key, op, version, xid::text::bigint > 0 FROM unidb.changes"
             " WHERE collection_id = %s ORDER BY seq",
             (collection_id,),
         ).fetchall()
-    assert rows == [
-        ("a", "upsert", 1, True),
-        ("b", "upsert", 1, True),
-        ("a", "upsert", 2, True),
-        ("b", "delete", 1, True),
-    ] or rows == [
-        ("b", "upsert", 1, True),
-        ("a", "upsert", 1, True),
-        ("a", "upsert", 2, True),
-        ("b", "delete", 1, True),
-    ]
+    by_key = {key: doc_id for doc_id, key in keys.items()}
+    assert len(set(keys.values())) == 3  # every document its own key
+    named = [(by_key[key], op, version, has_xid) for key, op, version, has_xid in rows]
+    assert sorted(named[:2]) == [("a", "upsert", 1, True), ("b", "upsert", 1, True)]
+    assert named[2] == ("a", "upsert", 2, True)
+    assert sorted(named[3:5]) == [("a", "upsert", 3, True), ("c", "upsert", 1, True)]
+    assert named[5:] == [("b", "delete", 1, True)]
+    # the upserted document kept its key through both merges
+    assert client.get(collection, "a").version == 3
     client.delete_collection(collection)
     with engine.transaction() as conn:
         last = conn.execute(
             "SELECT op FROM unidb.changes WHERE collection_id = %s ORDER BY seq DESC LIMIT 1",
             (collection_id,),
         ).fetchone()
+        leftovers = conn.execute(
+            "SELECT (SELECT count(*) FROM unidb.documents WHERE collection_id = %s),"
+            " (SELECT count(*) FROM unidb.chunks WHERE collection_id = %s)",
+            (collection_id, collection_id),
+        ).fetchone()
     assert last == ("drop",)
+    assert leftovers == (0, 0)
 
 
 def test_failed_batch_rolls_back_documents_chunks_and_outbox(

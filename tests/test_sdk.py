@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,64 @@ def test_embedded_client_keeps_rows_across_reopen(tmp_path: Path) -> None:
         assert client.get("notes", "n1").text == "remember"
         hits = client.query("notes", vector=[2.0, 0.0, 0.0], k=1, mode="vector").hits
         assert hits[0].id == "n1" and hits[0].score == pytest.approx(2.0)
+
+
+def test_base64_embeddings_over_rest(api: object, collection: str) -> None:
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    assert isinstance(api, TestClient)
+    api.post("/v1/collections", json={"name": collection, "dim": 3})
+    packed = base64.b64encode(np.asarray([0.5, -1.0, 2.0], dtype="<f4").tobytes()).decode()
+    response = api.post(
+        f"/v1/collections/{collection}/documents",
+        json={"documents": [{"id": "p", "embedding": packed}]},
+    )
+    assert response.status_code == 200, response.text
+    assert api.get(f"/v1/collections/{collection}/documents/p").json()["embedding"] == [
+        0.5,
+        -1.0,
+        2.0,
+    ]
+    for bad, field in (
+        ("not base64!", "documents[0].embedding"),
+        (base64.b64encode(b"\x00" * 8).decode(), "documents[0].embedding"),  # two floats, not three
+        (base64.b64encode(b"\x00" * 5).decode(), "documents[0].embedding"),  # not whole floats
+    ):
+        response = api.post(
+            f"/v1/collections/{collection}/documents",
+            json={"documents": [{"id": "q", "embedding": bad}]},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["field"] == field
+    assert api.get(f"/v1/collections/{collection}").json()["documents"] == 1
+
+
+def _recorder(sizes: list[int]) -> Callable[[int, unidb.UpsertResult], None]:
+    return lambda size, result: sizes.append(size)
+
+
+def test_ingest_pipelines_batches_and_names_the_bad_document(
+    server_url: str, engine: Engine, collection: str
+) -> None:
+    rng = np.random.default_rng(9)
+    docs = [{"id": f"i{i}", "text": str(i), "embedding": rng.normal(size=4)} for i in range(1000)]
+    for client in (unidb.Client(server_url), unidb.Client(backend=engine)):
+        client.delete_collection(collection)
+        client.create_collection(collection, dim=4)
+        seen: list[int] = []
+        result = client.ingest(collection, docs, batch_size=128, on_batch=_recorder(seen))
+        assert (result.written, result.unchanged) == (1000, 0)
+        assert sorted(seen) == sorted([128] * 7 + [104])
+        again = client.ingest(collection, iter(docs), batch_size=300, concurrency=3)
+        assert (again.written, again.unchanged) == (0, 1000)
+
+        bad = [*docs[:700], {"id": "bad", "embedding": [1.0, 2.0]}, *docs[700:]]
+        with pytest.raises(unidb.InvalidInput) as error:
+            client.ingest(collection, bad, batch_size=128)
+        assert error.value.field == "documents[700].embedding"
+        with pytest.raises(unidb.InvalidInput) as error:
+            client.ingest(collection, [*docs[:300], {"id": "", "text": "x"}], batch_size=128)
+        assert error.value.field == "documents[300].id"
+        assert client.get_collection(collection).documents == 1000
