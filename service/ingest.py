@@ -68,11 +68,14 @@ def _documents(
         return group
 
     for number, line in enumerate(stream, start=1):
-        progress.update(len(line))
+        # with a limit the bar counts documents, otherwise bytes of the file
+        progress.update(len(line) if limit is None else 0)
         if not line.strip():
             continue
         if limit is not None and len(line_numbers) >= limit:
             break
+        if limit is not None:
+            progress.update(1)
         line_numbers.append(number)
         pending.append(parse_line(line, number))
         if len(pending) >= embed_batch:
@@ -115,9 +118,9 @@ def ingest_file(
     with (
         path.open("rb") as stream,
         tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
+            total=path.stat().st_size if limit is None else limit,
+            unit="B" if limit is None else "doc",
+            unit_scale=limit is None,
             desc=f"ingest {path.name}",
             disable=not show_progress,
         ) as progress,

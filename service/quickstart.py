@@ -13,7 +13,7 @@ from types import FrameType
 import uvicorn
 
 from unidb import Client
-from unidb.errors import InvalidInput
+from unidb.errors import InvalidInput, NotFound
 from unidb.indexing.embedders import MiniLM
 
 from .api.main import create_app
@@ -82,16 +82,19 @@ def run(settings: Settings, *, data: Path | None, limit: int, keep_serving: bool
     try:
         with Client(url) as client:
             embedder = MiniLM()
-            report = ingest_file(
-                client.backend,
-                folder / "corpus.jsonl",
-                collection=COLLECTION,
-                batch_size=100,
-                embedder=embedder,
-                limit=limit,
-            )
-            print(f"loaded {report.lines} SciFact abstracts ({report.written} new or changed)")
-            loaded = set(_loaded_ids(folder / "corpus.jsonl", report.lines))
+            loaded = set(_loaded_ids(folder / "corpus.jsonl", limit))
+            if _already_loaded(client, len(loaded)):
+                print(f"{COLLECTION} already holds the first {len(loaded)} SciFact abstracts")
+            else:
+                report = ingest_file(
+                    client.backend,
+                    folder / "corpus.jsonl",
+                    collection=COLLECTION,
+                    batch_size=100,
+                    embedder=embedder,
+                    limit=limit,
+                )
+                print(f"loaded {report.lines} SciFact abstracts ({report.written} new or changed)")
             question, relevant = _pick_query(folder, loaded)
             hits = client.query(
                 COLLECTION, vector=embedder.embed_query(question).tolist(), k=5, mode="vector"
@@ -108,6 +111,13 @@ def run(settings: Settings, *, data: Path | None, limit: int, keep_serving: bool
         server.should_exit = True
         thread.join()
     return 0
+
+
+def _already_loaded(client: Client, count: int) -> bool:
+    try:
+        return client.get_collection(COLLECTION).documents >= count
+    except NotFound:
+        return False
 
 
 def _loaded_ids(corpus: Path, count: int) -> list[str]:
