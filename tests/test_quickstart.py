@@ -24,11 +24,15 @@ def test_quickstart_serves_a_real_query(tmp_path: Path) -> None:
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "loaded 60 SciFact abstracts (60 new or changed)" in first.stdout
-    hits = [line for line in first.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
+    hits = [
+        line for line in first.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}
+    ]
     assert len(hits) == 5
     assert "judged relevant" in first.stdout
     # a second run finds the data in place and answers the same
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already holds the first 60" in second.stdout
-    assert [line for line in second.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}] == hits
+    assert [
+        line for line in second.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}
+    ] == hits
