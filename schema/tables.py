@@ -72,9 +72,9 @@ documents = Table(
 chunks = Table(
     "chunks",
     metadata,
+    Column("collection_id", Integer, primary_key=True),
     Column("document_key", BigInteger, primary_key=True),
     Column("chunk_no", Integer, primary_key=True),
-    Column("collection_id", Integer, nullable=False, index=True),
     # a chunk is a span of its document's text, so text is stored once
     Column("start_char", Integer, nullable=False),
     Column("end_char", Integer, nullable=False),

@@ -13,7 +13,7 @@ from typing import Any, Protocol, Self
 from urllib.parse import quote
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from .errors import InvalidInput, NotFound, Unavailable, UnidbError, error_from_response
 from .models import (
@@ -79,18 +79,18 @@ def _shifted(error: UnidbError, offset: int) -> UnidbError:
 def _invalid_from(exc: ValidationError) -> InvalidInput:
     first = exc.errors()[0]
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    return InvalidInput(f"{first['msg']}", field=f"documents[0]{where}")
+    return InvalidInput(f"{first['msg']}", field=f"documents{where}")
+
+
+_DOCUMENT_LIST = TypeAdapter(list[Document])
 
 
 def _validated_batch(documents: Sequence[DocumentLike]) -> list[Document]:
-    """Documents for one call, with a bad one reported as ``documents[i]``."""
-    validated = []
-    for i, d in enumerate(documents):
-        try:
-            validated.append(d if isinstance(d, Document) else Document.model_validate(d))
-        except ValidationError as exc:
-            raise _shifted(_invalid_from(exc), i) from exc
-    return validated
+    """Documents for one call (validated in one pass), a bad one reported as ``documents[i]``."""
+    try:
+        return _DOCUMENT_LIST.validate_python(list(documents))
+    except ValidationError as exc:
+        raise _invalid_from(exc) from exc
 
 
 def _packed_embedding(value: Any) -> Any:

@@ -23,20 +23,19 @@ _int8_field = struct.Struct("!iq").pack  # length 8, an int8
 def documents_payload(
     collection_id: int,
     keys: Sequence[int],
-    ids: Sequence[str],
-    texts: Sequence[str],
+    ids: Sequence[bytes],
+    texts: Sequence[bytes],
     metadata_json: Sequence[bytes],
     content_hashes: Sequence[bytes],
 ) -> bytes:
-    """Rows of (collection_id int4, key int8, id text, text text, metadata jsonb, content_hash bytea)."""
+    """Rows of (collection_id int4, key int8, id text, text text, metadata jsonb, content_hash
+    bytea); ids and texts come UTF-8 encoded."""
     head = _row_head(6, 4, collection_id)
     parts: list[bytes] = [SIGNATURE]
     append = parts.append
-    for key, doc_id, text, metadata, content_hash in zip(
+    for key, id_bytes, text_bytes, metadata, content_hash in zip(
         keys, ids, texts, metadata_json, content_hashes, strict=True
     ):
-        id_bytes = doc_id.encode()
-        text_bytes = text.encode()
         append(head)
         append(_int8_field(8, key))
         append(_int4(len(id_bytes)))

@@ -56,7 +56,7 @@ WITH written AS (
         (document_key, chunk_no, collection_id, start_char, end_char, embedding)
     SELECT w.key, 0, %(collection)s, 0, length(s.text), s.embedding
     FROM unidb_stage s JOIN written w ON w.id = s.id
-    ON CONFLICT (document_key, chunk_no) DO UPDATE
+    ON CONFLICT (collection_id, document_key, chunk_no) DO UPDATE
         SET start_char = excluded.start_char, end_char = excluded.end_char,
             embedding = excluded.embedding
 )
@@ -77,6 +77,8 @@ class Batch:
 
     ids: list[str]
     texts: list[str]
+    encoded_ids: list[bytes]  # UTF-8, as COPY sends them
+    encoded_texts: list[bytes]
     metadata_json: list[bytes]
     content_hashes: list[bytes]
     vectors: np.ndarray  # (n, dim) float32; rows without an embedding are zero
@@ -106,6 +108,10 @@ def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Li
 
     metadata_json: list[bytes] = []
     hashes: list[bytes] = []
+    encoded_ids: list[bytes] = []
+    encoded_texts: list[bytes] = []
+    vector_bytes = memoryview(vectors.tobytes())
+    stride = 4 * collection.dim
     for row, i in enumerate(order):
         doc = documents[i]
         where = f"documents[{i}]"
@@ -119,17 +125,20 @@ def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Li
                 field=f"{where}.text",
             )
         metadata = _metadata_json(doc.metadata, f"{where}.metadata")
-        digest = blake2b(doc.text.encode(), digest_size=16)
-        digest.update(b"\x00")
-        digest.update(metadata)
+        text = doc.text.encode()
+        # NUL cannot occur in text or JSON, so it separates the parts unambiguously
+        content = text + b"\x00" + metadata
         if has_vector[row]:
-            digest.update(b"\x00")
-            digest.update(vectors[row].tobytes())
+            content += b"\x00" + vector_bytes[row * stride : (row + 1) * stride]
         metadata_json.append(metadata)
-        hashes.append(digest.digest())
+        hashes.append(blake2b(content, digest_size=16).digest())
+        encoded_ids.append(doc.id.encode())
+        encoded_texts.append(text)
     return Batch(
         ids=[documents[i].id for i in order],
         texts=[documents[i].text for i in order],
+        encoded_ids=encoded_ids,
+        encoded_texts=encoded_texts,
         metadata_json=metadata_json,
         content_hashes=hashes,
         vectors=vectors,
@@ -252,8 +261,8 @@ def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: 
                 documents_payload(
                     collection.id,
                     keys.tolist(),
-                    batch.ids,
-                    batch.texts,
+                    batch.encoded_ids,
+                    batch.encoded_texts,
                     batch.metadata_json,
                     batch.content_hashes,
                 )
@@ -303,7 +312,8 @@ def get(conn: Connection, collection: CollectionRow, document_id: str) -> Stored
     row = conn.execute(
         "SELECT d.id, d.text, d.metadata, c.embedding, d.version, d.created_at, d.updated_at"
         " FROM unidb.documents d"
-        " LEFT JOIN unidb.chunks c ON c.document_key = d.key AND c.chunk_no = 0"
+        " LEFT JOIN unidb.chunks c"
+        "   ON c.collection_id = d.collection_id AND c.document_key = d.key AND c.chunk_no = 0"
         " WHERE d.collection_id = %s AND d.id = %s",
         (collection.id, document_id),
     ).fetchone()
@@ -331,7 +341,10 @@ def delete(conn: Connection, collection: CollectionRow, document_id: str) -> boo
     if row is None:
         return False
     key, version = row
-    conn.execute("DELETE FROM unidb.chunks WHERE document_key = %s", (key,))
+    conn.execute(
+        "DELETE FROM unidb.chunks WHERE collection_id = %s AND document_key = %s",
+        (collection.id, key),
+    )
     conn.execute(
         "INSERT INTO unidb.changes (collection_id, document_key, op, version)"
         " VALUES (%s, %s, 'delete', %s)",

@@ -20,7 +20,8 @@ depends_on = None
 # bulk load costs one sequence call, not one per row. There are no foreign keys between
 # these tables: per-row trigger checks would cost bulk loads more than the writes
 # themselves. The engine writes a document, its chunks and its outbox row in one
-# transaction and deletes them together.
+# transaction and deletes them together. Document ids compare bytewise (COLLATE "C"): the
+# primary key is probed on every write, and locale-aware comparison would only slow it.
 
 
 def upgrade() -> None:
@@ -43,7 +44,7 @@ def upgrade() -> None:
         """
         CREATE TABLE unidb.documents (
             collection_id integer NOT NULL,
-            id            text NOT NULL,
+            id            text COLLATE "C" NOT NULL,
             key           bigint NOT NULL DEFAULT (nextval('unidb.document_key_blocks') << 20),
             text          text NOT NULL DEFAULT '',
             metadata      jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -68,11 +69,10 @@ def upgrade() -> None:
             start_char    integer NOT NULL,
             end_char      integer NOT NULL,
             embedding     vector,
-            PRIMARY KEY (document_key, chunk_no)
+            PRIMARY KEY (collection_id, document_key, chunk_no)
         )
         """
     )
-    op.execute("CREATE INDEX chunks_collection ON unidb.chunks (collection_id)")
     op.execute(
         """
         CREATE TABLE unidb.changes (
