@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,51 +104,43 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     args = parser.parse_args()
 
     rows = make_rows(args.rows, args.dim)
+    copy_runs: list[float] = []
+    embedded_runs: list[float] = []
+    rest_runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="unidb-bench-") as tmp:
         data_dir = Path(tmp)
         with unidb.Client.embedded(data_dir, max_batch_documents=args.batch) as embedded:
             dsn = embedded.backend.dsn  # type: ignore[attr-defined]
-            copy_rows_s = bench_copy(dsn, rows, args.dim)
-            embedded_rows_s = bench_client(embedded, "bench_embedded", rows, args.dim, args.batch)
-
             port = free_port()
             server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "unidb.service.cli",
-                    "--log-level",
-                    "warning",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(data_dir),
-                ],
+                [sys.executable, "-m", "unidb.service.cli", "--log-level", "warning", "serve",
+                 "--port", str(port), "--data-dir", str(data_dir)],
                 env={**os.environ, "UNIDB_MAX_BATCH_DOCUMENTS": str(args.batch)},
-            )
+            )  # fmt: skip
             try:
                 url = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        if time.monotonic() > deadline:
-                            raise
-                    time.sleep(0.2)
+                wait_healthy(url)
                 with unidb.Client(url, timeout=300) as rest:
-                    rest_rows_s = bench_client(rest, "bench_rest", rows, args.dim, args.batch)
+                    # rounds interleave the three paths so a noisy spell hits them alike
+                    for _ in range(args.repeat):
+                        copy_runs.append(bench_copy(dsn, rows, args.dim))
+                        embedded_runs.append(
+                            bench_client(embedded, "bench_embedded", rows, args.dim, args.batch)
+                        )
+                        rest_runs.append(
+                            bench_client(rest, "bench_rest", rows, args.dim, args.batch)
+                        )
             finally:
                 server.terminate()
                 server.wait(60)
-            copy_again = bench_copy(dsn, rows, args.dim)
 
-    copy_rows_s = (copy_rows_s + copy_again) / 2
+    copy_rows_s = statistics.median(copy_runs)
+    embedded_rows_s = statistics.median(embedded_runs)
+    rest_rows_s = statistics.median(rest_runs)
     print(
         json.dumps(
             {
@@ -155,6 +148,7 @@ def main() -> None:
                 "rows": args.rows,
                 "dim": args.dim,
                 "batch": args.batch,
+                "rounds": args.repeat,
                 "copy_rows_s": round(copy_rows_s),
                 "unidb_embedded_rows_s": round(embedded_rows_s),
                 "unidb_rest_rows_s": round(rest_rows_s),
@@ -163,6 +157,18 @@ def main() -> None:
             }
         )
     )
+
+
+def wait_healthy(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":
