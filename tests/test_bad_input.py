@@ -327,3 +327,21 @@ def test_sql_looking_strings_are_plain_data(api: TestClient, engine: Engine, loa
             ).fetchall()
         }
     assert {"collections", "documents", "chunks", "changes"} <= tables
+
+
+def test_openapi_documents_every_route(api: TestClient) -> None:
+    schema = api.get("/openapi.json").json()
+    assert api.get("/docs").status_code == 200
+    paths = schema["paths"]
+    assert set(paths) >= {
+        "/healthz",
+        "/v1/collections",
+        "/v1/collections/{name}",
+        "/v1/collections/{name}/documents",
+        "/v1/collections/{name}/documents/{document_id}",
+        "/v1/collections/{name}/query",
+    }
+    upsert = paths["/v1/collections/{name}/documents"]["post"]
+    body = upsert["requestBody"]["content"]["application/json"]["schema"]
+    assert "documents" in body["properties"]
+    assert "400" in upsert["responses"] and "404" in upsert["responses"]
