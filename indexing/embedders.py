@@ -67,7 +67,65 @@ class MiniLM:
         return vector
 
 
-def get_embedder(name: str) -> Embedder:
-    if name == "minilm":
-        return MiniLM()
-    raise ValueError(f"unknown embedder {name!r}; known: minilm")
+class OpenAICompatible:
+    """Any server speaking OpenAI's ``POST /v1/embeddings`` (vLLM, TEI, ...)."""
+
+    name = "openai"
+
+    def __init__(
+        self, url: str, *, dim: int, model: str | None = None, timeout_s: float = 60.0
+    ) -> None:
+        import httpx
+
+        self.url = url.rstrip("/") + "/embeddings"
+        self.dim = dim
+        self.model = model
+        self._http = httpx.Client(timeout=timeout_s)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        body: dict[str, Any] = {"input": list(texts)}
+        if self.model:
+            body["model"] = self.model
+        response = self._http.post(self.url, json=body)
+        if response.status_code != 200:
+            raise EmbedderError(
+                f"embedding endpoint {self.url} answered {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+        try:
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = np.asarray([item["embedding"] for item in data], dtype=np.float32)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EmbedderError(f"embedding endpoint {self.url} sent no embeddings") from exc
+        if vectors.shape != (len(texts), self.dim):
+            raise EmbedderError(
+                f"embedding endpoint {self.url} sent shape {vectors.shape}, "
+                f"expected ({len(texts)}, {self.dim})"
+            )
+        return vectors
+
+    def embed_query(self, text: str) -> np.ndarray:
+        vector: np.ndarray = self.embed_documents([text])[0]
+        return vector
+
+
+class EmbedderError(RuntimeError):
+    """The embedder could not embed (endpoint down, wrong answer)."""
+
+
+_MINILM = MiniLM()
+
+
+def get_embedder(
+    kind: str, *, dim: int = 384, url: str | None = None, model: str | None = None
+) -> Embedder:
+    """The embedder of ``kind``: ``minilm`` (shared, in-process) or ``openai`` at ``url``."""
+    if kind == "minilm":
+        return _MINILM
+    if kind == "openai":
+        if not url:
+            raise ValueError("the openai embedder needs a url")
+        return OpenAICompatible(url, dim=dim, model=model)
+    raise ValueError(f"unknown embedder {kind!r}; known: minilm, openai")

@@ -17,12 +17,16 @@ from pydantic import TypeAdapter, ValidationError
 
 from .errors import InvalidInput, NotFound, Unavailable, UnidbError, error_from_response
 from .models import (
+    DEFAULT_ALPHA,
+    DEFAULT_FUSION,
     Collection,
     CollectionCreate,
     CollectionList,
     Consistency,
     DeleteResult,
     Document,
+    EmbedderSpec,
+    Fusion,
     Health,
     Metric,
     QueryMode,
@@ -116,6 +120,30 @@ def _wire_documents(documents: list[Document]) -> bytes:
     ]
     return (
         UpsertRequest.model_construct(documents=packed).model_dump_json(exclude_none=True).encode()
+    )
+
+
+def _query_request(
+    text: str | None,
+    vector: Sequence[float] | None,
+    k: int,
+    mode: QueryMode,
+    filter: Mapping[str, Any] | None,
+    fusion: Fusion,
+    alpha: float,
+    consistency: Consistency,
+) -> QueryRequest:
+    if vector is not None and hasattr(vector, "tolist"):
+        vector = vector.tolist()
+    return QueryRequest(
+        text=text,
+        vector=list(vector) if vector is not None else None,
+        k=k,
+        mode=mode,
+        filter=dict(filter) if filter is not None else None,
+        fusion=fusion,
+        alpha=alpha,
+        consistency=consistency,
     )
 
 
@@ -247,9 +275,21 @@ class Client:
         """``{"status": "ok"}`` when the server and its database answer."""
         return self._backend.health()
 
-    def create_collection(self, name: str, *, dim: int, metric: Metric = "cosine") -> Collection:
-        """Create a collection for ``dim``-dimensional vectors compared by ``metric``."""
-        return self._backend.create_collection(CollectionCreate(name=name, dim=dim, metric=metric))
+    def create_collection(
+        self,
+        name: str,
+        *,
+        dim: int,
+        metric: Metric = "cosine",
+        embedder: EmbedderSpec | Mapping[str, Any] | None = None,
+    ) -> Collection:
+        """Create a collection for ``dim``-dimensional vectors compared by ``metric``.
+
+        With an ``embedder`` (``{"kind": "minilm"}``, or ``{"kind": "openai", "url": ...}``)
+        documents sent without embeddings are embedded on upsert, and query text on search.
+        """
+        spec = CollectionCreate(name=name, dim=dim, metric=metric, embedder=embedder)  # type: ignore[arg-type]
+        return self._backend.create_collection(spec)
 
     def get_collection(self, name: str) -> Collection:
         """A collection's settings, document count and index state."""
@@ -343,17 +383,13 @@ class Client:
         k: int = 10,
         mode: QueryMode = "hybrid",
         filter: Mapping[str, Any] | None = None,
+        fusion: Fusion = DEFAULT_FUSION,
+        alpha: float = DEFAULT_ALPHA,
         consistency: Consistency = "strong",
     ) -> QueryResponse:
-        """Search a collection; see ``QueryRequest`` for the fields."""
-        request = QueryRequest(
-            text=text,
-            vector=list(vector) if vector is not None else None,
-            k=k,
-            mode=mode,
-            filter=dict(filter) if filter is not None else None,
-            consistency=consistency,
-        )
+        """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``, rrf or
+        weighted with ``alpha`` the vector share). See ``QueryRequest`` for the fields."""
+        request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency)
         return self._backend.query(collection, request)
 
 
@@ -396,9 +432,14 @@ class AsyncClient:
         return response.content
 
     async def create_collection(
-        self, name: str, *, dim: int, metric: Metric = "cosine"
+        self,
+        name: str,
+        *,
+        dim: int,
+        metric: Metric = "cosine",
+        embedder: EmbedderSpec | Mapping[str, Any] | None = None,
     ) -> Collection:
-        spec = CollectionCreate(name=name, dim=dim, metric=metric)
+        spec = CollectionCreate(name=name, dim=dim, metric=metric, embedder=embedder)  # type: ignore[arg-type]
         body = await self._send("POST", "/v1/collections", spec.model_dump_json().encode())
         return Collection.model_validate_json(body)
 
@@ -444,16 +485,11 @@ class AsyncClient:
         k: int = 10,
         mode: QueryMode = "hybrid",
         filter: Mapping[str, Any] | None = None,
+        fusion: Fusion = DEFAULT_FUSION,
+        alpha: float = DEFAULT_ALPHA,
         consistency: Consistency = "strong",
     ) -> QueryResponse:
-        request = QueryRequest(
-            text=text,
-            vector=list(vector) if vector is not None else None,
-            k=k,
-            mode=mode,
-            filter=dict(filter) if filter is not None else None,
-            consistency=consistency,
-        )
+        request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency)
         body = await self._send(
             "POST",
             f"{_collection_path(collection)}/query",

@@ -20,6 +20,8 @@ __all__ = [
     "QueryMode",
     "Consistency",
     "CollectionCreate",
+    "EmbedderSpec",
+    "IndexStatus",
     "Collection",
     "CollectionList",
     "Health",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 Metric = Literal["cosine", "l2", "ip"]
+Fusion = Literal["rrf", "weighted"]
 QueryMode = Literal["hybrid", "bm25", "vector"]
 Consistency = Literal["strong", "eventual"]
 
@@ -90,23 +93,42 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class EmbedderSpec(_Model):
+    """Who embeds a collection's texts: ``minilm`` (all-MiniLM-L6-v2, 384-d, in-process) or
+    ``openai`` (any OpenAI-compatible ``/v1/embeddings`` endpoint: vLLM, TEI, ...)."""
+
+    kind: Literal["minilm", "openai"]
+    url: str | None = Field(
+        default=None, description="base URL ending in /v1, for kind openai", max_length=2048
+    )
+    model: str | None = Field(default=None, max_length=256)
+
+
 class CollectionCreate(_Model):
-    """A new collection: its name, vector dimension and distance metric."""
+    """A new collection: its name, vector dimension, distance metric and embedder."""
 
     name: CollectionName
     dim: int = Field(ge=1, le=MAX_DIM)
     metric: Metric = "cosine"
+    embedder: EmbedderSpec | None = None
+
+
+class IndexStatus(_Model):
+    watermark: int = Field(description="the index holds every change below this transaction id")
+    lag: int = Field(description="changes committed but not yet in the index")
 
 
 class Collection(_Model):
     name: str
     dim: int
     metric: Metric
+    embedder: EmbedderSpec | None = None
     created_at: datetime
     documents: int = Field(description="number of documents in the collection")
     vector_index: Literal["none", "building", "hnsw"] = Field(
         description="the pgvector HNSW index on this collection's embeddings"
     )
+    bm25: IndexStatus | None = Field(default=None, description="the BM25 index, once opened")
 
 
 class CollectionList(_Model):
@@ -153,20 +175,34 @@ class DeleteResult(_Model):
     deleted: bool
 
 
-class QueryRequest(_Model):
-    """A search over one collection. ``vector`` for vector mode; ``filter`` in unidb's filter language."""
+DEFAULT_FUSION: Fusion = "rrf"
+DEFAULT_ALPHA = 0.5
 
-    text: Text | None = None
+
+class QueryRequest(_Model):
+    """A search over one collection.
+
+    ``bm25`` needs ``text``; ``vector`` needs ``vector``, or ``text`` and a collection
+    embedder; ``hybrid`` fuses whichever of the two it can run. ``filter`` is in unidb's
+    filter language. ``consistency="strong"`` sees every write committed before the query.
+    """
+
+    text: Text | None = Field(default=None, max_length=10_000)
     vector: list[float] | None = None
     k: int = Field(default=10, ge=1, le=1000)
     mode: QueryMode = "hybrid"
     filter: dict[str, Any] | None = None
+    fusion: Fusion = DEFAULT_FUSION
+    alpha: float = Field(
+        default=DEFAULT_ALPHA, ge=0.0, le=1.0, description="weighted fusion: the vector share"
+    )
     consistency: Consistency = "strong"
 
 
 class HitScores(_Model):
     bm25: float | None = None
     vector: float | None = None
+    fused: float | None = None
 
 
 class Hit(_Model):
@@ -180,5 +216,6 @@ class Hit(_Model):
 class QueryResponse(_Model):
     hits: list[Hit]
     exhaustive: bool = Field(
-        description="true when every matching row was considered (exact scan), false for an approximate index scan"
+        description="true when every matching row was considered, false when an "
+        "approximate (HNSW) scan ranked the vectors"
     )

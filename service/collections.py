@@ -8,9 +8,12 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from unidb.errors import Conflict, NotFound
-from unidb.models import Collection, CollectionCreate, Metric
+from unidb.errors import Conflict, InvalidInput, NotFound
+from unidb.models import Collection, CollectionCreate, EmbedderSpec, IndexStatus, Metric
+
+MINILM_DIM = 384
 
 Connection = psycopg.Connection[Any]
 
@@ -22,25 +25,51 @@ class CollectionRow:
     dim: int
     metric: Metric
     created_at: datetime
+    embedder: EmbedderSpec | None = None
 
     @property
     def hnsw_index_name(self) -> str:
         return f"chunks_embedding_hnsw_c{self.id}"
 
 
-_GET = "SELECT id, name, dim, metric, created_at FROM unidb.collections WHERE name = %s"
+_GET = "SELECT id, name, dim, metric, created_at, embedder FROM unidb.collections WHERE name = %s"
 _GET_LOCKED = _GET + " FOR SHARE"
 
 
+def _row(values: tuple[Any, ...]) -> CollectionRow:
+    collection_id, name, dim, metric, created_at, embedder = values
+    return CollectionRow(
+        collection_id,
+        name,
+        dim,
+        metric,
+        created_at,
+        embedder=EmbedderSpec.model_validate(embedder) if embedder else None,
+    )
+
+
 def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
+    embedder = spec.embedder
+    if embedder is not None:
+        if embedder.kind == "minilm" and spec.dim != MINILM_DIM:
+            raise InvalidInput(
+                f"the minilm embedder makes {MINILM_DIM}-d vectors; dim is {spec.dim}", field="dim"
+            )
+        if embedder.kind == "openai" and not embedder.url:
+            raise InvalidInput("an openai embedder needs the endpoint's url", field="embedder.url")
     row = conn.execute(
-        "INSERT INTO unidb.collections (name, dim, metric) VALUES (%s, %s, %s)"
-        " ON CONFLICT (name) DO NOTHING RETURNING id, name, dim, metric, created_at",
-        (spec.name, spec.dim, spec.metric),
+        "INSERT INTO unidb.collections (name, dim, metric, embedder) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (name) DO NOTHING RETURNING id, name, dim, metric, created_at, embedder",
+        (
+            spec.name,
+            spec.dim,
+            spec.metric,
+            Jsonb(embedder.model_dump(exclude_none=True)) if embedder else None,
+        ),
     ).fetchone()
     if row is None:
         raise Conflict(f"collection {spec.name!r} already exists", field="name")
-    return CollectionRow(*row)
+    return _row(row)
 
 
 def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
@@ -48,14 +77,14 @@ def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
     row = conn.execute(_GET_LOCKED if lock else _GET, (name,)).fetchone()
     if row is None:
         raise NotFound(f"collection {name!r} does not exist", field="collection")
-    return CollectionRow(*row)
+    return _row(row)
 
 
 def list_all(conn: Connection) -> list[CollectionRow]:
     rows = conn.execute(
-        "SELECT id, name, dim, metric, created_at FROM unidb.collections ORDER BY name"
+        "SELECT id, name, dim, metric, created_at, embedder FROM unidb.collections ORDER BY name"
     ).fetchall()
-    return [CollectionRow(*row) for row in rows]
+    return [_row(row) for row in rows]
 
 
 def drop(conn: Connection, name: str) -> bool:
@@ -92,7 +121,9 @@ def vector_index_state(
     return "hnsw" if row[0] else "building"
 
 
-def describe(conn: Connection, collection: CollectionRow) -> Collection:
+def describe(
+    conn: Connection, collection: CollectionRow, bm25: IndexStatus | None = None
+) -> Collection:
     count = conn.execute(
         "SELECT count(*) FROM unidb.documents WHERE collection_id = %s", (collection.id,)
     ).fetchone()
@@ -100,7 +131,9 @@ def describe(conn: Connection, collection: CollectionRow) -> Collection:
         name=collection.name,
         dim=collection.dim,
         metric=collection.metric,
+        embedder=collection.embedder,
         created_at=collection.created_at,
         documents=count[0] if count else 0,
         vector_index=vector_index_state(conn, collection),
+        bm25=bm25,
     )

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
 
     ingest_batch_size: int = Field(default=2_000, ge=1)
 
+    tailer_interval_s: float = Field(
+        default=0.25, gt=0, description="how often the BM25 indexes follow the outbox"
+    )
+    hybrid_candidates: int = Field(
+        default=100, ge=1, le=10_000, description="hits taken from each retriever before fusion"
+    )
+
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pg"

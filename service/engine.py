@@ -20,12 +20,17 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from unidb.errors import InvalidInput, NotFound, ServerError, Unavailable, UnidbError
+from unidb.indexing.bm25 import document_body
+from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
 from unidb.models import (
     Collection,
     CollectionCreate,
     DeleteResult,
     Document,
     Health,
+    Hit,
+    HitScores,
+    IndexStatus,
     QueryRequest,
     QueryResponse,
     StoredDocument,
@@ -36,8 +41,11 @@ from . import collections, documents
 from .config import Settings
 from .db import check_pgvector, migrate, open_pool
 from .embedded import EmbeddedPostgres
-from .filters import compile_filter
+from .filters import CompiledFilter, compile_filter
+from .fusion import rrf, weighted
 from .search import vector_search
+from .text_indexes import TextIndexes
+from .text_search import bm25_search
 from .vector_index import build_hnsw
 
 log = logging.getLogger("unidb.engine")
@@ -71,6 +79,11 @@ class Engine:
         self._index_checked_at: dict[int, float] = {}
         self._index_builds: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._embedders: dict[int, Embedder] = {}
+        self.text_indexes = TextIndexes(
+            settings.data_dir / "indexes", pool, interval_s=settings.tailer_interval_s
+        )
+        self.text_indexes.start()
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -105,6 +118,7 @@ class Engine:
 
         Closing twice is harmless."""
         self.wait_for_index_builds()
+        self.text_indexes.close()
         self.pool.close()
         if self._embedded is not None:
             self._embedded.stop()
@@ -142,19 +156,73 @@ class Engine:
 
     def get_collection(self, name: str) -> Collection:
         with self.transaction() as conn:
-            return collections.describe(conn, collections.get(conn, name))
+            row = collections.get(conn, name)
+            return collections.describe(conn, row, self._bm25_status(conn, row))
 
     def list_collections(self) -> list[Collection]:
         with self.transaction() as conn:
-            return [collections.describe(conn, row) for row in collections.list_all(conn)]
+            return [
+                collections.describe(conn, row, self._bm25_status(conn, row))
+                for row in collections.list_all(conn)
+            ]
+
+    def _bm25_status(self, conn: Connection, row: collections.CollectionRow) -> IndexStatus:
+        index = self.text_indexes.get(row.id)
+        watermark = index.watermark
+        lag = conn.execute(
+            "SELECT count(*) FROM unidb.changes WHERE collection_id = %s AND xid >= %s::text::xid8",
+            (row.id, watermark),
+        ).fetchone()
+        return IndexStatus(watermark=watermark, lag=lag[0] if lag else 0)
 
     def delete_collection(self, name: str) -> DeleteResult:
         with self.transaction() as conn:
+            row = collections.get(conn, name)
+        # dropping the HNSW index while this process builds it would deadlock with the build
+        with self._lock:
+            build = self._index_builds.get(row.id)
+        if build is not None:
+            build.join()
+        with self.transaction() as conn:
             if not collections.drop(conn, name):
                 raise NotFound(f"collection {name!r} does not exist", field="collection")
+        self.text_indexes.drop(row.id)
+        with self._lock:
+            self._embedders.pop(row.id, None)
         return DeleteResult(deleted=True)
 
+    def embedder(self, row: collections.CollectionRow) -> Embedder | None:
+        """The collection's embedder, made once per process."""
+        spec = row.embedder
+        if spec is None:
+            return None
+        with self._lock:
+            embedder = self._embedders.get(row.id)
+            if embedder is None:
+                embedder = get_embedder(spec.kind, dim=row.dim, url=spec.url, model=spec.model)
+                self._embedders[row.id] = embedder
+            return embedder
+
+    def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
+        try:
+            return embedder.embed_documents(texts)
+        except EmbedderError as exc:
+            raise Unavailable(f"the collection's embedder failed: {exc}", field="embedder") from exc
+
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
+        with self.transaction() as conn:
+            row = collections.get(conn, collection)
+        embedder = self.embedder(row)
+        missing = [d for d in documents_ if d.embedding is None] if embedder else []
+        if embedder is not None and missing:
+            # embed outside the transaction: a model call must not hold a connection
+            vectors = self._embed(embedder, [document_body(d.text, d.metadata) for d in missing])
+            documents_ = list(documents_)
+            filled = {id(d): v for d, v in zip(missing, vectors, strict=True)}
+            documents_ = [
+                d.model_copy(update={"embedding": filled[id(d)]}) if id(d) in filled else d
+                for d in documents_
+            ]
         with self.transaction() as conn:
             row = collections.get(conn, collection, lock=True)
             return documents.upsert(conn, row, documents_, self._limits)
@@ -173,36 +241,101 @@ class Engine:
         return DeleteResult(deleted=True)
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
-        mode = request.mode
-        if request.vector is None:
-            raise InvalidInput(
-                "give a query vector; text queries (bm25 and hybrid on text) need the BM25 "
-                "index, which this version does not have yet",
-                field="vector" if request.text is None else "text",
+        where = (
+            compile_filter(
+                request.filter,
+                column=sql.SQL("d.metadata"),
+                max_depth=self.settings.max_filter_depth,
             )
-        if mode == "bm25":
-            raise InvalidInput("bm25 mode needs the BM25 index, not in this version", field="mode")
-        where = compile_filter(
-            request.filter,
-            column=sql.SQL("d.metadata"),
-            max_depth=self.settings.max_filter_depth,
+            if request.filter
+            else None
         )
         with self.transaction() as conn:
             row = collections.get(conn, collection)
-            vector = documents.check_vector(row, request.vector, "vector")
-            use_index = collections.vector_index_state(conn, row) == "hnsw"
-            if not use_index:
-                self._maybe_schedule_index(conn, row)
-            return vector_search(
-                conn,
-                row,
-                vector,
-                k=request.k,
-                where=where,
-                use_index=use_index,
-                ef_search=self.settings.hnsw_ef_search,
-                max_scan_tuples=self.settings.hnsw_max_scan_tuples,
+        run_bm25 = request.mode in ("bm25", "hybrid") and bool(request.text)
+        query_vector: Any = request.vector
+        if query_vector is None and request.mode in ("vector", "hybrid") and request.text:
+            embedder = self.embedder(row)
+            if embedder is not None:
+                query_vector = self._embed(embedder, [request.text])[0]
+        run_vector = request.mode in ("vector", "hybrid") and query_vector is not None
+        if request.mode == "bm25" and not run_bm25:
+            raise InvalidInput("bm25 mode needs query text", field="text")
+        if request.mode == "vector" and not run_vector:
+            raise InvalidInput(
+                "vector mode needs a query vector, or text and a collection embedder",
+                field="vector",
             )
+        if not (run_bm25 or run_vector):
+            raise InvalidInput("give query text, a query vector, or both", field="text")
+
+        depth = (
+            request.k
+            if request.mode != "hybrid"
+            else max(request.k, self.settings.hybrid_candidates)
+        )
+        bm25_hits: list[tuple[int, float]] = []
+        vector_hits: list[tuple[int, float]] = []
+        exhaustive = True
+        index = self.text_indexes.get(row.id) if run_bm25 else None
+        with self.transaction() as conn:
+            if run_vector:
+                vector = documents.check_vector(row, query_vector, "vector")
+                vector_hits, exhaustive = self._vector_hits(conn, row, vector, depth, where)
+            if index is not None and request.text:
+                bm25_hits = bm25_search(
+                    conn,
+                    row,
+                    index,
+                    request.text,
+                    limit=depth,
+                    where=where,
+                    strong=request.consistency == "strong",
+                )
+            ranked = self._rank(request, bm25_hits, vector_hits)[: request.k]
+            hits = _hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
+        return QueryResponse(hits=hits, exhaustive=exhaustive)
+
+    def _vector_hits(
+        self,
+        conn: Connection,
+        row: collections.CollectionRow,
+        vector: Any,
+        k: int,
+        where: CompiledFilter | None,
+    ) -> tuple[list[tuple[int, float]], bool]:
+        use_index = collections.vector_index_state(conn, row) == "hnsw"
+        if not use_index:
+            self._maybe_schedule_index(conn, row)
+        return vector_search(
+            conn,
+            row,
+            vector,
+            k=k,
+            where=where or CompiledFilter(sql.SQL("TRUE"), []),
+            use_index=use_index,
+            ef_search=self.settings.hnsw_ef_search,
+            max_scan_tuples=self.settings.hnsw_max_scan_tuples,
+        )
+
+    @staticmethod
+    def _rank(
+        request: QueryRequest,
+        bm25_hits: list[tuple[int, float]],
+        vector_hits: list[tuple[int, float]],
+    ) -> list[tuple[int, float | None]]:
+        if not bm25_hits or not vector_hits:
+            single = bm25_hits or vector_hits
+            fused = request.mode == "hybrid"
+            return [(key, score if fused else None) for key, score in single]
+        if request.fusion == "rrf":
+            scores = rrf([[k for k, _ in bm25_hits], [k for k, _ in vector_hits]])
+        else:
+            scores = weighted(dict(bm25_hits), dict(vector_hits), alpha=request.alpha)
+        return [
+            (key, score)
+            for key, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        ]
 
     # -- vector index ---------------------------------------------------------------------
 
@@ -261,3 +394,38 @@ class Engine:
             self._index_builds[row.id] = thread
         log.info("collection %s holds %d vectors: building its HNSW index", row.name, count[0])
         thread.start()
+
+
+def _hydrate(
+    conn: Connection,
+    row: collections.CollectionRow,
+    ranked: list[tuple[int, float | None]],
+    bm25: dict[int, float],
+    vector: dict[int, float],
+) -> list[Hit]:
+    """The ranked keys as hits with their documents' current id, text and metadata."""
+    if not ranked:
+        return []
+    found = {
+        key: (doc_id, text, metadata)
+        for key, doc_id, text, metadata in conn.execute(
+            "SELECT key, id, text, metadata FROM unidb.documents"
+            " WHERE collection_id = %s AND key = ANY(%s)",
+            (row.id, [key for key, _ in ranked]),
+        ).fetchall()
+    }
+    hits = []
+    for key, fused in ranked:
+        if key not in found:
+            continue  # deleted after the ranking was read
+        doc_id, text, metadata = found[key]
+        scores = HitScores(bm25=bm25.get(key), vector=vector.get(key), fused=fused)
+        primary = (
+            fused
+            if fused is not None
+            else (scores.vector if scores.vector is not None else scores.bm25)
+        )
+        hits.append(
+            Hit(id=doc_id, score=primary or 0.0, text=text, metadata=metadata, scores=scores)
+        )
+    return hits

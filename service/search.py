@@ -8,8 +8,6 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from unidb.models import Hit, HitScores, QueryResponse
-
 from .collections import CollectionRow
 from .filters import CompiledFilter
 from .vector_index import OPERATOR, typed_embedding
@@ -37,7 +35,7 @@ def _select(
         embedding, sql.SQL(OPERATOR[collection.metric]), query_param
     )
     statement = sql.SQL(
-        "SELECT d.id, d.text, d.metadata, {distance} AS distance"
+        "SELECT d.key, {distance} AS distance"
         " FROM unidb.chunks c JOIN unidb.documents d"
         "   ON d.key = c.document_key"
         " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}"
@@ -61,8 +59,9 @@ def vector_search(
     use_index: bool,
     ef_search: int,
     max_scan_tuples: int,
-) -> QueryResponse:
-    """The ``k`` nearest documents that pass ``where``.
+) -> tuple[list[tuple[int, float]], bool]:
+    """The ``k`` nearest documents that pass ``where``, as (document key, score), and
+    whether the answer is exact.
 
     With the index, pgvector's iterative scan keeps walking the graph until ``k`` rows pass
     the filter; if it still comes up short (a very selective filter) the query is answered
@@ -84,14 +83,4 @@ def vector_search(
         statement, params = _select(collection, query, k, where, indexed=False)
         rows = conn.execute(statement, params).fetchall()
         exhaustive = True
-    hits = [
-        Hit(
-            id=doc_id,
-            score=_score(collection.metric, distance),
-            text=text,
-            metadata=metadata,
-            scores=HitScores(vector=_score(collection.metric, distance)),
-        )
-        for doc_id, text, metadata, distance in rows
-    ]
-    return QueryResponse(hits=hits, exhaustive=exhaustive)
+    return [(key, _score(collection.metric, distance)) for key, distance in rows], exhaustive

@@ -178,7 +178,11 @@ QUERY_CASES = [
         {"vector": [1, 0, 0, 0], "filter": json.loads('{"$not":' * 12 + '{"n": 1}' + "}" * 12)},
         None,
     ),
-    ("text query without BM25", {"text": "hello"}, "text"),
+    ("text in vector mode without an embedder", {"text": "hello"}, "vector"),
+    ("bm25 mode without text", {"vector": [1, 0, 0, 0], "mode": "bm25"}, "text"),
+    ("hybrid with neither text nor vector", {"mode": "hybrid"}, "text"),
+    ("alpha out of range", {"text": "x", "mode": "hybrid", "alpha": 1.5}, "alpha"),
+    ("unknown fusion", {"text": "x", "mode": "hybrid", "fusion": "max"}, "fusion"),
     ("no vector in vector mode", {"mode": "vector"}, "vector"),
 ]
 
@@ -255,6 +259,7 @@ def test_oversize_body_is_413_before_parsing(engine: Engine, loaded: str) -> Non
 def test_text_over_the_limit_is_413(engine: Engine, loaded: str) -> None:
     small = engine.settings.model_copy(update={"max_text_chars": 10})
     limited = Engine(small, engine.pool, engine.dsn)
+    limited.text_indexes.close()  # the session engine's tailer owns the indexes
     with TestClient(create_app(small, engine=limited)) as api:
         before = snapshot(engine)
         body = {"documents": [_doc(1), _doc(2, text="z" * 11)]}

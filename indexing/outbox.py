@@ -1,0 +1,55 @@
+"""Reading the `unidb.changes` outbox up to the safe watermark.
+
+Sequence numbers are not commit order: a transaction that took its seq early can commit
+late. So readers never go by seq alone. The watermark is ``pg_snapshot_xmin`` of a fresh
+snapshot: every transaction with a smaller id has finished, so every change written below
+it is visible now and none can still appear. A reader that has applied everything below
+``upto`` reads ``upto <= xid < xmin`` next; changes at or above ``xmin`` wait their turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    xid: int
+    document_key: int | None
+    op: str  # upsert | delete | drop
+    version: int | None
+
+
+def safe_watermark(conn: psycopg.Connection[Any]) -> int:
+    """Every transaction below this id has committed or aborted."""
+    row = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def read_changes(
+    conn: psycopg.Connection[Any], collection_id: int, *, since: int, upto: int
+) -> list[Change]:
+    """Changes of one collection from transactions in ``[since, upto)``, in seq order."""
+    rows = conn.execute(
+        "SELECT seq, xid::text::bigint, document_key, op, version FROM unidb.changes"
+        " WHERE collection_id = %s AND xid >= %s::text::xid8 AND xid < %s::text::xid8"
+        " ORDER BY seq",
+        (collection_id, since, upto),
+    ).fetchall()
+    return [Change(*row) for row in rows]
+
+
+def changed_since(conn: psycopg.Connection[Any], collection_id: int, *, since: int) -> list[Change]:
+    """Changes this transaction can see from transactions at or past ``since``: what an
+    index with that watermark does not hold yet."""
+    rows = conn.execute(
+        "SELECT seq, xid::text::bigint, document_key, op, version FROM unidb.changes"
+        " WHERE collection_id = %s AND xid >= %s::text::xid8 ORDER BY seq",
+        (collection_id, since),
+    ).fetchall()
+    return [Change(*row) for row in rows]

@@ -1,0 +1,69 @@
+"""BM25 search over one collection that sees every committed write.
+
+The index holds everything below its watermark. With strong consistency, documents changed
+at or past it (as this transaction sees the outbox) are masked out of the index's answer
+and scored here instead, from their current rows, with the index's statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from unidb.indexing.bm25 import Bm25Index, document_body
+from unidb.indexing.outbox import changed_since
+
+from .collections import CollectionRow
+from .filters import CompiledFilter
+
+Connection = psycopg.Connection[Any]
+
+
+def matching_keys(conn: Connection, collection: CollectionRow, where: CompiledFilter) -> list[int]:
+    statement = sql.SQL(
+        "SELECT d.key FROM unidb.documents d WHERE d.collection_id = {} AND {}"
+    ).format(sql.Literal(collection.id), where.expression)
+    return [row[0] for row in conn.execute(statement, where.params).fetchall()]
+
+
+def bm25_search(
+    conn: Connection,
+    collection: CollectionRow,
+    index: Bm25Index,
+    text: str,
+    *,
+    limit: int,
+    where: CompiledFilter | None,
+    strong: bool,
+) -> list[tuple[int, float]]:
+    """The best ``limit`` (document key, BM25 score) pairs, filtered before ranking."""
+    watermark = index.watermark  # read before searching: a newer searcher only overlaps
+    masked: set[int] = set()
+    if strong:
+        masked = {
+            change.document_key
+            for change in changed_since(conn, collection.id, since=watermark)
+            if change.document_key is not None
+        }
+    allowed = matching_keys(conn, collection, where) if where is not None else None
+    if allowed is not None and not allowed:
+        return []
+    hits = [
+        (key, score)
+        for key, score in index.search(text, limit=limit + len(masked), keys=allowed)
+        if key not in masked
+    ]
+    if masked:
+        condition = where.expression if where is not None else sql.SQL("TRUE")
+        params = where.params if where is not None else []
+        statement = sql.SQL(
+            "SELECT d.key, d.text, d.metadata FROM unidb.documents d"
+            " WHERE d.collection_id = {} AND d.key = ANY({}) AND {}"
+        ).format(sql.Literal(collection.id), sql.Placeholder(), condition)
+        rows = conn.execute(statement, [list(masked), *params]).fetchall()
+        bodies = {key: document_body(text_, metadata) for key, text_, metadata in rows}
+        hits.extend(index.score_unindexed(text, bodies))
+    hits.sort(key=lambda hit: (-hit[1], hit[0]))
+    return hits[:limit]

@@ -1,0 +1,199 @@
+"""BM25 fed by the outbox: commit order, read-your-writes, rebuilds, filters, fusion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+
+import unidb
+from unidb.models import Document, QueryRequest
+from unidb.service import collections, documents
+from unidb.service.engine import Engine
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+
+
+def _collection_id(engine: Engine, name: str) -> int:
+    with engine.transaction() as conn:
+        return collections.get(conn, name).id
+
+
+def _bm25(
+    engine: Engine, name: str, text: str, *, k: int = 10, consistency: str = "strong", **extra: Any
+) -> list[str]:
+    request = QueryRequest(text=text, k=k, mode="bm25", consistency=consistency, **extra)  # type: ignore[arg-type]
+    return [hit.id for hit in engine.query(name, request).hits]
+
+
+@contextmanager
+def held_transaction(engine: Engine) -> Iterator[Any]:
+    """An open transaction with an id: it holds the safe watermark back until it ends."""
+    with engine.pool.connection() as conn:
+        conn.execute("SELECT pg_current_xact_id()")
+        yield conn
+        conn.rollback()
+
+
+def test_out_of_order_commits_both_reach_the_index(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    collection_id = _collection_id(engine, collection)
+    engine.text_indexes.refresh(collection_id)
+    with engine.pool.connection() as first, engine.pool.connection() as second:
+        row = collections.get(first, collection)
+        # the first transaction writes first (smaller xid) but commits last
+        documents.upsert(
+            first, row, [Document(id="early", text="zebra early", embedding=[1, 0])], engine._limits
+        )
+        documents.upsert(
+            second, row, [Document(id="late", text="zebra late", embedding=[0, 1])], engine._limits
+        )
+        second.commit()
+        engine.text_indexes.refresh(collection_id)
+        # "late" committed, but it sits above a transaction still open: not read yet
+        assert _bm25(engine, collection, "zebra", consistency="eventual") == []
+        # a strong query sees it anyway, straight from Postgres
+        assert _bm25(engine, collection, "zebra") == ["late"]
+        first.commit()
+    engine.text_indexes.refresh(collection_id)
+    assert sorted(_bm25(engine, collection, "zebra", consistency="eventual")) == ["early", "late"]
+
+
+def test_strong_reads_see_writes_the_index_has_not(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    collection_id = _collection_id(engine, collection)
+    client.upsert(
+        collection,
+        [
+            {"id": "keep", "text": "quantum entanglement basics", "embedding": [1, 0]},
+            {"id": "gone", "text": "quantum tunnelling explained", "embedding": [1, 1]},
+            {"id": "edit", "text": "quantum computing primer", "embedding": [0, 1]},
+        ],
+    )
+    engine.text_indexes.refresh(collection_id)
+    assert sorted(_bm25(engine, collection, "quantum", consistency="eventual")) == [
+        "edit",
+        "gone",
+        "keep",
+    ]
+    with held_transaction(engine):
+        other = unidb.Client(backend=engine)  # another client, same database
+        other.upsert(
+            collection, [{"id": "new", "text": "quantum optics lab notes", "embedding": [1, 0]}]
+        )
+        other.delete(collection, "gone")
+        other.upsert(
+            collection, [{"id": "edit", "text": "classical mechanics primer", "embedding": [0, 1]}]
+        )
+        engine.text_indexes.refresh(collection_id)
+
+        strong = _bm25(engine, collection, "quantum")
+        assert sorted(strong) == ["keep", "new"]
+        assert _bm25(engine, collection, "classical") == ["edit"]
+        assert _bm25(engine, collection, "tunnelling") == []
+        # the index alone is behind: it misses "new" and still ranks "edit" by its old text;
+        # hits are read from the current rows, so the deleted document is never returned
+        assert sorted(_bm25(engine, collection, "quantum", consistency="eventual")) == [
+            "edit",
+            "keep",
+        ]
+        status = client.get_collection(collection).bm25
+        assert status is not None and status.lag >= 3
+    engine.text_indexes.refresh(collection_id)
+    assert sorted(_bm25(engine, collection, "quantum", consistency="eventual")) == ["keep", "new"]
+    assert client.get_collection(collection).bm25.lag == 0  # type: ignore[union-attr]
+
+
+def _corpus(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "id": f"d{i}",
+            "text": " ".join(rng.choice(WORDS, size=8)),
+            "metadata": {"rare": i % 100 == 0, "title": f"doc {i}"},
+            "embedding": rng.normal(size=4).tolist(),
+        }
+        for i in range(n)
+    ]
+
+
+def test_rebuilt_index_answers_identically(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=4)
+    client.ingest(collection, _corpus(600, 1), batch_size=200)
+    client.delete(collection, "d5")
+    client.upsert(
+        collection, [{"id": "d6", "text": "alpha alpha hotel", "embedding": [1, 0, 0, 0]}]
+    )
+    collection_id = _collection_id(engine, collection)
+    engine.text_indexes.refresh(collection_id)
+    queries = ["alpha", "bravo charlie", "hotel india golf", "echo delta", "doc 17"]
+
+    def answers() -> list[list[tuple[str, float]]]:
+        return [
+            [
+                (h.id, round(h.score, 4))
+                for h in engine.query(
+                    collection, QueryRequest(text=q, k=20, mode="bm25", consistency="eventual")
+                ).hits
+            ]
+            for q in queries
+        ]
+
+    before = answers()
+    assert all(before)
+    engine.text_indexes.drop(collection_id)
+    assert not engine.text_indexes.path(collection_id).exists()
+    assert answers() == before
+
+
+def test_selective_filter_on_bm25_returns_k(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=4)
+    client.ingest(collection, _corpus(2000, 2), batch_size=500)
+    hits = client.query(
+        collection, text="alpha bravo", k=15, mode="bm25", filter={"rare": True}
+    ).hits
+    assert len(hits) == 15 and all(h.metadata["rare"] is True for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    hybrid = client.query(
+        collection, text="alpha", vector=[1, 0, 0, 0], k=20, filter={"rare": True}
+    ).hits
+    assert len(hybrid) == 20 and all(h.metadata["rare"] is True for h in hybrid)
+
+
+def test_hybrid_fuses_both_lists(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [
+            {"id": "text_match", "text": "sailing boats on the lake", "embedding": [0.0, 1.0]},
+            {"id": "vector_match", "text": "mountain hiking trails", "embedding": [1.0, 0.0]},
+            {"id": "both", "text": "sailing in the mountains", "embedding": [0.9, 0.1]},
+        ],
+    )
+    rrf = client.query(collection, text="sailing", vector=[1.0, 0.0], k=3).hits
+    bm25_rank = [h.id for h in client.query(collection, text="sailing", mode="bm25").hits]
+    vector_rank = [h.id for h in client.query(collection, vector=[1.0, 0.0], mode="vector").hits]
+    assert rrf[0].id == "both"
+    assert rrf[0].scores.bm25 is not None and rrf[0].scores.vector is not None
+    expected = 1 / (60 + 1 + bm25_rank.index("both")) + 1 / (60 + 1 + vector_rank.index("both"))
+    assert rrf[0].scores.fused == pytest.approx(expected)
+    assert rrf[0].score == rrf[0].scores.fused
+    weighted = client.query(
+        collection, text="sailing", vector=[1.0, 0.0], k=3, fusion="weighted", alpha=1.0
+    ).hits
+    assert weighted[0].id == "vector_match"  # alpha 1: the vector list alone decides
+    weighted = client.query(
+        collection, text="boats", vector=[1.0, 0.0], k=3, fusion="weighted", alpha=0.0
+    ).hits
+    assert weighted[0].id == "text_match"
+    text_only = client.query(collection, text="mountain").hits  # hybrid with text alone
+    assert {h.id for h in text_only} == {"vector_match", "both"}  # "mountains" stems to "mountain"
+    assert all(h.scores.vector is None and h.scores.bm25 is not None for h in text_only)
