@@ -1,0 +1,86 @@
+"""`unidb eval` on a slice of SciFact, with the real MiniLM model and real indexes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from unidb.service.cli import main
+from unidb.service.engine import Engine
+from unidb.service.evaluation import evaluate
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+
+
+@pytest.fixture(scope="module")
+def beir_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip("shared/data/scifact is absent")
+    folder = tmp_path_factory.mktemp("scifact_slice")
+    lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()[:150]
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    ids = {json.loads(line)["_id"] for line in lines}
+    (folder / "queries.jsonl").write_text((SCIFACT / "queries.jsonl").read_text())
+    with (SCIFACT / "qrels-test.tsv").open() as source:
+        kept = [row for row in csv.DictReader(source, delimiter="\t") if row["corpus-id"] in ids]
+    assert len(kept) >= 5
+    (folder / "qrels-test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{r['query-id']}\t{r['corpus-id']}\t{r['score']}\n" for r in kept)
+    )
+    return folder
+
+
+def test_eval_reports_every_mode(engine: Engine, beir_slice: Path) -> None:
+    results = evaluate(
+        engine, beir_slice, modes=["bm25", "vector", "hybrid"], collection="t_eval_slice"
+    )
+    try:
+        by_mode = {r.mode: r for r in results}
+        assert set(by_mode) == {"bm25", "vector", "hybrid"}
+        for result in results:
+            assert 0.0 <= result.ndcg_at_10 <= 1.0 and result.qps > 0
+            assert result.queries >= 5
+        # on a slice this small every method finds most judged abstracts near the top
+        assert by_mode["bm25"].ndcg_at_10 > 0.6
+        assert by_mode["vector"].ndcg_at_10 > 0.6
+        assert (
+            by_mode["hybrid"].recall_at_100
+            >= max(by_mode["bm25"].recall_at_100, by_mode["vector"].recall_at_100) - 1e-9
+        )
+        weighted = evaluate(
+            engine, beir_slice, modes=["hybrid"], fusion="weighted", alpha=0.3,
+            collection="t_eval_slice", reuse=True,
+        )[0]  # fmt: skip
+        assert (weighted.fusion, weighted.alpha) == ("weighted", 0.3)
+    finally:
+        engine.delete_collection("t_eval_slice")
+
+
+def test_eval_cli_prints_one_json_object_per_mode(
+    database_url: str, beir_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("UNIDB_DATABASE_URL", database_url)
+    code = main(["eval", str(beir_slice), "--mode", "bm25", "--json", "--collection", "t_eval_cli",
+                 "--data-dir", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["mode"] == "bm25" and record["dataset"] == beir_slice.name
+    assert {"ndcg@10", "recall@100", "mrr@10", "qps"} <= set(record)
+    monkeypatch.setenv("UNIDB_DATABASE_URL", database_url)
+    from unidb.service.config import Settings
+
+    cleanup = Engine.start(Settings(database_url=database_url, data_dir=tmp_path))
+    try:
+        cleanup.delete_collection("t_eval_cli")
+    finally:
+        cleanup.close()
