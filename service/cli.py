@@ -127,9 +127,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from unidb.models import QueryMode
+
     from .evaluation import evaluate
 
-    modes = ["bm25", "vector", "hybrid"] if args.mode == "all" else [args.mode]
+    modes: list[QueryMode] = ["bm25", "vector", "hybrid"] if args.mode == "all" else [args.mode]
     backend, owner = _backend(args)
     try:
         results = evaluate(
