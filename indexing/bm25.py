@@ -65,6 +65,10 @@ class CorpusStats:
         return math.log(1.0 + (self.documents - df + 0.5) / (df + 0.5))
 
 
+class IndexBusy(RuntimeError):
+    """Another process holds this index's writer; this one can only read it."""
+
+
 class Bm25Index:
     """The index under ``path``; one writer (the tailer), any number of searchers."""
 
@@ -106,7 +110,12 @@ class Bm25Index:
         """Replace ``upserts`` (key, body), remove ``deletes``, commit, then move the watermark."""
         with self._lock:
             if self._writer is None:
-                self._writer = self._index.writer(heap_size=_WRITER_HEAP_BYTES, num_threads=1)
+                try:
+                    self._writer = self._index.writer(heap_size=_WRITER_HEAP_BYTES, num_threads=1)
+                except ValueError as exc:
+                    if "LockBusy" in str(exc):
+                        raise IndexBusy(str(self.path)) from exc
+                    raise
             writer = self._writer
             for key in deletes:
                 writer.delete_documents_by_term("key", key)
@@ -120,6 +129,11 @@ class Bm25Index:
             writer.commit()
             self._write_watermark(watermark)
         self._index.reload()
+
+    def follow(self) -> None:
+        """Pick up what another process's writer committed (and its watermark)."""
+        self._index.reload()
+        self._watermark = self._read_watermark()
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from unidb.indexing.bm25 import Bm25Index
+from unidb.indexing.bm25 import Bm25Index, IndexBusy
 from unidb.indexing.tailer import catch_up, rebuild
 
 log = logging.getLogger("unidb.text_indexes")
@@ -29,6 +29,7 @@ class TextIndexes:
         self._indexes: dict[int, Bm25Index] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._registry_lock = threading.Lock()
+        self._followed: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -56,10 +57,19 @@ class TextIndexes:
             return index
 
     def refresh(self, collection_id: int) -> int:
-        """Apply the collection's outbox up to the safe watermark now; returns changes read."""
+        """Apply the collection's outbox up to the safe watermark now; returns changes read.
+
+        When another process writes this index, follow its commits instead."""
         index = self.get(collection_id)
         with self._lock_for(collection_id), self.pool.connection() as conn:
-            return catch_up(conn, collection_id, index)
+            try:
+                return catch_up(conn, collection_id, index)
+            except IndexBusy:
+                if collection_id not in self._followed:
+                    log.warning("another process writes %s; this one follows it", index.path)
+                    self._followed.add(collection_id)
+                index.follow()
+                return 0
 
     def drop(self, collection_id: int) -> None:
         with self._lock_for(collection_id):

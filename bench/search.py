@@ -1,0 +1,243 @@
+"""Search figures: BM25 quality beside bm25s, query latency per mode over REST, freshness.
+
+    python bench/search.py [--docs 100000] [--queries 300] [--beir ../shared/data/scifact]
+
+Prints one JSON line per figure, each with its peer from the same run:
+- bm25_quality: nDCG@10 of unidb's BM25 and of bm25s (Snowball-stemmed, English stop
+  words) on the BEIR folder's test queries;
+- latency: p50/p99 ms and QPS per mode over REST on SciFact plus filler documents
+  (random 384-d vectors: this measures speed, eval measures quality), beside the same
+  HNSW query sent straight to Postgres with psycopg, and bm25s in-process;
+- freshness: commit to visible in eventual mode, beside strong mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bm25s
+import httpx
+import numpy as np
+import psycopg
+import pytrec_eval
+import Stemmer
+from pgvector.psycopg import register_vector
+
+import unidb
+from unidb.service.evaluation import read_qrels, read_queries
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ingest import free_port, wait_healthy  # noqa: E402
+
+DIM = 384
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def ndcg10(qrels: dict[str, dict[str, int]], run: dict[str, list[str]]) -> float:
+    scored = {
+        qid: {doc: float(len(docs) - i) for i, doc in enumerate(docs)} for qid, docs in run.items()
+    }
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(scored)
+    return sum(per_query[q]["ndcg_cut_10"] for q in qrels if q in per_query) / len(qrels)
+
+
+def load_corpus(folder: Path) -> list[dict[str, Any]]:
+    with (folder / "corpus.jsonl").open() as stream:
+        return [json.loads(line) for line in stream if line.strip()]
+
+
+def filler(corpus: list[dict[str, Any]], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    vocabulary = np.array(sorted({w for d in corpus[:2000] for w in d["text"].split()}))
+    return [
+        {"_id": f"filler-{i}", "title": "", "text": " ".join(rng.choice(vocabulary, size=60))}
+        for i in range(n)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--beir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/scifact"
+    )
+    parser.add_argument("--freshness-trials", type=int, default=50)
+    args = parser.parse_args()
+
+    corpus = load_corpus(args.beir)
+    queries = read_queries(args.beir / "queries.jsonl")
+    qrels = read_qrels(args.beir / "qrels-test.tsv")
+    test_ids = list(qrels)[: args.queries]
+
+    # --- BM25 quality: bm25s beside unidb, same text (title + abstract) ---------------
+    stemmer = Stemmer.Stemmer("english")
+    bodies = [f"{d['title']} {d['text']}".strip() for d in corpus]
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize(bodies, stopwords="en", stemmer=stemmer, show_progress=False),
+        show_progress=False,
+    )
+    query_tokens = bm25s.tokenize(
+        [queries[q] for q in qrels], stopwords="en", stemmer=stemmer, show_progress=False
+    )
+    found, _ = retriever.retrieve(query_tokens, k=10, show_progress=False)
+    bm25s_run = {
+        qid: [corpus[i]["_id"] for i in row] for qid, row in zip(qrels, found, strict=True)
+    }
+
+    rng = np.random.default_rng(1)
+    documents = [
+        {"id": d["_id"], "text": d["text"], "metadata": {"title": d["title"]} if d["title"] else {},
+         "embedding": rng.normal(size=DIM).astype(np.float32)}
+        for d in corpus + filler(corpus, max(0, args.docs - len(corpus)))
+    ]  # fmt: skip
+    query_vectors = {qid: rng.normal(size=DIM).astype(np.float32) for qid in test_ids}
+
+    with tempfile.TemporaryDirectory(prefix="unidb-search-") as tmp:
+        with unidb.Client.embedded(Path(tmp)) as embedded:
+            engine: Any = embedded.backend
+            embedded.create_collection("bench", dim=DIM)
+            embedded.ingest("bench", documents[: len(corpus)])
+            engine.text_indexes.refresh(engine_collection_id(engine, "bench"))
+            unidb_run = {
+                qid: [
+                    h.id for h in embedded.query("bench", text=queries[qid], k=10, mode="bm25").hits
+                ]
+                for qid in qrels
+            }
+            print(json.dumps({
+                "bench": "bm25_quality", "dataset": args.beir.name, "queries": len(qrels),
+                "unidb_ndcg10": round(ndcg10(qrels, unidb_run), 4),
+                "bm25s_ndcg10": round(ndcg10(qrels, bm25s_run), 4),
+            }))  # fmt: skip
+
+            embedded.ingest("bench", documents[len(corpus) :])
+            engine.build_vector_index("bench")
+            collection_id = engine_collection_id(engine, "bench")
+            engine.text_indexes.refresh(collection_id)
+
+            port = free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "unidb.service.cli", "--log-level", "warning", "serve",
+                 "--port", str(port), "--data-dir", tmp],
+                env=os.environ.copy(),
+            )  # fmt: skip
+            try:
+                url = f"http://127.0.0.1:{port}"
+                wait_healthy(url)
+                with httpx.Client(base_url=url, timeout=60) as http:
+                    latency(http, engine.dsn, collection_id, retriever, stemmer, queries, test_ids,
+                            query_vectors, len(documents))  # fmt: skip
+                    freshness(http, args.freshness_trials)
+            finally:
+                server.terminate()
+                server.wait(60)
+
+
+def engine_collection_id(engine: Any, name: str) -> int:
+    with engine.transaction() as conn:
+        row = conn.execute("SELECT id FROM unidb.collections WHERE name = %s", (name,)).fetchone()
+    return int(row[0])
+
+
+def timed(calls: list[Any]) -> tuple[list[float], float]:
+    calls[0]()  # warm
+    times = []
+    started = time.perf_counter()
+    for call in calls:
+        began = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - began) * 1000)
+    return times, len(calls) / (time.perf_counter() - started)
+
+
+def latency(
+    http: httpx.Client, dsn: str, collection_id: int, retriever: Any, stemmer: Any,
+    queries: dict[str, str], test_ids: list[str], vectors: dict[str, np.ndarray], docs: int,
+) -> None:  # fmt: skip
+    def rest(body: dict[str, Any]) -> Any:
+        def call() -> None:
+            response = http.post("/v1/collections/bench/query", json=body)
+            assert response.status_code == 200, response.text
+
+        return call
+
+    peers: dict[str, Any] = {}
+    with psycopg.connect(dsn) as conn:
+        register_vector(conn)
+        conn.execute("SET hnsw.ef_search = 100")
+
+        def pgvector(vector: np.ndarray) -> Any:
+            return lambda: conn.execute(
+                f"SELECT document_key FROM unidb.chunks c WHERE c.collection_id = {collection_id}"
+                f" ORDER BY (c.embedding::vector({DIM})) <=> %s::vector({DIM}) LIMIT 10",
+                (vector,),
+            ).fetchall()
+
+        peers["vector"] = ("pgvector_sql", timed([pgvector(vectors[q]) for q in test_ids]))
+    peers["bm25"] = ("bm25s", timed([
+        (lambda q=q: retriever.retrieve(bm25s.tokenize([queries[q]], stopwords="en", stemmer=stemmer,
+                                                       show_progress=False), k=10, show_progress=False))
+        for q in test_ids
+    ]))  # fmt: skip
+    for mode in ("bm25", "vector", "hybrid"):
+        calls = []
+        for q in test_ids:
+            body: dict[str, Any] = {"k": 10, "mode": mode}
+            if mode != "vector":
+                body["text"] = queries[q]
+            if mode != "bm25":
+                body["vector"] = vectors[q].tolist()
+            calls.append(rest(body))
+        times, qps = timed(calls)
+        line: dict[str, Any] = {
+            "bench": "latency", "mode": mode, "docs": docs, "queries": len(test_ids), "via": "rest",
+            "p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2),
+            "qps": round(qps, 1),
+        }  # fmt: skip
+        if mode in peers:
+            name, (peer_times, peer_qps) = peers[mode]
+            line.update({"peer": name, "peer_p50_ms": round(percentile(peer_times, 50), 2),
+                         "peer_p99_ms": round(percentile(peer_times, 99), 2), "peer_qps": round(peer_qps, 1)})  # fmt: skip
+        print(json.dumps(line))
+
+
+def freshness(http: httpx.Client, trials: int) -> None:
+    results: dict[str, list[float]] = {"eventual": [], "strong": []}
+    for consistency in ("strong", "eventual"):
+        for trial in range(trials):
+            word = f"fresh{consistency}{trial}x{time.monotonic_ns()}"
+            body = {"documents": [{"id": word, "text": word, "embedding": [1.0] * DIM}]}
+            response = http.post("/v1/collections/bench/documents", json=body)
+            assert response.status_code == 200
+            committed = time.perf_counter()
+            while True:
+                hits = http.post("/v1/collections/bench/query",
+                                 json={"text": word, "mode": "bm25", "k": 1, "consistency": consistency}).json()["hits"]  # fmt: skip
+                if hits and hits[0]["id"] == word:
+                    break
+                time.sleep(0.005)
+            results[consistency].append((time.perf_counter() - committed) * 1000)
+    print(json.dumps({
+        "bench": "freshness", "trials": trials,
+        "eventual_p50_ms": round(percentile(results["eventual"], 50), 1),
+        "eventual_p99_ms": round(percentile(results["eventual"], 99), 1),
+        "strong_p50_ms": round(percentile(results["strong"], 50), 1),
+        "strong_p99_ms": round(percentile(results["strong"], 99), 1),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
