@@ -175,7 +175,8 @@ class DeleteResult(_Model):
     deleted: bool
 
 
-DEFAULT_FUSION: Fusion = "rrf"
+# measured on SciFact's train judgments (never the test ones): weighted at 0.5 beat RRF
+DEFAULT_FUSION: Fusion = "weighted"
 DEFAULT_ALPHA = 0.5
 
 

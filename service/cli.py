@@ -12,6 +12,7 @@ from typing import Any
 
 from unidb import Backend, Client
 from unidb.errors import UnidbError
+from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION
 
 from .config import Settings
 
@@ -227,8 +228,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("beir_dir")
     evaluation.add_argument("--mode", default="all", choices=["bm25", "vector", "hybrid", "all"])
-    evaluation.add_argument("--fusion", default="rrf", choices=["rrf", "weighted"])
-    evaluation.add_argument("--alpha", type=float, default=0.5, help="weighted: the vector share")
+    evaluation.add_argument("--fusion", default=DEFAULT_FUSION, choices=["rrf", "weighted"])
+    evaluation.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help="weighted: the vector share"
+    )
     evaluation.add_argument(
         "--qrels", default="qrels-test.tsv", help="judgments file in the folder"
     )

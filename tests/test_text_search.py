@@ -178,7 +178,7 @@ def test_hybrid_fuses_both_lists(engine: Engine, collection: str) -> None:
             {"id": "both", "text": "sailing in the mountains", "embedding": [0.9, 0.1]},
         ],
     )
-    rrf = client.query(collection, text="sailing", vector=[1.0, 0.0], k=3).hits
+    rrf = client.query(collection, text="sailing", vector=[1.0, 0.0], k=3, fusion="rrf").hits
     bm25_rank = [h.id for h in client.query(collection, text="sailing", mode="bm25").hits]
     vector_rank = [h.id for h in client.query(collection, vector=[1.0, 0.0], mode="vector").hits]
     assert rrf[0].id == "both"
