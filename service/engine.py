@@ -252,12 +252,30 @@ class Engine:
         )
         with self.transaction() as conn:
             row = collections.get(conn, collection)
-        run_bm25 = request.mode in ("bm25", "hybrid") and bool(request.text)
-        query_vector: Any = request.vector
-        if query_vector is None and request.mode in ("vector", "hybrid") and request.text:
             embedder = self.embedder(row)
-            if embedder is not None:
-                query_vector = self._embed(embedder, [request.text])[0]
+            wants_embedding = (
+                request.vector is None
+                and request.mode in ("vector", "hybrid")
+                and bool(request.text)
+                and embedder is not None
+            )
+            if not wants_embedding:
+                return self._answer(conn, row, request, request.vector, where)
+        # embed outside a transaction: a model call must not hold a connection
+        assert embedder is not None and request.text
+        query_vector = self._embed(embedder, [request.text])[0]
+        with self.transaction() as conn:
+            return self._answer(conn, row, request, query_vector, where)
+
+    def _answer(
+        self,
+        conn: Connection,
+        row: collections.CollectionRow,
+        request: QueryRequest,
+        query_vector: Any,
+        where: CompiledFilter | None,
+    ) -> QueryResponse:
+        run_bm25 = request.mode in ("bm25", "hybrid") and bool(request.text)
         run_vector = request.mode in ("vector", "hybrid") and query_vector is not None
         if request.mode == "bm25" and not run_bm25:
             raise InvalidInput("bm25 mode needs query text", field="text")
@@ -268,6 +286,7 @@ class Engine:
             )
         if not (run_bm25 or run_vector):
             raise InvalidInput("give query text, a query vector, or both", field="text")
+        vector = documents.check_vector(row, query_vector, "vector") if run_vector else None
 
         depth = (
             request.k
@@ -277,23 +296,20 @@ class Engine:
         bm25_hits: list[tuple[int, float]] = []
         vector_hits: list[tuple[int, float]] = []
         exhaustive = True
-        index = self.text_indexes.get(row.id) if run_bm25 else None
-        with self.transaction() as conn:
-            if run_vector:
-                vector = documents.check_vector(row, query_vector, "vector")
-                vector_hits, exhaustive = self._vector_hits(conn, row, vector, depth, where)
-            if index is not None and request.text:
-                bm25_hits = bm25_search(
-                    conn,
-                    row,
-                    index,
-                    request.text,
-                    limit=depth,
-                    where=where,
-                    strong=request.consistency == "strong",
-                )
-            ranked = self._rank(request, bm25_hits, vector_hits)[: request.k]
-            hits = _hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
+        if vector is not None:
+            vector_hits, exhaustive = self._vector_hits(conn, row, vector, depth, where)
+        if run_bm25 and request.text:
+            bm25_hits = bm25_search(
+                conn,
+                row,
+                self.text_indexes.get(row.id),
+                request.text,
+                limit=depth,
+                where=where,
+                strong=request.consistency == "strong",
+            )
+        ranked = self._rank(request, bm25_hits, vector_hits)[: request.k]
+        hits = _hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
         return QueryResponse(hits=hits, exhaustive=exhaustive)
 
     def _vector_hits(
