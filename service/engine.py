@@ -328,7 +328,7 @@ class Engine:
             row,
             vector,
             k=k,
-            where=where or CompiledFilter(sql.SQL("TRUE"), []),
+            where=where,
             use_index=use_index,
             ef_search=self.settings.hnsw_ef_search,
             max_scan_tuples=self.settings.hnsw_max_scan_tuples,

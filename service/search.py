@@ -21,7 +21,12 @@ def _score(metric: str, distance: float) -> float:
 
 
 def _select(
-    collection: CollectionRow, query: np.ndarray, k: int, where: CompiledFilter, *, indexed: bool
+    collection: CollectionRow,
+    query: np.ndarray,
+    k: int,
+    where: CompiledFilter | None,
+    *,
+    indexed: bool,
 ) -> tuple[sql.Composed, list[Any]]:
     # the indexed form repeats the index's expression and predicate literally so the planner
     # can match the partial index; the exact form orders by the plain column
@@ -34,19 +39,26 @@ def _select(
     distance = sql.SQL("{} {} {}").format(
         embedding, sql.SQL(OPERATOR[collection.metric]), query_param
     )
+    # metadata lives on documents: join them only when a filter reads it
+    if where is None:
+        source = sql.SQL("unidb.chunks c")
+        condition: sql.Composable = sql.SQL("TRUE")
+        params: list[Any] = []
+    else:
+        source = sql.SQL("unidb.chunks c JOIN unidb.documents d ON d.key = c.document_key")
+        condition, params = where.expression, where.params
     statement = sql.SQL(
-        "SELECT d.key, {distance} AS distance"
-        " FROM unidb.chunks c JOIN unidb.documents d"
-        "   ON d.key = c.document_key"
+        "SELECT c.document_key, {distance} AS distance FROM {source}"
         " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}"
         " ORDER BY distance LIMIT {k}"
     ).format(
         distance=distance,
+        source=source,
         collection=sql.Literal(collection.id),
-        filter=where.expression,
+        filter=condition,
         k=sql.Literal(k),
     )
-    return statement, [query, *where.params]
+    return statement, [query, *params]
 
 
 def vector_search(
@@ -55,7 +67,7 @@ def vector_search(
     query: np.ndarray,
     *,
     k: int,
-    where: CompiledFilter,
+    where: CompiledFilter | None,
     use_index: bool,
     ef_search: int,
     max_scan_tuples: int,
