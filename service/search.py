@@ -82,12 +82,13 @@ def vector_search(
     rows: list[tuple[Any, ...]] = []
     exhaustive = True
     if use_index:
-        for name, value in (
-            ("hnsw.ef_search", max(ef_search, k)),
-            ("hnsw.iterative_scan", "strict_order"),
-            ("hnsw.max_scan_tuples", max_scan_tuples),
-        ):
-            conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+        # one round trip for the three scan settings, local to this transaction
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true),"
+            " set_config('hnsw.iterative_scan', 'strict_order', true),"
+            " set_config('hnsw.max_scan_tuples', %s, true)",
+            (str(max(ef_search, k)), str(max_scan_tuples)),
+        )
         statement, params = _select(collection, query, k, where, indexed=True)
         rows = conn.execute(statement, params).fetchall()
         exhaustive = False
