@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from unidb.models import (
@@ -49,7 +49,21 @@ def delete_document(name: str, document_id: str, engine: EngineDep) -> DeleteRes
     return engine.delete_document(name, document_id)
 
 
-@router.post("/query")
-def query(name: str, request: QueryRequest, engine: EngineDep) -> QueryResponse:
-    """Search the collection. ``mode="vector"`` with ``vector``; ``filter`` narrows by metadata."""
-    return engine.query(name, request)
+@router.post(
+    "/query",
+    response_model=QueryResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": QueryRequest.model_json_schema()}},
+        }
+    },
+)
+async def query(name: str, request: Request, engine: EngineDep) -> Response:
+    """Search the collection: ``bm25`` on ``text``, ``vector`` on ``vector`` (or on ``text``
+    with a collection embedder), ``hybrid`` fusing both; ``filter`` narrows by metadata
+    before ranking."""
+    # the hot query path: parse the raw JSON in one pass, answer with the model's own JSON
+    body = QueryRequest.model_validate_json(await request.body())
+    result = await run_in_threadpool(engine.query, name, body)
+    return Response(result.model_dump_json(), media_type="application/json")
