@@ -26,18 +26,32 @@ class CollectionRow:
     metric: Metric
     created_at: datetime
     embedder: EmbedderSpec | None = None
+    hnsw_valid: bool | None = None  # None: no HNSW index; False: being built
+
+    @property
+    def vector_index(self) -> Literal["none", "building", "hnsw"]:
+        if self.hnsw_valid is None:
+            return "none"
+        return "hnsw" if self.hnsw_valid else "building"
 
     @property
     def hnsw_index_name(self) -> str:
         return f"chunks_embedding_hnsw_c{self.id}"
 
 
-_GET = "SELECT id, name, dim, metric, created_at, embedder FROM unidb.collections WHERE name = %s"
+# the HNSW index's state comes along, saving queries a round trip
+_COLUMNS = (
+    "SELECT id, name, dim, metric, created_at, embedder,"
+    " (SELECT i.indisvalid FROM pg_index i"
+    "   WHERE i.indexrelid = to_regclass('unidb.chunks_embedding_hnsw_c' || id))"
+    " FROM unidb.collections"
+)
+_GET = _COLUMNS + " WHERE name = %s"
 _GET_LOCKED = _GET + " FOR SHARE"
 
 
 def _row(values: tuple[Any, ...]) -> CollectionRow:
-    collection_id, name, dim, metric, created_at, embedder = values
+    collection_id, name, dim, metric, created_at, embedder, hnsw_valid = values
     return CollectionRow(
         collection_id,
         name,
@@ -45,6 +59,7 @@ def _row(values: tuple[Any, ...]) -> CollectionRow:
         metric,
         created_at,
         embedder=EmbedderSpec.model_validate(embedder) if embedder else None,
+        hnsw_valid=hnsw_valid,
     )
 
 
@@ -59,7 +74,8 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
             raise InvalidInput("an openai embedder needs the endpoint's url", field="embedder.url")
     row = conn.execute(
         "INSERT INTO unidb.collections (name, dim, metric, embedder) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (name) DO NOTHING RETURNING id, name, dim, metric, created_at, embedder",
+        " ON CONFLICT (name) DO NOTHING"
+        " RETURNING id, name, dim, metric, created_at, embedder, NULL::boolean",
         (
             spec.name,
             spec.dim,
@@ -81,9 +97,7 @@ def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
 
 
 def list_all(conn: Connection) -> list[CollectionRow]:
-    rows = conn.execute(
-        "SELECT id, name, dim, metric, created_at, embedder FROM unidb.collections ORDER BY name"
-    ).fetchall()
+    rows = conn.execute(_COLUMNS + " ORDER BY name").fetchall()
     return [_row(row) for row in rows]
 
 
@@ -107,20 +121,6 @@ def drop(conn: Connection, name: str) -> bool:
     return True
 
 
-def vector_index_state(
-    conn: Connection, collection: CollectionRow
-) -> Literal["none", "building", "hnsw"]:
-    row = conn.execute(
-        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'unidb' AND c.relname = %s",
-        (collection.hnsw_index_name,),
-    ).fetchone()
-    if row is None:
-        return "none"
-    return "hnsw" if row[0] else "building"
-
-
 def describe(
     conn: Connection, collection: CollectionRow, bm25: IndexStatus | None = None
 ) -> Collection:
@@ -134,6 +134,6 @@ def describe(
         embedder=collection.embedder,
         created_at=collection.created_at,
         documents=count[0] if count else 0,
-        vector_index=vector_index_state(conn, collection),
+        vector_index=collection.vector_index,
         bm25=bm25,
     )

@@ -320,7 +320,7 @@ class Engine:
         k: int,
         where: CompiledFilter | None,
     ) -> tuple[list[tuple[int, float]], bool]:
-        use_index = collections.vector_index_state(conn, row) == "hnsw"
+        use_index = row.vector_index == "hnsw"
         if not use_index:
             self._maybe_schedule_index(conn, row)
         return vector_search(
