@@ -1,7 +1,7 @@
 """The `unidb` Postgres schema: table definitions and the migrations that create them."""
 
 from .migrate import downgrade, head_revision, upgrade
-from .tables import SCHEMA, changes, chunks, collections, documents, metadata
+from .tables import SCHEMA, changes, chunks, collections, documents, metadata, state
 
 __all__ = [
     "SCHEMA",
@@ -12,5 +12,6 @@ __all__ = [
     "downgrade",
     "head_revision",
     "metadata",
+    "state",
     "upgrade",
 ]

@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -32,6 +32,9 @@ from .models import (
     QueryMode,
     QueryRequest,
     QueryResponse,
+    StateEntry,
+    StateList,
+    StatePut,
     StoredDocument,
     UpsertRequest,
     UpsertResult,
@@ -54,6 +57,14 @@ class Backend(Protocol):
     def get_document(self, collection: str, document_id: str) -> StoredDocument: ...
     def delete_document(self, collection: str, document_id: str) -> DeleteResult: ...
     def query(self, collection: str, request: QueryRequest) -> QueryResponse: ...
+    def get_state(self, namespace: str, key: str) -> StateEntry: ...
+    def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry: ...
+    def delete_state(
+        self, namespace: str, key: str, if_version: int | None = None
+    ) -> DeleteResult: ...
+    def list_state(
+        self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> StateList: ...
     def health(self) -> Health: ...
     def close(self) -> None: ...
 
@@ -147,6 +158,24 @@ def _query_request(
     )
 
 
+def _state_path(namespace: str, key: str | None = None) -> str:
+    path = f"/v1/state/{quote(namespace, safe='')}"
+    return path if key is None else f"{path}/{quote(key, safe='')}"
+
+
+def _state_body(body: StatePut) -> bytes:
+    # a null value is a value; only an absent if_version is left out
+    exclude = {"if_version"} if body.if_version is None else None
+    return body.model_dump_json(exclude=exclude).encode()
+
+
+def _state_query(prefix: str, after: str | None, limit: int) -> str:
+    params = {"prefix": prefix, "limit": str(limit)}
+    if after is not None:
+        params["after"] = after
+    return "?" + urlencode(params)
+
+
 def _collection_path(name: str) -> str:
     return f"/v1/collections/{quote(name, safe='')}"
 
@@ -212,6 +241,27 @@ class _HttpBackend:
 
     def health(self) -> Health:
         return Health.model_validate_json(self._send("GET", "/healthz"))
+
+    def get_state(self, namespace: str, key: str) -> StateEntry:
+        return StateEntry.model_validate_json(self._send("GET", _state_path(namespace, key)))
+
+    def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
+        payload = _state_body(body)
+        return StateEntry.model_validate_json(
+            self._send("PUT", _state_path(namespace, key), payload)
+        )
+
+    def delete_state(self, namespace: str, key: str, if_version: int | None = None) -> DeleteResult:
+        suffix = "" if if_version is None else f"?if_version={if_version}"
+        return DeleteResult.model_validate_json(
+            self._send("DELETE", _state_path(namespace, key) + suffix)
+        )
+
+    def list_state(
+        self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> StateList:
+        path = _state_path(namespace) + _state_query(prefix, after, limit)
+        return StateList.model_validate_json(self._send("GET", path))
 
     def close(self) -> None:
         self._http.close()
@@ -363,6 +413,30 @@ class Client:
                 raise
         return UpsertResult(written=written, unchanged=unchanged)
 
+    def get_state(self, namespace: str, key: str) -> StateEntry:
+        """The JSON value at ``namespace/key`` with its version (raises NotFound)."""
+        return self._backend.get_state(namespace, key)
+
+    def put_state(
+        self, namespace: str, key: str, value: Any, *, if_version: int | None = None
+    ) -> StateEntry:
+        """Store ``value``. With ``if_version`` it is a compare-and-set: Conflict unless the
+        stored version is that number (0: unless the key is new)."""
+        return self._backend.put_state(namespace, key, StatePut(value=value, if_version=if_version))
+
+    def delete_state(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
+        """Delete a value; False if there was none. ``if_version`` as in ``put_state``."""
+        try:
+            return self._backend.delete_state(namespace, key, if_version).deleted
+        except NotFound:
+            return False
+
+    def list_state(
+        self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> StateList:
+        """A page of a namespace's entries in key order; ``next_after`` continues."""
+        return self._backend.list_state(namespace, prefix=prefix, after=after, limit=limit)
+
     def get(self, collection: str, document_id: str) -> StoredDocument:
         """One document with its version and timestamps (raises NotFound)."""
         return self._backend.get_document(collection, document_id)
@@ -464,6 +538,32 @@ class AsyncClient:
             _wire_documents(_validated_batch(documents)),
         )
         return UpsertResult.model_validate_json(body)
+
+    async def get_state(self, namespace: str, key: str) -> StateEntry:
+        return StateEntry.model_validate_json(await self._send("GET", _state_path(namespace, key)))
+
+    async def put_state(
+        self, namespace: str, key: str, value: Any, *, if_version: int | None = None
+    ) -> StateEntry:
+        payload = _state_body(StatePut(value=value, if_version=if_version))
+        body = await self._send("PUT", _state_path(namespace, key), payload)
+        return StateEntry.model_validate_json(body)
+
+    async def delete_state(
+        self, namespace: str, key: str, *, if_version: int | None = None
+    ) -> bool:
+        suffix = "" if if_version is None else f"?if_version={if_version}"
+        try:
+            body = await self._send("DELETE", _state_path(namespace, key) + suffix)
+        except NotFound:
+            return False
+        return DeleteResult.model_validate_json(body).deleted
+
+    async def list_state(
+        self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> StateList:
+        path = _state_path(namespace) + _state_query(prefix, after, limit)
+        return StateList.model_validate_json(await self._send("GET", path))
 
     async def get(self, collection: str, document_id: str) -> StoredDocument:
         body = await self._send("GET", _document_path(collection, document_id))

@@ -34,6 +34,9 @@ __all__ = [
     "HitScores",
     "QueryResponse",
     "DeleteResult",
+    "StateEntry",
+    "StateList",
+    "StatePut",
 ]
 
 Metric = Literal["cosine", "l2", "ip"]
@@ -178,6 +181,35 @@ class DeleteResult(_Model):
 # measured on SciFact's train judgments (never the test ones): weighted at 0.5 beat RRF
 DEFAULT_FUSION: Fusion = "weighted"
 DEFAULT_ALPHA = 0.5
+
+
+StateName = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r"^[^\x00/]+$", description="no '/' or NUL")
+]
+
+
+class StatePut(_Model):
+    """A value to store. With ``if_version`` the write happens only if the stored version
+    is that number (0: only if there is none yet); otherwise 409."""
+
+    value: Any
+    if_version: int | None = Field(default=None, ge=0)
+
+
+class StateEntry(_Model):
+    namespace: str
+    key: str
+    value: Any
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class StateList(_Model):
+    entries: list[StateEntry]
+    next_after: str | None = Field(
+        default=None, description="pass as ``after`` for the next page; null on the last"
+    )
 
 
 class QueryRequest(_Model):

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_batch_documents: int = Field(default=10_000, ge=1, le=1 << 20)
     max_text_chars: int = Field(default=1_000_000, ge=1)
     max_filter_depth: int = Field(default=8, ge=1)
+    max_state_bytes: int = Field(default=1024 * 1024, ge=16, description="one state value, as JSON")
 
     hnsw_min_rows: int = Field(
         default=10_000,

@@ -33,11 +33,14 @@ from unidb.models import (
     IndexStatus,
     QueryRequest,
     QueryResponse,
+    StateEntry,
+    StateList,
+    StatePut,
     StoredDocument,
     UpsertResult,
 )
 
-from . import collections, documents
+from . import collections, documents, state
 from .config import Settings
 from .db import check_pgvector, migrate, open_pool
 from .embedded import EmbeddedPostgres
@@ -352,6 +355,28 @@ class Engine:
             (key, score)
             for key, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
         ]
+
+    # -- application state --------------------------------------------------------------
+
+    def get_state(self, namespace: str, key: str) -> StateEntry:
+        with self.transaction() as conn:
+            return state.get(conn, namespace, key)
+
+    def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
+        state.check_value(body.value, max_bytes=self.settings.max_state_bytes)
+        with self.transaction() as conn:
+            return state.put(conn, namespace, key, body.value, if_version=body.if_version)
+
+    def delete_state(self, namespace: str, key: str, if_version: int | None = None) -> DeleteResult:
+        with self.transaction() as conn:
+            state.delete(conn, namespace, key, if_version=if_version)
+        return DeleteResult(deleted=True)
+
+    def list_state(
+        self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> StateList:
+        with self.transaction() as conn:
+            return state.list_entries(conn, namespace, prefix=prefix, after=after, limit=limit)
 
     # -- vector index ---------------------------------------------------------------------
 

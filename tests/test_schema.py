@@ -48,7 +48,13 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
     try:
         with engine.begin() as connection:
             upgrade(connection)
-        assert _tables(scratch_database) == {"collections", "documents", "chunks", "changes"}
+        assert _tables(scratch_database) == {
+            "collections",
+            "documents",
+            "chunks",
+            "changes",
+            "state",
+        }
         with engine.begin() as connection:
             version = connection.execute(
                 text("SELECT version_num FROM unidb.alembic_version")
@@ -61,7 +67,13 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             connection.execute(
                 text("INSERT INTO unidb.collections (name, dim, metric) VALUES ('c', 3, 'cosine')")
             )
-        assert _tables(scratch_database) == {"collections", "documents", "chunks", "changes"}
+        assert _tables(scratch_database) == {
+            "collections",
+            "documents",
+            "chunks",
+            "changes",
+            "state",
+        }
     finally:
         engine.dispose()
 

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..engine import Engine
 from . import errors
 from .limits import BodySizeLimit
-from .routes import collections, documents, health
+from .routes import collections, documents, health, state
 
 
 def create_app(
@@ -50,4 +50,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(collections.router)
     app.include_router(documents.router)
+    app.include_router(state.router)
     return app

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from unidb.models import DeleteResult, StateEntry, StateList, StatePut
+
+from ..deps import EngineDep
+from ..errors import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/state", tags=["state"], responses=ERROR_RESPONSES)
+
+Namespace = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00/]+$")]
+Key = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+
+
+@router.get("/{namespace}")
+def list_state(
+    namespace: Namespace,
+    engine: EngineDep,
+    prefix: Annotated[str, Query(max_length=256)] = "",
+    after: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> StateList:
+    """Entries of a namespace in key order, optionally only keys starting with ``prefix``;
+    pass the answer's ``next_after`` as ``after`` for the next page."""
+    return engine.list_state(namespace, prefix=prefix, after=after, limit=limit)
+
+
+@router.get("/{namespace}/{key:path}")
+def get_state(namespace: Namespace, key: Key, engine: EngineDep) -> StateEntry:
+    """One value with its version."""
+    return engine.get_state(namespace, key)
+
+
+@router.put("/{namespace}/{key:path}")
+def put_state(namespace: Namespace, key: Key, body: StatePut, engine: EngineDep) -> StateEntry:
+    """Store a JSON value. ``if_version`` makes it a compare-and-set: 409 unless the stored
+    version is that number (0: unless the key is new)."""
+    return engine.put_state(namespace, key, body)
+
+
+@router.delete("/{namespace}/{key:path}")
+def delete_state(
+    namespace: Namespace,
+    key: Key,
+    engine: EngineDep,
+    if_version: Annotated[int | None, Query(ge=1)] = None,
+) -> DeleteResult:
+    """Delete a value; with ``if_version``, only that version (409 otherwise)."""
+    return engine.delete_state(namespace, key, if_version)
