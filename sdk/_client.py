@@ -36,6 +36,8 @@ from .models import (
     StateList,
     StatePut,
     StoredDocument,
+    TransactionRequest,
+    TransactionResult,
     UpsertRequest,
     UpsertResult,
 )
@@ -65,6 +67,7 @@ class Backend(Protocol):
     def list_state(
         self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
     ) -> StateList: ...
+    def transact(self, request: TransactionRequest) -> TransactionResult: ...
     def health(self) -> Health: ...
     def close(self) -> None: ...
 
@@ -143,6 +146,7 @@ def _query_request(
     fusion: Fusion,
     alpha: float,
     consistency: Consistency,
+    after: str | None = None,
 ) -> QueryRequest:
     if vector is not None and hasattr(vector, "tolist"):
         vector = vector.tolist()
@@ -155,6 +159,7 @@ def _query_request(
         fusion=fusion,
         alpha=alpha,
         consistency=consistency,
+        after=after,
     )
 
 
@@ -245,6 +250,12 @@ class _HttpBackend:
     def get_state(self, namespace: str, key: str) -> StateEntry:
         return StateEntry.model_validate_json(self._send("GET", _state_path(namespace, key)))
 
+    def transact(self, request: TransactionRequest) -> TransactionResult:
+        payload = request.model_dump_json(exclude_none=True).encode()
+        return TransactionResult.model_validate_json(
+            self._send("POST", "/v1/transactions", payload)
+        )
+
     def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
         payload = _state_body(body)
         return StateEntry.model_validate_json(
@@ -265,6 +276,65 @@ class _HttpBackend:
 
     def close(self) -> None:
         self._http.close()
+
+
+class Transaction:
+    """Writes collected by ``Client.transaction()``, applied together on exit."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._ops: list[dict[str, Any]] = []
+        self.result: TransactionResult | None = None
+
+    def put_state(
+        self, namespace: str, key: str, value: Any, *, if_version: int | None = None
+    ) -> None:
+        self._ops.append(
+            {"op": "put_state", "namespace": namespace, "key": key, "value": value,
+             "if_version": if_version}
+        )  # fmt: skip
+
+    def delete_state(self, namespace: str, key: str, *, if_version: int | None = None) -> None:
+        self._ops.append(
+            {"op": "delete_state", "namespace": namespace, "key": key, "if_version": if_version}
+        )
+
+    def upsert(self, collection: str, documents: Sequence[DocumentLike]) -> None:
+        self._ops.append(
+            {"op": "upsert_documents", "collection": collection, "documents": list(documents)}
+        )
+
+    def delete(self, collection: str, document_id: str) -> None:
+        self._ops.append({"op": "delete_document", "collection": collection, "id": document_id})
+
+    @property
+    def commit_token(self) -> str:
+        if self.result is None:
+            raise RuntimeError("the transaction has not been applied")
+        return self.result.commit_token
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None or not self._ops:
+            return
+        try:
+            request = TransactionRequest.model_validate({"ops": self._ops})
+        except ValidationError as error:
+            raise _invalid_ops(error) from error
+        self.result = self._backend.transact(request)
+
+
+def _invalid_ops(exc: ValidationError) -> InvalidInput:
+    first = exc.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    return InvalidInput(f"{first['msg']}", field=where.lstrip("."))
 
 
 class Client:
@@ -413,6 +483,18 @@ class Client:
                 raise
         return UpsertResult(written=written, unchanged=unchanged)
 
+    def transaction(self) -> Transaction:
+        """Collect writes and apply them in one Postgres transaction on leaving the block:
+
+            with client.transaction() as tx:
+                tx.put_state("agent", "step", 3, if_version=2)
+                tx.upsert("notes", [{"id": "n1", "text": "..."}])
+            tx.commit_token   # pass as after= to see this commit from any client
+
+        Nothing is sent if the block raises; a failing operation raises and changes nothing.
+        """
+        return Transaction(self._backend)
+
     def get_state(self, namespace: str, key: str) -> StateEntry:
         """The JSON value at ``namespace/key`` with its version (raises NotFound)."""
         return self._backend.get_state(namespace, key)
@@ -460,10 +542,11 @@ class Client:
         fusion: Fusion = DEFAULT_FUSION,
         alpha: float = DEFAULT_ALPHA,
         consistency: Consistency = "strong",
+        after: str | None = None,
     ) -> QueryResponse:
         """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``, rrf or
         weighted with ``alpha`` the vector share). See ``QueryRequest`` for the fields."""
-        request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency)
+        request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency, after)
         return self._backend.query(collection, request)
 
 
@@ -539,6 +622,13 @@ class AsyncClient:
         )
         return UpsertResult.model_validate_json(body)
 
+    async def transact(self, request: TransactionRequest) -> TransactionResult:
+        """Apply operations in one transaction (see ``Client.transaction`` for the sync form)."""
+        payload = request.model_dump_json(exclude_none=True).encode()
+        return TransactionResult.model_validate_json(
+            await self._send("POST", "/v1/transactions", payload)
+        )
+
     async def get_state(self, namespace: str, key: str) -> StateEntry:
         return StateEntry.model_validate_json(await self._send("GET", _state_path(namespace, key)))
 
@@ -588,8 +678,9 @@ class AsyncClient:
         fusion: Fusion = DEFAULT_FUSION,
         alpha: float = DEFAULT_ALPHA,
         consistency: Consistency = "strong",
+        after: str | None = None,
     ) -> QueryResponse:
-        request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency)
+        request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency, after)
         body = await self._send(
             "POST",
             f"{_collection_path(collection)}/query",

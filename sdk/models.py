@@ -35,6 +35,8 @@ __all__ = [
     "QueryResponse",
     "DeleteResult",
     "StateEntry",
+    "TransactionRequest",
+    "TransactionResult",
     "StateList",
     "StatePut",
 ]
@@ -212,6 +214,51 @@ class StateList(_Model):
     )
 
 
+class PutStateOp(_Model):
+    op: Literal["put_state"]
+    namespace: StateName
+    key: StateName
+    value: Any
+    if_version: int | None = Field(default=None, ge=0)
+
+
+class DeleteStateOp(_Model):
+    op: Literal["delete_state"]
+    namespace: StateName
+    key: StateName
+    if_version: int | None = Field(default=None, ge=1)
+
+
+class UpsertDocumentsOp(_Model):
+    op: Literal["upsert_documents"]
+    collection: CollectionName
+    documents: list[Document] = Field(min_length=1)
+
+
+class DeleteDocumentOp(_Model):
+    op: Literal["delete_document"]
+    collection: CollectionName
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+TransactionOp = Annotated[
+    PutStateOp | DeleteStateOp | UpsertDocumentsOp | DeleteDocumentOp, Field(discriminator="op")
+]
+
+
+class TransactionRequest(_Model):
+    """Operations applied in one Postgres transaction: all of them, or none."""
+
+    ops: list[TransactionOp] = Field(min_length=1, max_length=1000)
+
+
+class TransactionResult(_Model):
+    results: list[StateEntry | UpsertResult | DeleteResult]
+    commit_token: str = Field(
+        description="pass as ``after`` to reads and queries, from any client, to see this commit"
+    )
+
+
 class QueryRequest(_Model):
     """A search over one collection.
 
@@ -230,6 +277,11 @@ class QueryRequest(_Model):
         default=DEFAULT_ALPHA, ge=0.0, le=1.0, description="weighted fusion: the vector share"
     )
     consistency: Consistency = "strong"
+    after: str | None = Field(
+        default=None,
+        max_length=128,
+        description="a commit token: the answer includes that commit, whatever the consistency",
+    )
 
 
 class HitScores(_Model):

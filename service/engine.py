@@ -25,18 +25,24 @@ from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
 from unidb.models import (
     Collection,
     CollectionCreate,
+    DeleteDocumentOp,
     DeleteResult,
+    DeleteStateOp,
     Document,
     Health,
     Hit,
     HitScores,
     IndexStatus,
+    PutStateOp,
     QueryRequest,
     QueryResponse,
     StateEntry,
     StateList,
     StatePut,
     StoredDocument,
+    TransactionRequest,
+    TransactionResult,
+    UpsertDocumentsOp,
     UpsertResult,
 )
 
@@ -49,6 +55,7 @@ from .fusion import rrf, weighted
 from .search import vector_search
 from .text_indexes import TextIndexes
 from .text_search import bm25_search
+from .transactions import at_op, current_token, token_xid
 from .vector_index import build_hnsw
 
 log = logging.getLogger("unidb.engine")
@@ -212,20 +219,27 @@ class Engine:
         except EmbedderError as exc:
             raise Unavailable(f"the collection's embedder failed: {exc}", field="embedder") from exc
 
+    def _with_embeddings(
+        self, row: collections.CollectionRow, documents_: list[Document]
+    ) -> list[Document]:
+        """Documents without an embedding get one from the collection's embedder, if any.
+
+        Called outside any transaction: a model call must not hold a connection."""
+        embedder = self.embedder(row)
+        missing = [d for d in documents_ if d.embedding is None] if embedder else []
+        if embedder is None or not missing:
+            return documents_
+        vectors = self._embed(embedder, [document_body(d.text, d.metadata) for d in missing])
+        filled = {id(d): v for d, v in zip(missing, vectors, strict=True)}
+        return [
+            d.model_copy(update={"embedding": filled[id(d)]}) if id(d) in filled else d
+            for d in documents_
+        ]
+
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
         with self.transaction() as conn:
             row = collections.get(conn, collection)
-        embedder = self.embedder(row)
-        missing = [d for d in documents_ if d.embedding is None] if embedder else []
-        if embedder is not None and missing:
-            # embed outside the transaction: a model call must not hold a connection
-            vectors = self._embed(embedder, [document_body(d.text, d.metadata) for d in missing])
-            documents_ = list(documents_)
-            filled = {id(d): v for d, v in zip(missing, vectors, strict=True)}
-            documents_ = [
-                d.model_copy(update={"embedding": filled[id(d)]}) if id(d) in filled else d
-                for d in documents_
-            ]
+        documents_ = self._with_embeddings(row, documents_)
         with self.transaction() as conn:
             row = collections.get(conn, collection, lock=True)
             return documents.upsert(conn, row, documents_, self._limits)
@@ -244,6 +258,8 @@ class Engine:
         return DeleteResult(deleted=True)
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
+        if request.after is not None:
+            token_xid(request.after)  # a malformed token is refused before any work
         where = (
             compile_filter(
                 request.filter,
@@ -302,14 +318,12 @@ class Engine:
         if vector is not None:
             vector_hits, exhaustive = self._vector_hits(conn, row, vector, depth, where)
         if run_bm25 and request.text:
+            index = self.text_indexes.get(row.id)
+            strong = request.consistency == "strong"
+            if request.after is not None and index.watermark <= token_xid(request.after):
+                strong = True  # the index has not reached that commit: merge what it lacks
             bm25_hits = bm25_search(
-                conn,
-                row,
-                self.text_indexes.get(row.id),
-                request.text,
-                limit=depth,
-                where=where,
-                strong=request.consistency == "strong",
+                conn, row, index, request.text, limit=depth, where=where, strong=strong
             )
         ranked = self._rank(request, bm25_hits, vector_hits)[: request.k]
         hits = _hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
@@ -355,6 +369,49 @@ class Engine:
             (key, score)
             for key, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
         ]
+
+    # -- transactions --------------------------------------------------------------------
+
+    def transact(self, request: TransactionRequest) -> TransactionResult:
+        """Apply every operation in one transaction, or none; returns the commit token."""
+        ops = []
+        for index, op in enumerate(request.ops):
+            try:
+                ops.append(self._embedded_op(op))
+            except UnidbError as exc:
+                raise at_op(exc, index) from exc
+        results: list[StateEntry | UpsertResult | DeleteResult] = []
+        with self.transaction() as conn:
+            for index, op in enumerate(ops):
+                try:
+                    results.append(self._apply(conn, op))
+                except UnidbError as exc:
+                    raise at_op(exc, index) from exc
+            token = current_token(conn)
+        return TransactionResult(results=results, commit_token=token)
+
+    def _embedded_op(self, op: Any) -> Any:
+        if not isinstance(op, UpsertDocumentsOp):
+            return op
+        with self.transaction() as conn:
+            row = collections.get(conn, op.collection)
+        return op.model_copy(update={"documents": self._with_embeddings(row, op.documents)})
+
+    def _apply(self, conn: Connection, op: Any) -> StateEntry | UpsertResult | DeleteResult:
+        if isinstance(op, PutStateOp):
+            state.check_value(op.value, max_bytes=self.settings.max_state_bytes)
+            return state.put(conn, op.namespace, op.key, op.value, if_version=op.if_version)
+        if isinstance(op, DeleteStateOp):
+            state.delete(conn, op.namespace, op.key, if_version=op.if_version)
+            return DeleteResult(deleted=True)
+        if isinstance(op, UpsertDocumentsOp):
+            row = collections.get(conn, op.collection, lock=True)
+            return documents.upsert(conn, row, op.documents, self._limits)
+        assert isinstance(op, DeleteDocumentOp)
+        row = collections.get(conn, op.collection, lock=True)
+        if not documents.delete(conn, row, op.id):
+            raise NotFound(f"document {op.id!r} is not in collection {op.collection!r}", field="id")
+        return DeleteResult(deleted=True)
 
     # -- application state --------------------------------------------------------------
 

@@ -137,7 +137,7 @@ def test_rebuilt_index_answers_identically(engine: Engine, collection: str) -> N
     def answers() -> list[list[tuple[str, float]]]:
         return [
             [
-                (h.id, round(h.score, 4))
+                (h.id, h.score)
                 for h in engine.query(
                     collection, QueryRequest(text=q, k=20, mode="bm25", consistency="eventual")
                 ).hits
@@ -149,7 +149,14 @@ def test_rebuilt_index_answers_identically(engine: Engine, collection: str) -> N
     assert all(before)
     engine.text_indexes.drop(collection_id)
     assert not engine.text_indexes.path(collection_id).exists()
-    assert answers() == before
+    after = answers()
+    assert [[doc for doc, _ in hits] for hits in after] == [
+        [doc for doc, _ in hits] for hits in before
+    ]
+    # tantivy counts a replaced or deleted document in its term statistics until its
+    # segment is merged away, so scores may differ in the last digits, never the order
+    for hits_after, hits_before in zip(after, before, strict=True):
+        assert [s for _, s in hits_after] == pytest.approx([s for _, s in hits_before], rel=1e-2)
 
 
 def test_selective_filter_on_bm25_returns_k(engine: Engine, collection: str) -> None:

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..engine import Engine
 from . import errors
 from .limits import BodySizeLimit
-from .routes import collections, documents, health, state
+from .routes import collections, documents, health, state, transactions
 
 
 def create_app(
@@ -51,4 +51,5 @@ def create_app(
     app.include_router(collections.router)
     app.include_router(documents.router)
     app.include_router(state.router)
+    app.include_router(transactions.router)
     return app
