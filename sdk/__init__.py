@@ -5,7 +5,7 @@
 >>> client = unidb.Client.embedded("./unidb-data")           # or everything in-process
 """
 
-from ._client import AsyncClient, Backend, Client
+from ._client import AsyncClient, Backend, Client, Transaction
 from .errors import (
     Conflict,
     Forbidden,
@@ -43,6 +43,7 @@ __all__ = [
     "QueryResponse",
     "ServerError",
     "StoredDocument",
+    "Transaction",
     "Unauthorized",
     "Unavailable",
     "UnidbError",

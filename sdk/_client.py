@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import sys
 from array import array
@@ -41,6 +42,10 @@ from .models import (
     UpsertRequest,
     UpsertResult,
 )
+from .tools import BY_NAME as TOOLS_BY_NAME
+from .tools import ToolFormat
+from .tools import definitions as tool_definitions
+from .tools import run as run_tool
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
@@ -482,6 +487,34 @@ class Client:
                     pending.cancel()
                 raise
         return UpsertResult(written=written, unchanged=unchanged)
+
+    def tools(self, format: ToolFormat = "openai") -> list[dict[str, Any]]:
+        """unidb's agent tools as JSON definitions (``openai`` or ``anthropic`` format)."""
+        return tool_definitions(format)
+
+    def call_tool(self, name: str, arguments: Mapping[str, Any] | str | None = None) -> Any:
+        """Run a tool the model asked for; ``arguments`` as a dict or the model's JSON text.
+
+        Returns JSON-ready data. Errors come back as ``{"error": {"code", "message",
+        "field"}}`` rather than raising, so an agent loop can hand them to the model."""
+        if name not in TOOLS_BY_NAME:
+            known = ", ".join(TOOLS_BY_NAME)
+            return InvalidInput(f"unknown tool {name!r}; known: {known}", field="name").to_dict()
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError as exc:
+                return InvalidInput(f"arguments are not JSON: {exc}", field="arguments").to_dict()
+        if not isinstance(arguments, Mapping | None):
+            return InvalidInput("arguments must be a JSON object", field="arguments").to_dict()
+        try:
+            return run_tool(self, name, dict(arguments or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "arguments"
+            return InvalidInput(f"{where}: {first['msg']}", field=where).to_dict()
+        except UnidbError as exc:
+            return exc.to_dict()
 
     def transaction(self) -> Transaction:
         """Collect writes and apply them in one Postgres transaction on leaving the block:

@@ -29,6 +29,7 @@ def test_public_surface_is_what_we_say() -> None:
             "QueryResponse",
             "ServerError",
             "StoredDocument",
+            "Transaction",
             "Unauthorized",
             "Unavailable",
             "UnidbError",

@@ -1,0 +1,151 @@
+"""unidb's agent tools: one definition each, as OpenAI or Anthropic tool schemas.
+
+The argument models extend the same pydantic models the REST API takes, so a tool accepts
+exactly what the matching route accepts, plus the collection or state address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import (
+    MAX_ID_CHARS,
+    CollectionName,
+    Document,
+    QueryRequest,
+    StateName,
+    StatePut,
+)
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+ToolFormat = Literal["openai", "anthropic"]
+
+
+class SearchArgs(QueryRequest):
+    """Search a collection by text (BM25, or meaning with an embedder), by vector, or both."""
+
+    collection: CollectionName
+
+
+class DocumentAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+class UpsertDocumentsArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName
+    documents: list[Document] = Field(min_length=1, max_length=1000)
+
+
+class StateAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: StateName
+    key: StateName
+
+
+class PutStateArgs(StatePut):
+    namespace: StateName
+    key: StateName
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    arguments: type[BaseModel]
+    run: Callable[[Client, Any], Any]
+
+    def schema(self) -> dict[str, Any]:
+        schema = self.arguments.model_json_schema()
+        schema.pop("title", None)
+        schema.pop("description", None)
+        return schema
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+TOOLS: tuple[Tool, ...] = (
+    Tool(
+        "search",
+        "Search a unidb collection. Give `text` (keywords or a question), a `vector`, or "
+        "both; `mode` is hybrid (default), bm25 or vector; `filter` narrows by metadata, "
+        'e.g. {"year": {"$gte": 2020}}. Returns the best `k` hits with id, text, metadata.',
+        SearchArgs,
+        lambda client, a: client.backend.query(
+            a.collection, QueryRequest.model_validate(a.model_dump(exclude={"collection"}))
+        ),
+    ),
+    Tool(
+        "get_document",
+        "Read one document (text, metadata, version) by collection and id.",
+        DocumentAddress,
+        lambda client, a: client.get(a.collection, a.id),
+    ),
+    Tool(
+        "upsert_documents",
+        "Insert or replace documents by id in a collection, all in one transaction.",
+        UpsertDocumentsArgs,
+        lambda client, a: client.upsert(a.collection, a.documents),
+    ),
+    Tool(
+        "delete_document",
+        "Delete one document by collection and id; answers whether it existed.",
+        DocumentAddress,
+        lambda client, a: {"deleted": client.delete(a.collection, a.id)},
+    ),
+    Tool(
+        "get_state",
+        "Read a JSON value of application state (an agent's memory, a plan, a cursor) and "
+        "its version.",
+        StateAddress,
+        lambda client, a: client.get_state(a.namespace, a.key),
+    ),
+    Tool(
+        "put_state",
+        "Store a JSON value of application state. Pass `if_version` (the version you read; "
+        "0 for a new key) to write only if nobody changed it since.",
+        PutStateArgs,
+        lambda client, a: client.put_state(a.namespace, a.key, a.value, if_version=a.if_version),
+    ),
+)
+BY_NAME = {tool.name: tool for tool in TOOLS}
+
+
+def definitions(format: ToolFormat) -> list[dict[str, Any]]:
+    """Every tool as the named framework expects it."""
+    if format == "openai":
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.schema(),
+                },
+            }
+            for t in TOOLS
+        ]
+    if format == "anthropic":
+        return [
+            {"name": t.name, "description": t.description, "input_schema": t.schema()}
+            for t in TOOLS
+        ]
+    raise ValueError(f"unknown tool format {format!r}; known: openai, anthropic")
+
+
+def run(client: Client, name: str, arguments: dict[str, Any]) -> Any:
+    """Validate ``arguments`` against the tool's model and run it; JSON-ready result."""
+    return _dump(BY_NAME[name].run(client, BY_NAME[name].arguments.model_validate(arguments)))
