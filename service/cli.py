@@ -165,6 +165,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .mcp_server import serve_stdio
+
+    backend, owner = _backend(args)
+    try:
+        anyio.run(serve_stdio, Client(backend=backend))
+    finally:
+        owner.close()
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run
 
@@ -242,6 +255,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--json", action="store_true", help="one JSON object per mode")
     with_database(evaluation)
     evaluation.set_defaults(run=cmd_eval)
+
+    mcp = commands.add_parser("mcp", help="serve unidb's agent tools over MCP on stdio")
+    with_database(mcp)
+    mcp.set_defaults(run=cmd_mcp)
 
     quick = commands.add_parser(
         "quickstart", help="serve, load SciFact with MiniLM vectors, run a query, keep serving"

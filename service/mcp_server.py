@@ -1,0 +1,58 @@
+"""`unidb mcp`: unidb's agent tools over the Model Context Protocol (official `mcp` SDK).
+
+The tools, their input schemas and their behaviour are the SDK's (`unidb.tools`): an MCP
+client sees exactly what `client.tools()` describes and `client.call_tool()` runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from mcp import types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+import unidb
+from unidb import Client
+from unidb.tools import TOOLS
+
+
+def build_server(client: Client) -> Server[Any]:
+    async def list_tools(
+        context: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(name=t.name, description=t.description, input_schema=t.schema())
+                for t in TOOLS
+            ]
+        )
+
+    async def call_tool(context: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        # the engine is synchronous: run the call off the event loop
+        result = await anyio.to_thread.run_sync(
+            client.call_tool, params.name, dict(params.arguments or {})
+        )
+        failed = isinstance(result, dict) and set(result) == {"error"}
+        structured = result if isinstance(result, dict) else {"result": result}
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(result))],
+            structured_content=structured,
+            is_error=failed,
+        )
+
+    return Server(
+        "unidb",
+        version=unidb.__version__,
+        instructions="Search documents, read and write them, and keep state in unidb.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+async def serve_stdio(client: Client) -> None:
+    server = build_server(client)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
