@@ -7,6 +7,7 @@ client sees exactly what `client.tools()` describes and `client.call_tool()` run
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,7 +20,9 @@ from unidb import Client
 from unidb.tools import TOOLS
 
 
-def build_server(client: Client) -> Server[Any]:
+def build_server(client: Callable[[], Client]) -> Server[Any]:
+    """An MCP server whose tool calls go through the client ``client()`` returns."""
+
     async def list_tools(
         context: Any, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -33,7 +36,7 @@ def build_server(client: Client) -> Server[Any]:
     async def call_tool(context: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         # the engine is synchronous: run the call off the event loop
         result = await anyio.to_thread.run_sync(
-            client.call_tool, params.name, dict(params.arguments or {})
+            client().call_tool, params.name, dict(params.arguments or {})
         )
         failed = isinstance(result, dict) and set(result) == {"error"}
         structured = result if isinstance(result, dict) else {"result": result}
@@ -53,6 +56,6 @@ def build_server(client: Client) -> Server[Any]:
 
 
 async def serve_stdio(client: Client) -> None:
-    server = build_server(client)
+    server = build_server(lambda: client)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())

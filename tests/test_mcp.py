@@ -67,3 +67,28 @@ def test_stdio_server_lists_and_runs_tools(
 
     anyio.run(scenario)
     unidb.Client(backend=engine).delete_state(collection, "k")  # type: ignore[arg-type]
+
+
+def test_streamable_http_at_mcp(server_url: str, collection: str, engine: object) -> None:
+    from mcp.client.streamable_http import streamable_http_client
+
+    unidb.Client(backend=engine).create_collection(collection, dim=2)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        async with streamable_http_client(f"{server_url}/mcp") as streams:
+            read, write = streams[0], streams[1]
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                listed = await session.list_tools()
+                assert {t.name for t in listed.tools} == {t.name for t in TOOLS}
+                written = await session.call_tool("upsert_documents", {
+                    "collection": collection,
+                    "documents": [{"id": "h1", "text": "streamed over http", "embedding": [0, 1]}],
+                })  # fmt: skip
+                assert written.structured_content == {"written": 1, "unchanged": 0}
+                found = await session.call_tool(
+                    "get_document", {"collection": collection, "id": "h1"}
+                )
+                assert found.structured_content["text"] == "streamed over http"
+
+    anyio.run(scenario)

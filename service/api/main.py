@@ -9,9 +9,11 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import unidb
+from unidb import Client
 
 from ..config import Settings
 from ..engine import Engine
+from ..mcp_server import build_server
 from . import errors
 from .limits import BodySizeLimit
 from .routes import collections, documents, health, state, transactions
@@ -26,6 +28,9 @@ def create_app(
     shutdown; a given engine is closed on shutdown only with ``close_engine=True``.
     """
     settings = settings or (engine.settings if engine else Settings())
+    # MCP over streamable HTTP at /mcp: the same tools as `unidb mcp`, on this app's engine
+    mcp = build_server(lambda: Client(backend=app.state.engine))
+    mcp_routes = mcp.streamable_http_app(streamable_http_path="/mcp", host=settings.host).routes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,7 +39,8 @@ def create_app(
             engine if engine is not None else await run_in_threadpool(Engine.start, settings)
         )
         try:
-            yield
+            async with mcp.session_manager.run():
+                yield
         finally:
             if owned:
                 await run_in_threadpool(app.state.engine.close)
@@ -52,4 +58,5 @@ def create_app(
     app.include_router(documents.router)
     app.include_router(state.router)
     app.include_router(transactions.router)
+    app.router.routes.extend(mcp_routes)
     return app
