@@ -15,7 +15,6 @@ from hashlib import blake2b
 from typing import Any
 
 import numpy as np
-import orjson
 import psycopg
 
 from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
@@ -23,10 +22,10 @@ from unidb.models import Document, StoredDocument, UpsertResult
 
 from .collections import CollectionRow
 from .copy_payload import chunks_payload, documents_payload, upsert_changes_payload
+from .json_values import NUL_MESSAGE, encode_json
 
 Connection = psycopg.Connection[Any]
 
-_NUL_MESSAGE = "must not contain the NUL character (U+0000), which Postgres cannot store"
 
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS unidb_stage (
@@ -116,9 +115,9 @@ def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Li
         doc = documents[i]
         where = f"documents[{i}]"
         if "\x00" in doc.id:
-            raise InvalidInput(_NUL_MESSAGE, field=f"{where}.id")
+            raise InvalidInput(NUL_MESSAGE, field=f"{where}.id")
         if "\x00" in doc.text:
-            raise InvalidInput(_NUL_MESSAGE, field=f"{where}.text")
+            raise InvalidInput(NUL_MESSAGE, field=f"{where}.text")
         if len(doc.text) > limits.max_text_chars:
             raise PayloadTooLarge(
                 f"text is {len(doc.text)} characters, over the limit of {limits.max_text_chars}",
@@ -147,14 +146,7 @@ def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Li
 
 
 def _metadata_json(metadata: dict[str, Any], field: str) -> bytes:
-    try:
-        encoded = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise InvalidInput(f"is not JSON: {exc}", field=field) from exc
-    # orjson escapes U+0000 in keys and strings alike, so one scan finds it anywhere
-    if b"\\u0000" in encoded:
-        raise InvalidInput(_NUL_MESSAGE, field=field)
-    return encoded
+    return encode_json(metadata, field=field, sort_keys=True)
 
 
 def _checked_vectors(

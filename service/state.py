@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from unidb.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from unidb.errors import Conflict, NotFound
 from unidb.models import StateEntry, StateList
+
+from .json_values import encode_json
 
 Connection = psycopg.Connection[Any]
 
@@ -27,16 +28,7 @@ def _entry(row: tuple[Any, ...]) -> StateEntry:
 
 
 def check_value(value: Any, *, max_bytes: int, field: str = "value") -> None:
-    try:
-        encoded = orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise InvalidInput(f"is not JSON: {exc}", field=field) from exc
-    if len(encoded) > max_bytes:
-        raise PayloadTooLarge(
-            f"is {len(encoded)} bytes, over the limit of {max_bytes}", field=field
-        )
-    if b"\\u0000" in encoded:
-        raise InvalidInput("must not contain the NUL character (U+0000)", field=field)
+    encode_json(value, field=field, max_bytes=max_bytes)
 
 
 def get(conn: Connection, namespace: str, key: str) -> StateEntry:
