@@ -30,8 +30,6 @@ from unidb.models import (
     DeleteStateOp,
     Document,
     Health,
-    Hit,
-    HitScores,
     IndexStatus,
     PutStateOp,
     QueryRequest,
@@ -51,7 +49,8 @@ from .config import Settings
 from .db import check_pgvector, migrate, open_pool
 from .embedded import EmbeddedPostgres
 from .filters import CompiledFilter, compile_filter
-from .fusion import rrf, weighted
+from .fusion import fuse
+from .hits import hydrate
 from .search import vector_search
 from .text_indexes import TextIndexes
 from .text_search import bm25_search
@@ -325,8 +324,8 @@ class Engine:
             bm25_hits = bm25_search(
                 conn, row, index, request.text, limit=depth, where=where, strong=strong
             )
-        ranked = self._rank(request, bm25_hits, vector_hits)[: request.k]
-        hits = _hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
+        ranked = fuse(request, bm25_hits, vector_hits)[: request.k]
+        hits = hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
         return QueryResponse(hits=hits, exhaustive=exhaustive)
 
     def _vector_hits(
@@ -350,25 +349,6 @@ class Engine:
             ef_search=self.settings.hnsw_ef_search,
             max_scan_tuples=self.settings.hnsw_max_scan_tuples,
         )
-
-    @staticmethod
-    def _rank(
-        request: QueryRequest,
-        bm25_hits: list[tuple[int, float]],
-        vector_hits: list[tuple[int, float]],
-    ) -> list[tuple[int, float | None]]:
-        if not bm25_hits or not vector_hits:
-            single = bm25_hits or vector_hits
-            fused = request.mode == "hybrid"
-            return [(key, score if fused else None) for key, score in single]
-        if request.fusion == "rrf":
-            scores = rrf([[k for k, _ in bm25_hits], [k for k, _ in vector_hits]])
-        else:
-            scores = weighted(dict(bm25_hits), dict(vector_hits), alpha=request.alpha)
-        return [
-            (key, score)
-            for key, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-        ]
 
     # -- transactions --------------------------------------------------------------------
 
@@ -492,38 +472,3 @@ class Engine:
             self._index_builds[row.id] = thread
         log.info("collection %s holds %d vectors: building its HNSW index", row.name, count[0])
         thread.start()
-
-
-def _hydrate(
-    conn: Connection,
-    row: collections.CollectionRow,
-    ranked: list[tuple[int, float | None]],
-    bm25: dict[int, float],
-    vector: dict[int, float],
-) -> list[Hit]:
-    """The ranked keys as hits with their documents' current id, text and metadata."""
-    if not ranked:
-        return []
-    found = {
-        key: (doc_id, text, metadata)
-        for key, doc_id, text, metadata in conn.execute(
-            "SELECT key, id, text, metadata FROM unidb.documents"
-            " WHERE collection_id = %s AND key = ANY(%s)",
-            (row.id, [key for key, _ in ranked]),
-        ).fetchall()
-    }
-    hits = []
-    for key, fused in ranked:
-        if key not in found:
-            continue  # deleted after the ranking was read
-        doc_id, text, metadata = found[key]
-        scores = HitScores(bm25=bm25.get(key), vector=vector.get(key), fused=fused)
-        primary = (
-            fused
-            if fused is not None
-            else (scores.vector if scores.vector is not None else scores.bm25)
-        )
-        hits.append(
-            Hit(id=doc_id, score=primary or 0.0, text=text, metadata=metadata, scores=scores)
-        )
-    return hits

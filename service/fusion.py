@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from unidb.models import QueryRequest
+
 RRF_K = 60
 
 
@@ -45,3 +47,23 @@ def weighted(
         + (1.0 - alpha) * bm25_scaled.get(key, bm25_floor)
         for key in bm25_scaled.keys() | vector_scaled.keys()
     }
+
+
+def fuse(
+    request: QueryRequest,
+    bm25_hits: list[tuple[int, float]],
+    vector_hits: list[tuple[int, float]],
+) -> list[tuple[int, float | None]]:
+    """Keys best first with their fused score: the request's fusion when both retrievers
+    answered; one retriever's own scores when only one did (fused only in hybrid mode)."""
+    if not bm25_hits or not vector_hits:
+        single = bm25_hits or vector_hits
+        fused = request.mode == "hybrid"
+        return [(key, score if fused else None) for key, score in single]
+    if request.fusion == "rrf":
+        scores = rrf([[k for k, _ in bm25_hits], [k for k, _ in vector_hits]])
+    else:
+        scores = weighted(dict(bm25_hits), dict(vector_hits), alpha=request.alpha)
+    return [
+        (key, score) for key, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    ]
