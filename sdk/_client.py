@@ -16,7 +16,14 @@ from urllib.parse import quote, urlencode
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from .errors import InvalidInput, NotFound, Unavailable, UnidbError, error_from_response
+from .errors import (
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    UnidbError,
+    error_from_response,
+    field_from_location,
+)
 from .models import (
     DEFAULT_ALPHA,
     DEFAULT_FUSION,
@@ -99,10 +106,9 @@ def _shifted(error: UnidbError, offset: int) -> UnidbError:
     return type(error)(error.message, field=field)
 
 
-def _invalid_from(exc: ValidationError) -> InvalidInput:
+def _invalid_from(exc: ValidationError, *, root: str = "") -> InvalidInput:
     first = exc.errors()[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    return InvalidInput(f"{first['msg']}", field=f"documents{where}")
+    return InvalidInput(f"{first['msg']}", field=field_from_location(first["loc"], root=root))
 
 
 _DOCUMENT_LIST = TypeAdapter(list[Document])
@@ -113,7 +119,7 @@ def _validated_batch(documents: Sequence[DocumentLike]) -> list[Document]:
     try:
         return _DOCUMENT_LIST.validate_python(list(documents))
     except ValidationError as exc:
-        raise _invalid_from(exc) from exc
+        raise _invalid_from(exc, root="documents") from exc
 
 
 def _packed_embedding(value: Any) -> Any:
@@ -332,14 +338,8 @@ class Transaction:
         try:
             request = TransactionRequest.model_validate({"ops": self._ops})
         except ValidationError as error:
-            raise _invalid_ops(error) from error
+            raise _invalid_from(error) from error
         self.result = self._backend.transact(request)
-
-
-def _invalid_ops(exc: ValidationError) -> InvalidInput:
-    first = exc.errors()[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    return InvalidInput(f"{first['msg']}", field=where.lstrip("."))
 
 
 class Client:

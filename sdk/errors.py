@@ -16,6 +16,7 @@ the SDK turns such a response back into the same class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Unavailable",
     "ServerError",
     "error_from_response",
+    "field_from_location",
 ]
 
 
@@ -117,3 +119,18 @@ def error_from_response(status: int, body: Any) -> UnidbError:
         return cls(str(error.get("message", "")), field=error.get("field"))
     cls = _BY_STATUS.get(status, InvalidInput if 400 <= status < 500 else ServerError)
     return cls(f"HTTP {status}: {body!r}"[:500])
+
+
+def field_from_location(location: Sequence[int | str], *, root: str = "") -> str:
+    """A pydantic error location as a field name: ``("body", "documents", 3, "embedding")``
+    → ``documents[3].embedding``; ``root`` goes in front of what the location names."""
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path"):
+        parts = parts[1:]
+    text = root
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"

@@ -218,12 +218,12 @@ class Engine:
         except EmbedderError as exc:
             raise Unavailable(f"the collection's embedder failed: {exc}", field="embedder") from exc
 
-    def _with_embeddings(
-        self, row: collections.CollectionRow, documents_: list[Document]
-    ) -> list[Document]:
+    def _with_embeddings(self, collection: str, documents_: list[Document]) -> list[Document]:
         """Documents without an embedding get one from the collection's embedder, if any.
 
         Called outside any transaction: a model call must not hold a connection."""
+        with self.transaction() as conn:
+            row = collections.get(conn, collection)
         embedder = self.embedder(row)
         missing = [d for d in documents_ if d.embedding is None] if embedder else []
         if embedder is None or not missing:
@@ -236,12 +236,16 @@ class Engine:
         ]
 
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
+        documents_ = self._with_embeddings(collection, documents_)
         with self.transaction() as conn:
-            row = collections.get(conn, collection)
-        documents_ = self._with_embeddings(row, documents_)
-        with self.transaction() as conn:
-            row = collections.get(conn, collection, lock=True)
-            return documents.upsert(conn, row, documents_, self._limits)
+            return self._upsert(conn, collection, documents_)
+
+    def _upsert(
+        self, conn: Connection, collection: str, documents_: list[Document]
+    ) -> UpsertResult:
+        # the collection is held against a concurrent drop until commit
+        row = collections.get(conn, collection, lock=True)
+        return documents.upsert(conn, row, documents_, self._limits)
 
     def get_document(self, collection: str, document_id: str) -> StoredDocument:
         with self.transaction() as conn:
@@ -249,12 +253,7 @@ class Engine:
 
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         with self.transaction() as conn:
-            row = collections.get(conn, collection, lock=True)
-            if not documents.delete(conn, row, document_id):
-                raise NotFound(
-                    f"document {document_id!r} is not in collection {collection!r}", field="id"
-                )
-        return DeleteResult(deleted=True)
+            return _delete_document(conn, collection, document_id)
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         if request.after is not None:
@@ -373,25 +372,20 @@ class Engine:
     def _embedded_op(self, op: Any) -> Any:
         if not isinstance(op, UpsertDocumentsOp):
             return op
-        with self.transaction() as conn:
-            row = collections.get(conn, op.collection)
-        return op.model_copy(update={"documents": self._with_embeddings(row, op.documents)})
+        return op.model_copy(
+            update={"documents": self._with_embeddings(op.collection, op.documents)}
+        )
 
     def _apply(self, conn: Connection, op: Any) -> StateEntry | UpsertResult | DeleteResult:
         if isinstance(op, PutStateOp):
-            state.check_value(op.value, max_bytes=self.settings.max_state_bytes)
-            return state.put(conn, op.namespace, op.key, op.value, if_version=op.if_version)
+            return self._put_state(conn, op.namespace, op.key, op.value, op.if_version)
         if isinstance(op, DeleteStateOp):
             state.delete(conn, op.namespace, op.key, if_version=op.if_version)
             return DeleteResult(deleted=True)
         if isinstance(op, UpsertDocumentsOp):
-            row = collections.get(conn, op.collection, lock=True)
-            return documents.upsert(conn, row, op.documents, self._limits)
+            return self._upsert(conn, op.collection, op.documents)
         assert isinstance(op, DeleteDocumentOp)
-        row = collections.get(conn, op.collection, lock=True)
-        if not documents.delete(conn, row, op.id):
-            raise NotFound(f"document {op.id!r} is not in collection {op.collection!r}", field="id")
-        return DeleteResult(deleted=True)
+        return _delete_document(conn, op.collection, op.id)
 
     # -- application state --------------------------------------------------------------
 
@@ -400,9 +394,14 @@ class Engine:
             return state.get(conn, namespace, key)
 
     def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
-        state.check_value(body.value, max_bytes=self.settings.max_state_bytes)
         with self.transaction() as conn:
-            return state.put(conn, namespace, key, body.value, if_version=body.if_version)
+            return self._put_state(conn, namespace, key, body.value, body.if_version)
+
+    def _put_state(
+        self, conn: Connection, namespace: str, key: str, value: Any, if_version: int | None
+    ) -> StateEntry:
+        state.check_value(value, max_bytes=self.settings.max_state_bytes)
+        return state.put(conn, namespace, key, value, if_version=if_version)
 
     def delete_state(self, namespace: str, key: str, if_version: int | None = None) -> DeleteResult:
         with self.transaction() as conn:
@@ -472,3 +471,10 @@ class Engine:
             self._index_builds[row.id] = thread
         log.info("collection %s holds %d vectors: building its HNSW index", row.name, count[0])
         thread.start()
+
+
+def _delete_document(conn: Connection, collection: str, document_id: str) -> DeleteResult:
+    row = collections.get(conn, collection, lock=True)
+    if not documents.delete(conn, row, document_id):
+        raise NotFound(f"document {document_id!r} is not in collection {collection!r}", field="id")
+    return DeleteResult(deleted=True)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from unidb import Backend, Client
 from unidb.errors import InvalidInput, NotFound, UnidbError
+from unidb.indexing.bm25 import document_body
 from unidb.indexing.embedders import Embedder
 from unidb.models import CollectionCreate, Document, UpsertResult
 
@@ -62,7 +63,7 @@ def _documents(
     def embedded(group: list[Document]) -> list[Document]:
         missing = [d for d in group if d.embedding is None]
         if embedder is not None and missing:
-            vectors = embedder.embed_documents([embedding_text(d) for d in missing])
+            vectors = embedder.embed_documents([document_body(d.text, d.metadata) for d in missing])
             for document, vector in zip(missing, vectors, strict=True):
                 document.embedding = vector
         return group
@@ -82,11 +83,6 @@ def _documents(
             yield from embedded(pending)
             pending = []
     yield from embedded(pending)
-
-
-def embedding_text(document: Document) -> str:
-    title = document.metadata.get("title")
-    return f"{title} {document.text}" if isinstance(title, str) and title else document.text
 
 
 def ingest_file(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from unidb.errors import InvalidInput, NotFound, ServerError, UnidbError
+from unidb.errors import InvalidInput, NotFound, ServerError, UnidbError, field_from_location
 
 log = logging.getLogger("unidb.api")
 
@@ -41,20 +40,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "unavailable"),
     )
 }
-
-
-def field_from_location(location: Sequence[int | str]) -> str:
-    """``("body", "documents", 3, "embedding")`` → ``documents[3].embedding``."""
-    parts = list(location)
-    if parts and parts[0] in ("body", "query", "path"):
-        parts = parts[1:]
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "body"
 
 
 def invalid_input_from(exc: ValidationError | RequestValidationError) -> InvalidInput:
