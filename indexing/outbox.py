@@ -53,3 +53,22 @@ def changed_since(conn: psycopg.Connection[Any], collection_id: int, *, since: i
         (collection_id, since),
     ).fetchall()
     return [Change(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionChange:
+    collection_id: int
+    document_key: int | None
+    op: str
+
+
+def read_all_changes(
+    conn: psycopg.Connection[Any], *, since: int, upto: int
+) -> list[CollectionChange]:
+    """Changes of every collection from transactions in ``[since, upto)``, in seq order."""
+    rows = conn.execute(
+        "SELECT collection_id, document_key, op FROM unidb.changes"
+        " WHERE xid >= %s::text::xid8 AND xid < %s::text::xid8 ORDER BY seq",
+        (since, upto),
+    ).fetchall()
+    return [CollectionChange(*row) for row in rows]

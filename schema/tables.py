@@ -17,7 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import UserDefinedType
 
 
@@ -104,4 +104,42 @@ state = Table(
     Column("version", BigInteger, nullable=False, server_default=text("1")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+prefixes = Table(
+    "prefixes",
+    metadata,
+    Column("prefix_key", Text, primary_key=True),
+    Column("tenant", Text, nullable=False, server_default="default"),
+    Column("collection_id", Integer, nullable=False),
+    # hash of what else decides the prefix's tokens: tokenizer, template, block size, salt
+    Column("shape", Text, nullable=False),
+    Column("document_keys", ARRAY(BigInteger), nullable=False),
+    Column("document_ids", ARRAY(Text), nullable=False),
+    Column("versions", ARRAY(BigInteger), nullable=False),
+    Column("token_ids", ARRAY(Integer), nullable=False),
+    Column("block_hashes", ARRAY(LargeBinary), nullable=False),
+    Column("cache_salt", Text, nullable=True),
+    Column("hits", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_used_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+context_sessions = Table(
+    "context_sessions",
+    metadata,
+    Column("tenant", Text, primary_key=True, server_default="default"),
+    Column("session", Text, primary_key=True),
+    Column("collection_id", Integer, nullable=False),
+    Column("shape", Text, nullable=False),
+    Column("document_keys", ARRAY(BigInteger), nullable=False),
+    Column("turn", Integer, nullable=False, server_default=text("0")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+outbox_followers = Table(
+    "outbox_followers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("watermark", BigInteger, nullable=False, server_default=text("0")),
 )

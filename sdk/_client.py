@@ -31,12 +31,17 @@ from .models import (
     CollectionCreate,
     CollectionList,
     Consistency,
+    ContextOrder,
+    ContextRequest,
+    ContextResponse,
+    ContextTemplate,
     DeleteResult,
     Document,
     EmbedderSpec,
     Fusion,
     Health,
     Metric,
+    PrefixList,
     QueryMode,
     QueryRequest,
     QueryResponse,
@@ -48,6 +53,8 @@ from .models import (
     TransactionResult,
     UpsertRequest,
     UpsertResult,
+    WarmRequest,
+    WarmResult,
 )
 from .tools import BY_NAME as TOOLS_BY_NAME
 from .tools import ToolFormat
@@ -80,6 +87,9 @@ class Backend(Protocol):
         self, namespace: str, *, prefix: str = "", after: str | None = None, limit: int = 100
     ) -> StateList: ...
     def transact(self, request: TransactionRequest) -> TransactionResult: ...
+    def build_context(self, request: ContextRequest) -> ContextResponse: ...
+    def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList: ...
+    def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult: ...
     def health(self) -> Health: ...
     def close(self) -> None: ...
 
@@ -174,6 +184,25 @@ def _query_request(
     )
 
 
+def _context_request(collection: str, query: str, options: Mapping[str, Any]) -> ContextRequest:
+    """A ``ContextRequest``; a wrong option is an ``InvalidInput`` naming it."""
+    try:
+        return ContextRequest.model_validate({"collection": collection, "query": query, **options})
+    except ValidationError as exc:
+        raise _invalid_from(exc) from exc
+
+
+def _prefixes_path(collection: str | None, limit: int) -> str:
+    params = {"limit": str(limit)}
+    if collection is not None:
+        params["collection"] = collection
+    return "/v1/prefixes?" + urlencode(params)
+
+
+def _warm_path(prefix_key: str) -> str:
+    return f"/v1/prefixes/{quote(prefix_key, safe='')}/warm"
+
+
 def _state_path(namespace: str, key: str | None = None) -> str:
     path = f"/v1/state/{quote(namespace, safe='')}"
     return path if key is None else f"{path}/{quote(key, safe='')}"
@@ -266,6 +295,17 @@ class _HttpBackend:
         return TransactionResult.model_validate_json(
             self._send("POST", "/v1/transactions", payload)
         )
+
+    def build_context(self, request: ContextRequest) -> ContextResponse:
+        payload = request.model_dump_json(exclude_none=True).encode()
+        return ContextResponse.model_validate_json(self._send("POST", "/v1/context", payload))
+
+    def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
+        return PrefixList.model_validate_json(self._send("GET", _prefixes_path(collection, limit)))
+
+    def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
+        payload = request.model_dump_json(exclude_none=True).encode()
+        return WarmResult.model_validate_json(self._send("POST", _warm_path(prefix_key), payload))
 
     def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
         payload = _state_body(body)
@@ -582,6 +622,53 @@ class Client:
         request = _query_request(text, vector, k, mode, filter, fusion, alpha, consistency, after)
         return self._backend.query(collection, request)
 
+    def context(
+        self,
+        collection: str,
+        query: str,
+        *,
+        k: int = 5,
+        order: ContextOrder = "reuse",
+        session: str | None = None,
+        tokenizer: str = "minilm",
+        block_size: int = 16,
+        salt: str | None = None,
+        max_tokens: int | None = None,
+        template: ContextTemplate | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> ContextResponse:
+        """A prompt for ``query`` built from the collection, laid out so an LLM engine's
+        prefix cache reuses it, with the engine's block hashes. Other ``options``: mode,
+        filter, consistency, after (see ``ContextRequest``)."""
+        request = _context_request(
+            collection,
+            query,
+            {
+                "k": k,
+                "order": order,
+                "session": session,
+                "tokenizer": tokenizer,
+                "block_size": block_size,
+                "salt": salt,
+                "max_tokens": max_tokens,
+                **({"template": template} if template is not None else {}),
+                **options,
+            },
+        )
+        return self._backend.build_context(request)
+
+    def prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
+        """Context prefixes sent so far, most reused first."""
+        return self._backend.list_prefixes(collection, limit=limit)
+
+    def warm_prefix(
+        self, prefix_key: str, engine_url: str, *, model: str | None = None
+    ) -> WarmResult:
+        """Prefill a registered prefix on an OpenAI-compatible engine (``max_tokens=1``)."""
+        return self._backend.warm_prefix(
+            prefix_key, WarmRequest(engine_url=engine_url, model=model)
+        )
+
 
 class AsyncClient:
     """An asyncio unidb client for a running ``unidb serve``; mirrors ``Client``."""
@@ -720,3 +807,20 @@ class AsyncClient:
             request.model_dump_json(exclude_none=True).encode(),
         )
         return QueryResponse.model_validate_json(body)
+
+    async def context(self, collection: str, query: str, **options: Any) -> ContextResponse:
+        """As ``Client.context``."""
+        request = _context_request(collection, query, options)
+        payload = request.model_dump_json(exclude_none=True).encode()
+        return ContextResponse.model_validate_json(await self._send("POST", "/v1/context", payload))
+
+    async def prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
+        body = await self._send("GET", _prefixes_path(collection, limit))
+        return PrefixList.model_validate_json(body)
+
+    async def warm_prefix(
+        self, prefix_key: str, engine_url: str, *, model: str | None = None
+    ) -> WarmResult:
+        payload = WarmRequest(engine_url=engine_url, model=model).model_dump_json(exclude_none=True)
+        body = await self._send("POST", _warm_path(prefix_key), payload.encode())
+        return WarmResult.model_validate_json(body)

@@ -39,6 +39,17 @@ __all__ = [
     "TransactionResult",
     "StateList",
     "StatePut",
+    "ContextOrder",
+    "ContextTemplate",
+    "ContextRequest",
+    "ContextSegment",
+    "ContextSession",
+    "ContextResponse",
+    "PrefixChunk",
+    "Prefix",
+    "PrefixList",
+    "WarmRequest",
+    "WarmResult",
 ]
 
 Metric = Literal["cosine", "l2", "ip"]
@@ -304,3 +315,129 @@ class QueryResponse(_Model):
         description="true when every matching row was considered, false when an "
         "approximate (HNSW) scan ranked the vectors"
     )
+
+
+ContextOrder = Literal["reuse", "relevance"]
+
+
+def _placeholder(name: str) -> Any:
+    def check(value: str) -> str:
+        if "{" + name + "}" not in value:
+            raise ValueError(f"must contain the placeholder {{{name}}}")
+        return _no_nul(value)
+
+    return AfterValidator(check)
+
+
+class ContextTemplate(_Model):
+    """How a prompt is laid out: ``system`` first (fixed, so every prompt shares it), then
+    each retrieved chunk as ``delimiter`` + ``chunk`` (placeholders ``{id}``, ``{title}``,
+    ``{text}``), then ``question`` (placeholder ``{question}``) last."""
+
+    system: Annotated[str, AfterValidator(_no_nul)] = Field(
+        default="Answer the question using the context below.", max_length=20_000
+    )
+    delimiter: Annotated[str, AfterValidator(_no_nul)] = Field(default="\n\n", max_length=256)
+    chunk: Annotated[str, _placeholder("text")] = Field(default="[{id}] {text}", max_length=2_000)
+    question: Annotated[str, _placeholder("question")] = Field(
+        default="\n\nQuestion: {question}\nAnswer:", max_length=2_000
+    )
+
+
+class ContextRequest(_Model):
+    """Retrieve ``k`` chunks for ``query`` and lay them out as a prompt whose prefix an LLM
+    engine's KV cache can reuse, named by the engine's own block hashes.
+
+    ``order="reuse"`` puts first the longest run of chunks already sent in that order (so the
+    engine's cached prefix is reused), then the rest by (id, version); ``"relevance"`` keeps
+    the ranking. ``session`` makes the context grow turn by turn: earlier chunks keep their
+    place and new ones are appended. ``salt`` becomes the engine's ``cache_salt``."""
+
+    collection: CollectionName
+    query: Text = Field(min_length=1, max_length=10_000)
+    k: int = Field(default=5, ge=1, le=100)
+    mode: QueryMode = "hybrid"
+    filter: dict[str, Any] | None = None
+    template: ContextTemplate = Field(default_factory=ContextTemplate)
+    tokenizer: str = Field(
+        default="minilm",
+        min_length=1,
+        max_length=1024,
+        description="a tokenizer name the server knows, or a path to a tokenizer.json",
+    )
+    block_size: int = Field(default=16, ge=1, le=1024, description="the engine's KV block size")
+    salt: Text | None = Field(default=None, max_length=256, description="the engine cache_salt")
+    order: ContextOrder = "reuse"
+    session: StateName | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    consistency: Consistency = "strong"
+    after: str | None = Field(default=None, max_length=128, description="a commit token")
+
+
+class ContextSegment(_Model):
+    id: str
+    version: int
+    text: str = Field(description="the segment as it appears in the prompt, delimiter first")
+    start_token: int
+    end_token: int
+    block_hashes: list[str] = Field(
+        description="hashes of the segment's own full blocks, chained from the segment's start "
+        "(position-independent chunk keys, for engines that reuse a chunk anywhere)"
+    )
+
+
+class ContextSession(_Model):
+    id: str
+    turn: int
+    reset: bool = Field(description="the context outgrew max_tokens and started a new prefix")
+    dropped: list[str] = Field(description="ids of chunks dropped by that reset")
+
+
+class ContextResponse(_Model):
+    prompt: str
+    prefix_key: str = Field(description="names the prompt's context part (without the question)")
+    prefix_tokens: int = Field(description="tokens before the question")
+    segments: list[ContextSegment]
+    token_ids: list[int] = Field(description="send these as the prompt to hit the cache exactly")
+    block_hashes: list[str] = Field(description="the engine's hash of each full block, hex")
+    block_keys: list[int] = Field(description="the same blocks as KV events name them")
+    cache_salt: str | None
+    cached_tokens: int = Field(description="prompt tokens resident in the best engine")
+    cached_tokens_by_engine: dict[str, int]
+    engine_hint: str | None = Field(description="the engine holding the longest resident prefix")
+    session: ContextSession | None = None
+
+
+class PrefixChunk(_Model):
+    id: str
+    version: int
+
+
+class Prefix(_Model):
+    prefix_key: str
+    collection: str
+    chunks: list[PrefixChunk]
+    token_count: int
+    blocks: int
+    hits: int = Field(description="times this prefix was built again after the first")
+    created_at: datetime
+    last_used_at: datetime
+
+
+class PrefixList(_Model):
+    prefixes: list[Prefix]
+
+
+class WarmRequest(_Model):
+    """Send a prefix to an OpenAI-compatible completions endpoint so the engine caches it."""
+
+    engine_url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    model: str | None = Field(default=None, max_length=256)
+
+
+class WarmResult(_Model):
+    prefix_key: str
+    engine_url: str
+    model: str
+    prompt_tokens: int
+    cached_tokens: int | None = Field(description="what the engine reported as already cached")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .models import (
     MAX_ID_CHARS,
     CollectionName,
+    ContextRequest,
     Document,
     QueryRequest,
     StateName,
@@ -119,6 +120,15 @@ TOOLS: tuple[Tool, ...] = (
         "0 for a new key) to write only if nobody changed it since.",
         PutStateArgs,
         lambda client, a: client.put_state(a.namespace, a.key, a.value, if_version=a.if_version),
+    ),
+    Tool(
+        "build_context",
+        "Retrieve the best `k` chunks for `query` from a collection and lay them out as an "
+        "LLM prompt (system text, chunks, question last) that an engine's prefix cache can "
+        "reuse. Use `session` to grow one context across turns. Returns the prompt, its "
+        "token ids and the engine's KV block hashes.",
+        ContextRequest,
+        lambda client, a: client.backend.build_context(a),
     ),
 )
 BY_NAME = {tool.name: tool for tool in TOOLS}

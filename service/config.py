@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("unidb", appauthor=False))
+
+
+class KvEngine(BaseModel):
+    """An LLM engine whose KV events unidb follows (vLLM's ``--kv-events-config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    events: str = Field(description="its ZMQ publisher, e.g. tcp://vllm:5557")
+    replay: str | None = Field(default=None, description="its replay ROUTER, e.g. tcp://vllm:5558")
+    topic: str = ""
+    data_parallel_size: int = Field(default=1, ge=1, le=256)
 
 
 class Settings(BaseSettings):
@@ -53,6 +66,27 @@ class Settings(BaseSettings):
     )
     hybrid_candidates: int = Field(
         default=100, ge=1, le=10_000, description="hits taken from each retriever before fusion"
+    )
+
+    tokenizers: dict[str, Path] = Field(
+        default_factory=dict,
+        description="tokenizer names for /v1/context, each the path of a tokenizer.json",
+    )
+    tokenizer_paths: bool = Field(
+        default=True, description="requests may name a tokenizer.json by its path"
+    )
+    kv_hash_algo: Literal["sha256", "sha256_cbor"] = Field(
+        default="sha256", description="the engine's --prefix-caching-hash-algo"
+    )
+    kv_hash_seed: str | None = Field(
+        default=None, description="the engine's PYTHONHASHSEED, when it sets one"
+    )
+    kv_salt_style: Literal["tagged", "bare"] = Field(
+        default="tagged",
+        description="how block 0 carries cache_salt: tagged (vLLM >= 0.31) or bare (older)",
+    )
+    kv_engines: list[KvEngine] = Field(
+        default_factory=list, description="engines whose KV events drive cached_tokens"
     )
 
     @property

@@ -25,12 +25,15 @@ from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
 from unidb.models import (
     Collection,
     CollectionCreate,
+    ContextRequest,
+    ContextResponse,
     DeleteDocumentOp,
     DeleteResult,
     DeleteStateOp,
     Document,
     Health,
     IndexStatus,
+    PrefixList,
     PutStateOp,
     QueryRequest,
     QueryResponse,
@@ -42,10 +45,16 @@ from unidb.models import (
     TransactionResult,
     UpsertDocumentsOp,
     UpsertResult,
+    WarmRequest,
+    WarmResult,
 )
 
 from . import collections, documents, state
 from .config import Settings
+from .context import registry
+from .context.builder import keys_of
+from .context.service import ContextService
+from .context.warmup import warm
 from .db import check_pgvector, migrate, open_pool
 from .embedded import EmbeddedPostgres
 from .filters import CompiledFilter, compile_filter
@@ -93,6 +102,8 @@ class Engine:
             settings.data_dir / "indexes", pool, interval_s=settings.tailer_interval_s
         )
         self.text_indexes.start()
+        self.context = ContextService(settings, pool)
+        self.context.start()
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -127,6 +138,7 @@ class Engine:
 
         Closing twice is harmless."""
         self.wait_for_index_builds()
+        self.context.close()
         self.text_indexes.close()
         self.pool.close()
         if self._embedded is not None:
@@ -347,6 +359,50 @@ class Engine:
             use_index=use_index,
             ef_search=self.settings.hnsw_ef_search,
             max_scan_tuples=self.settings.hnsw_max_scan_tuples,
+        )
+
+    # -- context for LLM engines ---------------------------------------------------------
+
+    def build_context(self, request: ContextRequest) -> ContextResponse:
+        self.context.tokenizers.get(request.tokenizer)  # refused before any search
+        found = self.query(
+            request.collection,
+            QueryRequest(
+                text=request.query,
+                k=request.k,
+                mode=request.mode,
+                filter=request.filter,
+                consistency=request.consistency,
+                after=request.after,
+            ),
+        )
+        with self.transaction() as conn:
+            row = collections.get(conn, request.collection)
+            keys = keys_of(conn, row.id, [hit.id for hit in found.hits])
+            return self.context.builder.build(conn, row, request, keys)
+
+    def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
+        with self.transaction() as conn:
+            collection_id = collections.get(conn, collection).id if collection else None
+            return PrefixList(
+                prefixes=registry.list_prefixes(conn, collection_id=collection_id, limit=limit)
+            )
+
+    def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
+        with self.transaction() as conn:
+            found = registry.get(conn, prefix_key)
+        if found is None:
+            raise NotFound(f"no prefix {prefix_key!r}", field="prefix_key")
+        # the engine call holds no database connection
+        model, prompt_tokens, cached = warm(
+            request.engine_url, found.token_ids, model=request.model, cache_salt=found.cache_salt
+        )
+        return WarmResult(
+            prefix_key=prefix_key,
+            engine_url=request.engine_url,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached,
         )
 
     # -- transactions --------------------------------------------------------------------

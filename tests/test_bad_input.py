@@ -259,7 +259,9 @@ def test_oversize_body_is_413_before_parsing(engine: Engine, loaded: str) -> Non
 def test_text_over_the_limit_is_413(engine: Engine, loaded: str) -> None:
     small = engine.settings.model_copy(update={"max_text_chars": 10})
     limited = Engine(small, engine.pool, engine.dsn)
-    limited.text_indexes.close()  # the session engine's tailer owns the indexes
+    # the session engine's tailer and prefix follower own the indexes and the registry
+    limited.text_indexes.close()
+    limited.context.close()
     with TestClient(create_app(small, engine=limited)) as api:
         before = snapshot(engine)
         body = {"documents": [_doc(1), _doc(2, text="z" * 11)]}

@@ -54,6 +54,11 @@ def test_stdio_server_lists_and_runs_tools(
                 "search", {"collection": collection, "text": "protocol"}
             )
             assert [h["id"] for h in found.structured_content["hits"]] == ["m1"]
+            context = await session.call_tool(
+                "build_context", {"collection": collection, "query": "do protocol tools work?"}
+            )
+            assert not context.is_error
+            assert [s["id"] for s in context.structured_content["segments"]] == ["m1"]
             state = await session.call_tool(
                 "put_state", {"namespace": collection, "key": "k", "value": 3, "if_version": 0}
             )
@@ -90,5 +95,9 @@ def test_streamable_http_at_mcp(server_url: str, collection: str, engine: object
                     "get_document", {"collection": collection, "id": "h1"}
                 )
                 assert found.structured_content["text"] == "streamed over http"
+                context = await session.call_tool(
+                    "build_context", {"collection": collection, "query": "streamed", "k": 1}
+                )
+                assert context.structured_content["segments"][0]["id"] == "h1"
 
     anyio.run(scenario)

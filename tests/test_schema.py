@@ -54,6 +54,9 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "chunks",
             "changes",
             "state",
+            "prefixes",
+            "context_sessions",
+            "outbox_followers",
         }
         with engine.begin() as connection:
             version = connection.execute(
@@ -73,6 +76,9 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "chunks",
             "changes",
             "state",
+            "prefixes",
+            "context_sessions",
+            "outbox_followers",
         }
     finally:
         engine.dispose()

@@ -23,6 +23,7 @@ def test_definitions_in_both_formats() -> None:
         "delete_document",
         "get_state",
         "put_state",
+        "build_context",
     ]
     assert [d["function"]["name"] for d in openai] == names
     assert [d["name"] for d in anthropic] == names
@@ -78,6 +79,17 @@ def test_every_tool_round_trips(server_url: str, collection: str) -> None:
         assert (
             conflict["error"]["code"] == "conflict" and conflict["error"]["field"] == "if_version"
         )
+
+        context = client.call_tool(
+            "build_context", {"collection": collection, "query": "what do agents keep?", "k": 2}
+        )
+        assert [s["id"] for s in context["segments"]] == ["t2"]
+        assert context["prompt"].endswith("Question: what do agents keep?\nAnswer:")
+        assert len(context["block_hashes"]) == len(context["token_ids"]) // 16
+        bad_context = client.call_tool(
+            "build_context", {"collection": collection, "query": "x", "block_size": 0}
+        )
+        assert bad_context["error"]["field"] == "block_size"
 
         bad = client.call_tool("search", {"collection": collection, "k": 0, "text": "x"})
         assert bad["error"]["field"] == "k"

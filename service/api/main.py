@@ -16,7 +16,7 @@ from ..engine import Engine
 from ..mcp_server import build_server
 from . import errors
 from .limits import BodySizeLimit
-from .routes import collections, documents, health, state, transactions
+from .routes import collections, context, documents, health, state, transactions
 
 
 def create_app(
@@ -58,5 +58,6 @@ def create_app(
     app.include_router(documents.router)
     app.include_router(state.router)
     app.include_router(transactions.router)
+    app.include_router(context.router)
     app.router.routes.extend(mcp_routes)
     return app

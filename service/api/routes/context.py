@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from unidb.models import ContextRequest, ContextResponse, PrefixList, WarmRequest, WarmResult
+
+from ..deps import EngineDep
+from ..errors import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1", tags=["context"], responses=ERROR_RESPONSES)
+
+PrefixKey = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+
+
+@router.post("/context")
+def build_context(request: ContextRequest, engine: EngineDep) -> ContextResponse:
+    """Retrieve chunks for ``query`` and lay them out as a prompt whose prefix the LLM
+    engine's KV cache reuses: same inputs give a byte-identical prompt, and every full block
+    is named by the engine's own block hash (``block_hashes``, and ``block_keys`` as KV
+    events name them). Send ``token_ids`` as the prompt and ``cache_salt`` with it."""
+    return engine.build_context(request)
+
+
+@router.get("/prefixes")
+def list_prefixes(
+    engine: EngineDep,
+    collection: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> PrefixList:
+    """Context prefixes sent so far, most reused first; a prefix leaves when one of its
+    documents changes."""
+    return engine.list_prefixes(collection, limit=limit)
+
+
+@router.post("/prefixes/{prefix_key}/warm")
+def warm_prefix(prefix_key: PrefixKey, request: WarmRequest, engine: EngineDep) -> WarmResult:
+    """Send the prefix to an OpenAI-compatible completions endpoint (``max_tokens=1``) so
+    the engine holds it in its KV cache before the first real request."""
+    return engine.warm_prefix(prefix_key, request)

@@ -1,0 +1,258 @@
+"""Building a context: retrieved chunks → ordered, budgeted, tokenized, hashed, registered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from unidb.models import (
+    ContextRequest,
+    ContextResponse,
+    ContextSegment,
+    ContextSession,
+)
+
+from .. import collections
+from .hashing import BlockHasher, event_key
+from .kv_events import Residency
+from .prompt import Chunk, Layout, Piece, budget, fit, frame, pieces, stable
+from .registry import Sent, candidates, load_session, register, save_session
+from .tokenizer import Tokenizers
+
+Connection = psycopg.Connection[Any]
+
+# until tenants exist every row belongs to this one
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTurn:
+    ordered: list[Piece]
+    reset: bool
+    dropped: list[str]
+
+
+def load_chunks(conn: Connection, collection_id: int, keys: Sequence[int]) -> dict[int, Chunk]:
+    """The current rows of ``keys`` (a deleted one is simply absent)."""
+    rows = conn.execute(
+        "SELECT key, id, version, text, coalesce(metadata->>'title', '') FROM unidb.documents"
+        " WHERE collection_id = %s AND key = ANY(%s)",
+        (collection_id, list(keys)),
+    ).fetchall()
+    return {row[0]: Chunk(*row) for row in rows}
+
+
+def keys_of(conn: Connection, collection_id: int, ids: Sequence[str]) -> list[int]:
+    """Document keys of ``ids``, in the same order (a deleted one is left out)."""
+    rows = dict(
+        conn.execute(
+            "SELECT id, key FROM unidb.documents WHERE collection_id = %s AND id = ANY(%s)",
+            (collection_id, list(ids)),
+        ).fetchall()
+    )
+    return [rows[i] for i in ids if i in rows]
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
+
+def reuse_order(chosen: Sequence[Piece], sent: Sequence[Sent], resident: set[bytes]) -> list[Piece]:
+    """The longest run of an already-sent sequence made only of ``chosen`` chunks (resident
+    blocks first), then the rest in stable order."""
+    by_member = {(p.chunk.key, p.chunk.version): p for p in chosen}
+    best: list[Piece] = []
+    best_rank = (0, 0, 0)
+    for prefix in sent:
+        run: list[Piece] = []
+        for member in prefix.members:
+            piece = by_member.get(member)
+            if piece is None:
+                break
+            run.append(piece)
+        warm = sum(1 for h in prefix.block_hashes if h in resident)
+        rank = (min(warm, len(run)) if run else 0, len(run), prefix.hits)
+        if rank > best_rank:
+            best, best_rank = run, rank
+    taken = {id(p) for p in best}
+    return best + stable([p for p in chosen if id(p) not in taken])
+
+
+class ContextBuilder:
+    """Turns ranked document keys into a `ContextResponse` (see `ContextRequest`)."""
+
+    def __init__(self, tokenizers: Tokenizers, hasher: BlockHasher, residency: Residency) -> None:
+        self.tokenizers = tokenizers
+        self.hasher = hasher
+        self.residency = residency
+
+    def shape(self, row: collections.CollectionRow, request: ContextRequest) -> str:
+        return _digest(
+            DEFAULT_TENANT,
+            row.id,
+            request.tokenizer,
+            request.template.model_dump(),
+            request.block_size,
+            self.hasher.algo,
+            self.hasher.seed,
+            self.hasher.salt_style,
+            request.salt,
+        )
+
+    def build(
+        self,
+        conn: Connection,
+        row: collections.CollectionRow,
+        request: ContextRequest,
+        ranked_keys: Sequence[int],
+    ) -> ContextResponse:
+        tokenizer = self.tokenizers.get(request.tokenizer)
+        head_text, head, tail_text, tail = frame(tokenizer, request.template, request.query)
+        room = budget(request.max_tokens, head, tail)
+        shape = self.shape(row, request)
+
+        session = None
+        previous: list[int] = []
+        if request.session is not None:
+            session = load_session(
+                conn,
+                tenant=DEFAULT_TENANT,
+                session=request.session,
+                collection_id=row.id,
+                shape=shape,
+            )
+            previous = session.document_keys if session else []
+        current = load_chunks(conn, row.id, [*previous, *ranked_keys])
+        ranked = pieces(
+            tokenizer, request.template, [current[k] for k in ranked_keys if k in current]
+        )
+
+        turn: SessionTurn | None = None
+        if request.session is not None:
+            turn = self._grow(tokenizer, request, previous, current, ranked, room)
+            ordered = turn.ordered
+        else:
+            chosen = fit(ranked, room)
+            if request.order == "relevance":
+                ordered = chosen
+            else:
+                sent = candidates(
+                    conn,
+                    collection_id=row.id,
+                    shape=shape,
+                    first_keys=[p.chunk.key for p in chosen],
+                )
+                ordered = reuse_order(chosen, sent, self._resident(sent))
+
+        layout = Layout(head, ordered, tail, head_text, tail_text)
+        return self._respond(conn, row, request, shape, layout, turn)
+
+    def _resident(self, sent: Sequence[Sent]) -> set[bytes]:
+        hashes = [h for prefix in sent for h in prefix.block_hashes]
+        held = self.residency.held(event_key(h) for h in hashes)
+        return {h for h in hashes if event_key(h) in held}
+
+    def _grow(
+        self,
+        tokenizer: Any,
+        request: ContextRequest,
+        previous: list[int],
+        current: dict[int, Chunk],
+        ranked: list[Piece],
+        room: int | None,
+    ) -> SessionTurn:
+        """Earlier chunks keep their place (at their current version; deleted ones leave),
+        new ones are appended in rank order; past the budget the oldest go first."""
+        kept = pieces(tokenizer, request.template, [current[k] for k in previous if k in current])
+        known = {p.chunk.key for p in kept}
+        ordered = kept + [p for p in ranked if p.chunk.key not in known]
+        dropped: list[str] = []
+        if room is not None:
+            while ordered and sum(len(p.token_ids) for p in ordered) > room:
+                dropped.append(ordered.pop(0).chunk.id)
+        return SessionTurn(ordered, bool(dropped), dropped)
+
+    def _respond(
+        self,
+        conn: Connection,
+        row: collections.CollectionRow,
+        request: ContextRequest,
+        shape: str,
+        layout: Layout,
+        turn: SessionTurn | None,
+    ) -> ContextResponse:
+        salt = request.salt
+        prefix_tokens = layout.prefix_token_ids
+        token_ids = layout.token_ids
+        block_hashes = self.hasher.chain(token_ids, block_size=request.block_size, salt=salt)
+        prefix_blocks = len(prefix_tokens) // request.block_size
+        members = [(p.chunk.key, p.chunk.id, p.chunk.version) for p in layout.pieces]
+        prefix_key = _digest(shape, [(k, v) for k, _, v in members])
+        register(
+            conn,
+            prefix_key=prefix_key,
+            tenant=DEFAULT_TENANT,
+            collection_id=row.id,
+            shape=shape,
+            members=members,
+            token_ids=prefix_tokens,
+            block_hashes=block_hashes[:prefix_blocks],
+            cache_salt=salt,
+        )
+
+        segments = []
+        position = len(layout.head)
+        for piece in layout.pieces:
+            own = self.hasher.chain(piece.token_ids, block_size=request.block_size, salt=salt)
+            end = position + len(piece.token_ids)
+            segments.append(
+                ContextSegment(
+                    id=piece.chunk.id,
+                    version=piece.chunk.version,
+                    text=piece.text,
+                    start_token=position,
+                    end_token=end,
+                    block_hashes=[h.hex() for h in own],
+                )
+            )
+            position = end
+
+        session = None
+        if turn is not None and request.session is not None:
+            number = save_session(
+                conn,
+                tenant=DEFAULT_TENANT,
+                session=request.session,
+                collection_id=row.id,
+                shape=shape,
+                document_keys=[p.chunk.key for p in turn.ordered],
+            )
+            session = ContextSession(
+                id=request.session, turn=number, reset=turn.reset, dropped=turn.dropped
+            )
+
+        block_keys = [event_key(h) for h in block_hashes]
+        resident = {
+            engine: min(blocks * request.block_size, len(token_ids))
+            for engine, blocks in self.residency.resident_blocks(block_keys).items()
+        }
+        best = max(resident.items(), key=lambda item: (item[1], item[0]), default=None)
+        return ContextResponse(
+            prompt=layout.prompt,
+            prefix_key=prefix_key,
+            prefix_tokens=len(prefix_tokens),
+            segments=segments,
+            token_ids=token_ids,
+            block_hashes=[h.hex() for h in block_hashes],
+            block_keys=block_keys,
+            cache_salt=salt,
+            cached_tokens=best[1] if best else 0,
+            cached_tokens_by_engine=resident,
+            engine_hint=best[0] if best and best[1] > 0 else None,
+            session=session,
+        )

@@ -1,0 +1,272 @@
+"""/v1/context: vLLM's block hashes exactly, byte-identical prompts, reuse order, sessions,
+the prefix registry and its invalidation, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tokenizers import Tokenizer
+
+from unidb.service.context.hashing import BlockHasher, event_key
+from unidb.service.context.tokenizer import Tokenizers
+from unidb.service.engine import Engine
+
+from .conftest import snapshot
+
+TOKENS = list(range(40))  # two full blocks of 16, and a partial one that is never hashed
+
+
+def _hex_and_keys(hasher: BlockHasher, salt: str | None = None) -> list[tuple[str, int]]:
+    return [(h.hex(), event_key(h)) for h in hasher.chain(TOKENS, block_size=16, salt=salt)]
+
+
+def test_block_hashes_equal_vllm() -> None:
+    cbor0 = BlockHasher(algo="sha256_cbor", seed="0")
+    assert (
+        cbor0.none_hash.hex() == "4e1195df020de59e0d65a33a4279f1183e7ae4e5d980e309f8b55adff2e61c3e"
+    )
+    assert _hex_and_keys(cbor0) == [
+        ("d830de3d42c00f25a2949b5d12d98642664a44872c1614c5b0147556276afc9c", 12687895063098490012),
+        ("fedd9e4abebebbe6f6cf96b682f08d316063fe2f22a5c552192dd62904fcccac", 1814341696565857452),
+    ]
+    assert _hex_and_keys(cbor0, "tenant-a") == [
+        ("3be36890effbb5e0d90d6506b68f1365539bcf2a82688a430612688636e0959d", 437527039463953821),
+        ("dbf6c5153b17752a570472ec341a7288bd20baa787893439ed060feba018cfca", 17079356141526896586),
+    ]
+    bare = BlockHasher(algo="sha256_cbor", seed="0", salt_style="bare")
+    assert _hex_and_keys(bare, "tenant-a")[0] == (
+        "a31aa6d7bd52d1db44c2e2c50ce6687164f2a198c45e6f9c6f5025e7d8dff1f7",
+        8020952614053081591,
+    )
+    unseeded = BlockHasher(algo="sha256_cbor")
+    assert unseeded.none_hash.hex() == (
+        "9bd96a485ad84efdafb72ee48a1d7a69bcead0f8f0433173941b276b9581eef0"
+    )
+    assert _hex_and_keys(unseeded) == [
+        ("dc918a88b139e5afe60b88eda27508d4aee16c10fdc354791efea06206ac0749", 2233398808101521225),
+        ("c300ec275d7bf08af8fc63e76cdc0086911bbc7091e03c5cf892553bef84ef0c", 17911472383915781900),
+    ]
+    pickle0 = BlockHasher(algo="sha256", seed="0")
+    assert pickle0.none_hash.hex() == (
+        "1973e23848344dc43a988a9b478663803cfffe1243480253f9a3cf004b14aa7c"
+    )
+    assert _hex_and_keys(pickle0) == [
+        ("6358e31578a64b75ebe28cdb99d3beae65de82a2087321dc6ec84ae048faaaa6", 7982712666671721126),
+        ("3c3c50f324aefbdfbb124dfdc541efac3e94e59c40f4be08afe70601eeca92c8", 12675106281628537544),
+    ]
+    pickle_unseeded = BlockHasher(algo="sha256")
+    assert _hex_and_keys(pickle_unseeded)[0] == (
+        "fe8fa5dda3210d0ca2031e37cbe3b001186773cd1c710beb2d45fcb51d434798",
+        3262291359910021016,
+    )
+    assert _hex_and_keys(pickle_unseeded, "tenant-a")[0] == (
+        "255b152c89e763273cf1498dce0dfd4efdf44000fe683cd2af1845b5b8426a35",
+        12616911002861201973,
+    )
+    # KV events may carry the 32 raw bytes: folded to the same integer
+    raw = pickle_unseeded.chain(TOKENS, block_size=16)[0]
+    assert event_key(raw) == event_key(int.from_bytes(raw, "big")) == 3262291359910021016
+    assert BlockHasher().chain(TOKENS[:15], block_size=16) == []
+
+
+# four documents whose BM25 order flips between the two query words
+DOCS = [
+    {"id": f"d{i}", "text": " ".join(["alpha"] * (5 - i) + ["beta"] * i + [f"filler{i}"] * 20)}
+    for i in range(1, 5)
+]
+
+
+def _load(api: TestClient, collection: str, docs: list[dict[str, Any]] = DOCS) -> None:
+    assert api.post("/v1/collections", json={"name": collection, "dim": 2}).status_code == 201
+    written = api.post(f"/v1/collections/{collection}/documents", json={"documents": docs})
+    assert written.status_code == 200, written.text
+
+
+def _context(api: TestClient, collection: str, query: str, **fields: Any) -> dict[str, Any]:
+    answer = api.post("/v1/context", json={"collection": collection, "query": query, **fields})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def _shared_blocks(a: dict[str, Any], b: dict[str, Any]) -> int:
+    shared = 0
+    for x, y in zip(a["block_hashes"], b["block_hashes"], strict=False):
+        if x != y:
+            break
+        shared += 1
+    return shared
+
+
+def test_prompt_tokens_and_hashes(api: TestClient, collection: str) -> None:
+    _load(api, collection)
+    first = _context(api, collection, "alpha", k=4, salt="tenant-a", block_size=4)
+    again = _context(api, collection, "alpha", k=4, salt="tenant-a", block_size=4)
+    assert again["prompt"].encode() == first["prompt"].encode()
+    assert again["token_ids"] == first["token_ids"] and again["prefix_key"] == first["prefix_key"]
+
+    tokenizer = Tokenizers({}, allow_paths=False).get("minilm")
+    whole = tokenizer.encode(first["prompt"], add_special_tokens=False).ids
+    assert whole == first["token_ids"]  # the pieces tokenize as the whole prompt does
+
+    hashes = BlockHasher().chain(first["token_ids"], block_size=4, salt="tenant-a")
+    assert first["block_hashes"] == [h.hex() for h in hashes]
+    assert first["block_keys"] == [event_key(h) for h in hashes]
+    assert first["cache_salt"] == "tenant-a" and first["cached_tokens"] == 0
+    assert first["prompt"].endswith("Question: alpha\nAnswer:")
+
+    segments = first["segments"]
+    assert [s["id"] for s in segments] == ["d1", "d2", "d3", "d4"]
+    assert segments[0]["start_token"] == len(tokenizer.encode(
+        "Answer the question using the context below.", add_special_tokens=False).ids)  # fmt: skip
+    for left, right in zip(segments, segments[1:], strict=False):
+        assert left["end_token"] == right["start_token"]
+    assert first["prefix_tokens"] == segments[-1]["end_token"]
+    for segment in segments:  # chunk keys start fresh at the segment: position-independent
+        own = first["token_ids"][segment["start_token"] : segment["end_token"]]
+        chunk = BlockHasher().chain(own, block_size=4, salt="tenant-a")
+        assert segment["block_hashes"] == [h.hex() for h in chunk]
+        assert segment["text"] in first["prompt"]
+
+    other_salt = _context(api, collection, "alpha", k=4, salt="tenant-b", block_size=4)
+    assert other_salt["token_ids"] == first["token_ids"]
+    assert _shared_blocks(first, other_salt) == 0  # tenants never share a block
+
+
+def test_reuse_order_follows_what_was_sent(api: TestClient, collection: str) -> None:
+    _load(api, collection)
+    # nothing sent yet: the chosen chunks in (id, version) order, whatever their ranks
+    fresh = _context(api, collection, "beta", k=4)
+    assert [s["id"] for s in fresh["segments"]] == ["d1", "d2", "d3", "d4"]
+
+    sent = _context(api, collection, "beta", k=3, order="relevance")
+    assert [s["id"] for s in sent["segments"]] == ["d4", "d3", "d2"]
+
+    relevance = _context(api, collection, "beta gamma", k=4, order="relevance")
+    reuse = _context(api, collection, "beta gamma", k=4, order="reuse")
+    # the longest run already sent (d4 d3 d2) first, then the rest by id
+    assert [s["id"] for s in reuse["segments"]] == ["d4", "d3", "d2", "d1"]
+    assert _shared_blocks(reuse, sent) * 16 >= sent["segments"][-1]["end_token"] - 16
+    assert _shared_blocks(reuse, sent) >= _shared_blocks(relevance, sent)
+
+    # the same four chunks, asked another way, land on the same prefix
+    again = _context(api, collection, "beta", k=4)
+    assert again["prefix_key"] == reuse["prefix_key"]
+    listed = api.get("/v1/prefixes", params={"collection": collection}).json()["prefixes"]
+    by_key = {p["prefix_key"]: p for p in listed}
+    assert by_key[reuse["prefix_key"]]["chunks"][0] == {"id": "d4", "version": 1}
+    # built three times: relevance order happened to match it, then reuse, then again
+    assert relevance["prefix_key"] == reuse["prefix_key"]
+    assert by_key[reuse["prefix_key"]]["hits"] == 2 and by_key[fresh["prefix_key"]]["hits"] == 0
+
+
+def test_session_extends_its_prefix(api: TestClient, collection: str) -> None:
+    _load(api, collection)
+    one = _context(api, collection, "alpha", k=2, session=f"{collection}-s")
+    assert one["session"] == {"id": f"{collection}-s", "turn": 1, "reset": False, "dropped": []}
+    two = _context(api, collection, "beta", k=2, session=f"{collection}-s")
+    assert [s["id"] for s in two["segments"]] == ["d1", "d2", "d4", "d3"]
+    assert two["token_ids"][: one["prefix_tokens"]] == one["token_ids"][: one["prefix_tokens"]]
+    assert two["session"]["turn"] == 2
+
+    # a budget that holds about three chunks: the oldest leaves and the session says so
+    budget = two["segments"][2]["end_token"] + (len(two["token_ids"]) - two["prefix_tokens"])
+    three = _context(api, collection, "alpha", k=1, session=f"{collection}-s", max_tokens=budget)
+    assert three["session"]["reset"] is True and three["session"]["dropped"] == ["d1"]
+    assert [s["id"] for s in three["segments"]] == ["d2", "d4", "d3"]
+    assert len(three["token_ids"]) <= budget
+
+
+def test_registry_invalidates_when_a_member_changes(
+    api: TestClient, engine: Engine, collection: str
+) -> None:
+    _load(api, collection)
+    kept = _context(api, collection, "alpha", k=1)  # d1 only
+    stale = _context(api, collection, "beta", k=1)  # d4 only
+    engine.context.invalidate_now()
+    listed = {p["prefix_key"] for p in api.get("/v1/prefixes").json()["prefixes"]}
+    assert {kept["prefix_key"], stale["prefix_key"]} <= listed
+
+    changed = api.post(
+        f"/v1/collections/{collection}/documents",
+        json={"documents": [{"id": "d4", "text": "beta rewritten"}]},
+    )
+    assert changed.status_code == 200
+    engine.context.invalidate_now()
+    listed = {
+        p["prefix_key"]
+        for p in api.get("/v1/prefixes", params={"collection": collection}).json()["prefixes"]
+    }
+    assert kept["prefix_key"] in listed and stale["prefix_key"] not in listed
+    # the new version is a new prefix
+    assert _context(api, collection, "beta", k=1)["prefix_key"] != stale["prefix_key"]
+
+    assert api.delete(f"/v1/collections/{collection}").status_code == 200
+    engine.context.invalidate_now()
+    with engine.transaction() as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM unidb.prefixes WHERE prefix_key = %s", (kept["prefix_key"],)
+        ).fetchone()
+    assert left == (0,)
+
+
+def test_tokenizer_by_path(tmp_path: Path) -> None:
+    source = Tokenizers({}, allow_paths=False).get("minilm")
+    path = tmp_path / "tokenizer.json"
+    source.save(str(path))
+    by_path = Tokenizers({}, allow_paths=True).get(str(path))
+    by_name = Tokenizers({"mine": path}, allow_paths=False).get("mine")
+    text = "Autophagy declines with age."
+    assert by_path.encode(text).ids == by_name.encode(text).ids
+    assert isinstance(by_path, Tokenizer)
+    with pytest.raises(Exception, match="not allowed"):
+        Tokenizers({}, allow_paths=False).get(str(path))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(Exception, match="not a Hugging Face"):
+        Tokenizers({}, allow_paths=True).get(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"block_size": 0}, "block_size"),
+        ({"k": 0}, "k"),
+        ({"tokenizer": "gpt-17"}, "tokenizer"),
+        ({"tokenizer": "/etc/passwd.json"}, "tokenizer"),
+        ({"template": {"chunk": "no text here"}}, "template.chunk"),
+        ({"template": {"question": "no question"}}, "template.question"),
+        ({"max_tokens": 3}, "max_tokens"),
+        ({"order": "random"}, "order"),
+        ({"session": "a/b"}, "session"),
+        ({"query": ""}, "query"),
+        ({"salt": "a\u0000b"}, "salt"),
+        ({"surprise": 1}, "surprise"),
+        ({"filter": {"$bogus": 1}}, "filter.$bogus"),
+    ],
+)
+def test_bad_context_requests(
+    api: TestClient, engine: Engine, collection: str, fields: dict[str, Any], field: str
+) -> None:
+    _load(api, collection, DOCS[:1])
+    before = snapshot(engine)
+    with engine.transaction() as conn:
+        prefixes_before = conn.execute("SELECT count(*) FROM unidb.prefixes").fetchone()
+    body = {"collection": collection, "query": "alpha", **fields}
+    answer = api.post("/v1/context", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["field"] == field
+    assert snapshot(engine) == before
+    with engine.transaction() as conn:
+        assert conn.execute("SELECT count(*) FROM unidb.prefixes").fetchone() == prefixes_before
+
+
+def test_context_on_a_missing_collection_or_prefix(api: TestClient) -> None:
+    missing = api.post("/v1/context", json={"collection": "no_such_collection", "query": "x"})
+    assert missing.status_code == 404
+    warm = api.post("/v1/prefixes/abc123/warm", json={"engine_url": "http://127.0.0.1:1"})
+    assert warm.status_code == 404 and warm.json()["error"]["field"] == "prefix_key"
+    bad_url = api.post("/v1/prefixes/abc123/warm", json={"engine_url": "file:///etc/passwd"})
+    assert bad_url.status_code == 400 and bad_url.json()["error"]["field"] == "engine_url"
