@@ -6,10 +6,12 @@ The workload: SciFact test claims (../shared/data/scifact), one per session. Eac
 asks its claim, then follow-ups that re-retrieve with reworded queries (see `rewordings`);
 `--active` sessions run interleaved, one turn each in round robin, so sessions evict one
 another's blocks. Retrieval is BM25 over the 5,183 abstracts; prompts come from
-`/v1/context` of a real `unidb serve` with the MiniLM tokenizer and block size 16.
+`/v1/context` of a real `unidb serve` with the MiniLM tokenizer, block size 16 and a
+prompt budget of `--max-tokens` (8,192; a session that outgrows it starts a new prefix,
+counted as `session_resets`).
 
 Every returned prompt is fed, in order, to an LRU cache of KV blocks keyed by the returned
-hashes, holding a quarter of the distinct blocks the `relevance` workload touches. A
+hashes (a request's blocks freed tail first, as vLLM frees them), holding a quarter of the distinct blocks the `relevance` workload touches. A
 request's prefill is its tokens minus those its cached blocks cover:
 - prefix reuse (`relevance`, `reuse`, `session`): the longest run of leading blocks
   cached, as vLLM's automatic prefix caching reuses;
@@ -42,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ingest import free_port, wait_healthy  # noqa: E402
 
 BLOCK = 16
-MAX_TOKENS = 4096
 
 
 def rewordings(claim: str) -> list[str]:
@@ -77,7 +78,9 @@ class LruBlocks:
         return key in self.blocks
 
     def touch(self, keys: list[int]) -> None:
-        for key in keys:
+        """A finished request's blocks, freed as vLLM frees them: tail first, so that under
+        pressure a prompt's tail is evicted before the prefix others share."""
+        for key in reversed(keys):
             self.blocks[key] = None
             self.blocks.move_to_end(key)
         while len(self.blocks) > self.capacity:
@@ -140,7 +143,7 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
                 query,
                 k=k,
                 salt=salt,
-                max_tokens=MAX_TOKENS,
+                max_tokens=args.max_tokens,
                 order=options.get("order", "reuse"),
                 mode="bm25",
                 **extra,
@@ -151,6 +154,7 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
     relevance = responses(order="relevance")
     reuse = responses(order="reuse")
     session = responses(session=True)
+    resets = sum(1 for r in session if r["session"]["reset"])
     capacity = max(1, distinct_blocks(relevance) // 4)
     base = prefix_prefill(relevance, capacity)
     figures = {
@@ -182,6 +186,8 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
                     "relevance_prefill_tokens": base,
                     "saving_vs_relevance": round(base / max(prefill, 1), 3),
                     "cache_blocks": capacity,
+                    "max_tokens": args.max_tokens,
+                    "session_resets": resets if method.startswith("session") else None,
                 }
             ),
             flush=True,
@@ -195,6 +201,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4, choices=range(1, 7))
     parser.add_argument("--active", type=int, default=16, help="sessions interleaved")
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10])
+    parser.add_argument(
+        "--max-tokens", type=int, default=8192, help="prompt budget (the engine's context)"
+    )
     args = parser.parse_args()
 
     queries = read_queries(args.beir / "queries.jsonl")

@@ -172,12 +172,21 @@ def test_session_extends_its_prefix(api: TestClient, collection: str) -> None:
     assert two["token_ids"][: one["prefix_tokens"]] == one["token_ids"][: one["prefix_tokens"]]
     assert two["session"]["turn"] == 2
 
-    # a budget that holds about three chunks: the oldest leaves and the session says so
+    # a budget that holds about three chunks: the session starts a new prefix in half of
+    # it, keeping what this turn retrieved (d1) and dropping the oldest of the rest
     budget = two["segments"][2]["end_token"] + (len(two["token_ids"]) - two["prefix_tokens"])
     three = _context(api, collection, "alpha", k=1, session=f"{collection}-s", max_tokens=budget)
-    assert three["session"]["reset"] is True and three["session"]["dropped"] == ["d1"]
-    assert [s["id"] for s in three["segments"]] == ["d2", "d4", "d3"]
+    assert three["session"]["reset"] is True
+    assert three["session"]["dropped"] == ["d2", "d4", "d3"]
+    assert [s["id"] for s in three["segments"]] == ["d1"]
     assert len(three["token_ids"]) <= budget
+    # the next turn grows from there without another reset
+    four = _context(api, collection, "beta", k=1, session=f"{collection}-s", max_tokens=budget)
+    assert four["session"]["reset"] is False
+    assert [s["id"] for s in four["segments"]] == ["d1", "d4"]
+    assert (
+        four["token_ids"][: three["prefix_tokens"]] == three["token_ids"][: three["prefix_tokens"]]
+    )
 
 
 def test_registry_invalidates_when_a_member_changes(

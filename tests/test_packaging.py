@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 import yaml
 
 import unidb
+from unidb.service.config import KvEngine
 
 from .conftest import REPO
 
@@ -70,6 +72,25 @@ def test_docker_compose_wires_postgres_and_service() -> None:
     assert match.groups() == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"])
     assert "8000:8000" in service["ports"]
     assert service["environment"]["UNIDB_PORT"] == "8000"
+
+
+def test_docker_compose_vllm_profile_matches_unidb_settings() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    vllm, service = compose["services"]["vllm"], compose["services"]["unidb"]
+    assert vllm["profiles"] == ["vllm"]
+    flags = vllm["command"]
+    assert "--enable-prefix-caching" in flags
+    env = service["environment"]
+    assert f"--prefix-caching-hash-algo={env['UNIDB_KV_HASH_ALGO']}" in flags
+    assert vllm["environment"]["PYTHONHASHSEED"] == env["UNIDB_KV_HASH_SEED"]
+    events = json.loads(
+        next(f for f in flags if f.startswith("--kv-events-config=")).split("=", 1)[1]
+    )
+    assert events["enable_kv_cache_events"] and events["publisher"] == "zmq"
+    engines = KvEngine.model_validate(json.loads(env["UNIDB_KV_ENGINES"])[0])
+    assert engines.events.endswith(":" + events["endpoint"].rsplit(":", 1)[1])
+    assert engines.replay and engines.replay.endswith(events["replay_endpoint"].rsplit(":", 1)[1])
+    assert "./models:/models:ro" in service["volumes"] and "./models:/models:ro" in vllm["volumes"]
 
 
 def test_dockerfile_serves_on_the_composed_port() -> None:

@@ -167,14 +167,28 @@ class ContextBuilder:
         room: int | None,
     ) -> SessionTurn:
         """Earlier chunks keep their place (at their current version; deleted ones leave),
-        new ones are appended in rank order; past the budget the oldest go first."""
+        new ones are appended in rank order. Past the budget the session starts a new
+        prefix: the oldest chunks this turn did not retrieve leave until it fits in half
+        the budget, so the next turns can grow before another reset; if this turn's own
+        chunks are still too many, the oldest of them leave too."""
         kept = pieces(tokenizer, request.template, [current[k] for k in previous if k in current])
         known = {p.chunk.key for p in kept}
         ordered = kept + [p for p in ranked if p.chunk.key not in known]
         dropped: list[str] = []
-        if room is not None:
-            while ordered and sum(len(p.token_ids) for p in ordered) > room:
-                dropped.append(ordered.pop(0).chunk.id)
+        total = sum(len(p.token_ids) for p in ordered)
+        if room is not None and total > room:
+            retrieved = {p.chunk.key for p in ranked}
+            for piece in list(ordered):
+                if total <= room // 2:
+                    break
+                if piece.chunk.key not in retrieved:
+                    ordered.remove(piece)
+                    dropped.append(piece.chunk.id)
+                    total -= len(piece.token_ids)
+            while ordered and total > room:
+                piece = ordered.pop(0)
+                dropped.append(piece.chunk.id)
+                total -= len(piece.token_ids)
         return SessionTurn(ordered, bool(dropped), dropped)
 
     def _respond(
