@@ -279,3 +279,23 @@ def test_context_on_a_missing_collection_or_prefix(api: TestClient) -> None:
     assert warm.status_code == 404 and warm.json()["error"]["field"] == "prefix_key"
     bad_url = api.post("/v1/prefixes/abc123/warm", json={"engine_url": "file:///etc/passwd"})
     assert bad_url.status_code == 400 and bad_url.json()["error"]["field"] == "engine_url"
+
+
+def test_async_client_context(server_url: str, api: TestClient, collection: str) -> None:
+    import anyio
+
+    import unidb
+
+    _load(api, collection)
+
+    async def scenario() -> None:
+        async with unidb.AsyncClient(server_url) as client:
+            built = await client.context(collection, "alpha", k=2, order="relevance")
+            assert [s.id for s in built.segments] == ["d1", "d2"]
+            listed = await client.prefixes(collection)
+            assert built.prefix_key in {p.prefix_key for p in listed.prefixes}
+            with pytest.raises(unidb.InvalidInput) as bad:
+                await client.context(collection, "alpha", block_size=0)
+            assert bad.value.field == "block_size"
+
+    anyio.run(scenario)

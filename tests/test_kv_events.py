@@ -270,3 +270,10 @@ def test_warm_sends_the_prefix(api: TestClient, collection: str) -> None:
         server.server_close()
     gone = api.post(f"/v1/prefixes/{built['prefix_key']}/warm", json={"engine_url": url})
     assert gone.status_code == 503 and gone.json()["error"]["field"] == "engine_url"
+
+
+def test_data_parallel_ranks_offset_the_port() -> None:
+    from unidb.service.context.kv_events import rank_endpoint
+
+    assert rank_endpoint("tcp://vllm:5557", 0) == "tcp://vllm:5557"
+    assert rank_endpoint("tcp://vllm:5557", 3) == "tcp://vllm:5560"
