@@ -16,10 +16,9 @@ request's prefill is its tokens minus those its cached blocks cover:
 - prefix reuse (`relevance`, `reuse`, `session`): the longest run of leading blocks
   cached, as vLLM's automatic prefix caching reuses;
 - chunk keys (`chunk_keys` on `relevance` prompts, `session_chunk_keys` on session
-  prompts): the longest cached prefix as above, then each later segment's own blocks
+  prompts): the head's leading blocks, then each segment's own blocks
   (`segments[i].block_hashes`) up to its first miss, wherever the segment sits, as an
-  engine with prefix caching and position-independent chunk reuse (vLLM with LMCache
-  blending) would; both kinds of block share the one cache.
+  engine with position-independent chunk reuse (LMCache blending) would.
 
 Prints one JSON line per (k, method), each with the `relevance` figure of the same run.
 """
@@ -111,19 +110,16 @@ def _key(hex_hash: str) -> int:
 
 
 def chunk_prefill(responses: list[dict[str, Any]], capacity: int) -> int:
-    """An engine that reuses chunks anywhere still caches prefixes: the longest cached
-    prefix first, then each later segment's own blocks up to its first miss. Both kinds of
-    block share the one cache."""
     cache = LruBlocks(capacity)
     prefill = 0
     for r in responses:
-        covered = leading_hits(cache, r["block_keys"]) * BLOCK
-        saved = covered
-        touched = list(r["block_keys"])
+        head_end = r["segments"][0]["start_token"] if r["segments"] else r["prefix_tokens"]
+        head = r["block_keys"][: head_end // BLOCK]
+        saved = leading_hits(cache, head) * BLOCK
+        touched = list(head)
         for segment in r["segments"]:
             own = [_key(h) for h in segment["block_hashes"]]
-            if segment["start_token"] >= covered:
-                saved += leading_hits(cache, own) * BLOCK
+            saved += leading_hits(cache, own) * BLOCK
             touched += own
         prefill += len(r["token_ids"]) - saved
         cache.touch(touched)
