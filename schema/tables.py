@@ -5,9 +5,11 @@ from __future__ import annotations
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     Identity,
     Integer,
     LargeBinary,
@@ -142,4 +144,27 @@ outbox_followers = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("watermark", BigInteger, nullable=False, server_default=text("0")),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("collection_id", Integer, nullable=False),
+    Column("collection", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="queued"),
+    Column("progress", Float, nullable=False, server_default=text("0")),
+    Column("error", Text, nullable=True),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("stats", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    # touched by the running process; a stopped heartbeat means a dead process
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(
+        "status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="jobs_status_known"
+    ),
 )

@@ -40,6 +40,8 @@ from .models import (
     EmbedderSpec,
     Fusion,
     Health,
+    IndexBuildRequest,
+    Job,
     Metric,
     PrefixList,
     QueryMode,
@@ -90,6 +92,9 @@ class Backend(Protocol):
     def build_context(self, request: ContextRequest) -> ContextResponse: ...
     def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList: ...
     def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult: ...
+    def build_index(self, collection: str, request: IndexBuildRequest) -> Job: ...
+    def get_job(self, job_id: int) -> Job: ...
+    def cancel_job(self, job_id: int) -> Job: ...
     def health(self) -> Health: ...
     def close(self) -> None: ...
 
@@ -188,6 +193,19 @@ def _context_request(collection: str, query: str, options: Mapping[str, Any]) ->
     """A ``ContextRequest``; a wrong option is an ``InvalidInput`` naming it."""
     try:
         return ContextRequest.model_validate({"collection": collection, "query": query, **options})
+    except ValidationError as exc:
+        raise _invalid_from(exc) from exc
+
+
+_JOB_ENDED = ("done", "failed", "cancelled")
+_JOB_POLL_S = 0.2
+
+
+def _index_request(kind: str, device: str, params: Mapping[str, Any] | None) -> IndexBuildRequest:
+    try:
+        return IndexBuildRequest.model_validate(
+            {"kind": kind, "device": device, "params": dict(params or {})}
+        )
     except ValidationError as exc:
         raise _invalid_from(exc) from exc
 
@@ -306,6 +324,17 @@ class _HttpBackend:
     def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
         payload = request.model_dump_json(exclude_none=True).encode()
         return WarmResult.model_validate_json(self._send("POST", _warm_path(prefix_key), payload))
+
+    def build_index(self, collection: str, request: IndexBuildRequest) -> Job:
+        payload = request.model_dump_json(exclude_none=True).encode()
+        body = self._send("POST", f"{_collection_path(collection)}/index", payload)
+        return Job.model_validate_json(body)
+
+    def get_job(self, job_id: int) -> Job:
+        return Job.model_validate_json(self._send("GET", f"/v1/jobs/{int(job_id)}"))
+
+    def cancel_job(self, job_id: int) -> Job:
+        return Job.model_validate_json(self._send("DELETE", f"/v1/jobs/{int(job_id)}"))
 
     def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
         payload = _state_body(body)
@@ -669,6 +698,58 @@ class Client:
             prefix_key, WarmRequest(engine_url=engine_url, model=model)
         )
 
+    def build_index(
+        self,
+        collection: str,
+        *,
+        kind: str = "auto",
+        device: str = "auto",
+        params: Mapping[str, Any] | None = None,
+        wait: bool = True,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> Job:
+        """Build the collection's FAISS index as a job (``kind`` auto | hnsw | ivf | cagra,
+        ``device`` auto | cpu | gpu). With ``wait`` it returns the ended job (``progress``
+        shows a bar); otherwise the queued one, to poll with ``get_job``."""
+        job = self._backend.build_index(collection, _index_request(kind, device, params))
+        if not wait:
+            return job
+        return self.wait_job(job.id, progress=progress, timeout=timeout)
+
+    def get_job(self, job_id: int) -> Job:
+        """A job's status, progress, error and stats."""
+        return self._backend.get_job(job_id)
+
+    def cancel_job(self, job_id: int) -> Job:
+        """Cancel a queued or running job."""
+        return self._backend.cancel_job(job_id)
+
+    def wait_job(self, job_id: int, *, progress: bool = False, timeout: float | None = None) -> Job:
+        """Poll until the job ends; raises ``Unavailable`` past ``timeout`` seconds."""
+        import time
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=100, desc=f"job {job_id}", unit="%")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                job = self._backend.get_job(job_id)
+                if bar is not None:
+                    bar.n = round(job.progress * 100)
+                    bar.refresh()
+                if job.status in _JOB_ENDED:
+                    return job
+                if deadline is not None and time.monotonic() > deadline:
+                    raise Unavailable(f"job {job_id} is still {job.status} after {timeout} s")
+                time.sleep(_JOB_POLL_S)
+        finally:
+            if bar is not None:
+                bar.close()
+
 
 class AsyncClient:
     """An asyncio unidb client for a running ``unidb serve``; mirrors ``Client``."""
@@ -824,3 +905,22 @@ class AsyncClient:
         payload = WarmRequest(engine_url=engine_url, model=model).model_dump_json(exclude_none=True)
         body = await self._send("POST", _warm_path(prefix_key), payload.encode())
         return WarmResult.model_validate_json(body)
+
+    async def build_index(
+        self,
+        collection: str,
+        *,
+        kind: str = "auto",
+        device: str = "auto",
+        params: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Queue a FAISS build; poll ``get_job`` (as ``Client.build_index(wait=False)``)."""
+        payload = _index_request(kind, device, params).model_dump_json(exclude_none=True)
+        body = await self._send("POST", f"{_collection_path(collection)}/index", payload.encode())
+        return Job.model_validate_json(body)
+
+    async def get_job(self, job_id: int) -> Job:
+        return Job.model_validate_json(await self._send("GET", f"/v1/jobs/{int(job_id)}"))
+
+    async def cancel_job(self, job_id: int) -> Job:
+        return Job.model_validate_json(await self._send("DELETE", f"/v1/jobs/{int(job_id)}"))

@@ -50,6 +50,9 @@ __all__ = [
     "PrefixList",
     "WarmRequest",
     "WarmResult",
+    "IndexBuildRequest",
+    "Job",
+    "JobStatus",
 ]
 
 Metric = Literal["cosine", "l2", "ip"]
@@ -441,3 +444,44 @@ class WarmResult(_Model):
     model: str
     prompt_tokens: int
     cached_tokens: int | None = Field(description="what the engine reported as already cached")
+
+
+IndexKind = Literal["auto", "hnsw", "ivf", "cagra"]
+IndexDevice = Literal["auto", "cpu", "gpu"]
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class IndexParams(_Model):
+    """Build and search parameters; each kind reads its own and ignores none silently."""
+
+    m: int | None = Field(default=None, ge=4, le=128, description="hnsw: graph degree")
+    ef_construction: int | None = Field(default=None, ge=8, le=2000, description="hnsw")
+    ef_search: int | None = Field(default=None, ge=1, le=10_000, description="hnsw, cagra")
+    nlist: int | None = Field(default=None, ge=1, le=1 << 20, description="ivf: lists")
+    nprobe: int | None = Field(default=None, ge=1, le=1 << 20, description="ivf: lists searched")
+    graph_degree: int | None = Field(default=None, ge=8, le=256, description="cagra")
+
+
+class IndexBuildRequest(_Model):
+    """Build a collection's FAISS index from its vectors in Postgres, as a job.
+
+    ``kind=auto`` picks CAGRA on a GPU, HNSW on the CPU (IVF for very large sets);
+    ``device=auto`` uses a GPU when FAISS sees one and says so in the job's stats."""
+
+    kind: IndexKind = "auto"
+    device: IndexDevice = "auto"
+    params: IndexParams = Field(default_factory=IndexParams)
+
+
+class Job(_Model):
+    id: int
+    collection: str
+    kind: str = Field(description="what the job does: index_build")
+    status: JobStatus
+    progress: float = Field(ge=0.0, le=1.0)
+    error: str | None = None
+    params: dict[str, Any]
+    stats: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None

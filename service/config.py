@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         default_factory=list, description="engines whose KV events drive cached_tokens"
     )
 
+    job_orphan_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a job whose process has not beaten its heartbeat this long is failed",
+    )
+
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pg"

@@ -22,6 +22,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from unidb.errors import InvalidInput, NotFound, ServerError, Unavailable, UnidbError
 from unidb.indexing.bm25 import document_body
 from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
+from unidb.indexing.faiss_index import BuildRefused, plan
+from unidb.indexing.vectors import count_vectors
 from unidb.models import (
     Collection,
     CollectionCreate,
@@ -32,7 +34,9 @@ from unidb.models import (
     DeleteStateOp,
     Document,
     Health,
+    IndexBuildRequest,
     IndexStatus,
+    Job,
     PrefixList,
     PutStateOp,
     QueryRequest,
@@ -49,7 +53,8 @@ from unidb.models import (
     WarmResult,
 )
 
-from . import collections, documents, state
+from . import collections, documents, jobs, state
+from .ann import AnnIndexes, BuildTask, JobRunner
 from .config import Settings
 from .context import registry
 from .context.builder import keys_of
@@ -104,6 +109,13 @@ class Engine:
         self.text_indexes.start()
         self.context = ContextService(settings, pool)
         self.context.start()
+        self.ann = AnnIndexes(settings.data_dir / "indexes")
+        self.jobs = JobRunner(pool, self.ann)
+        self.jobs.start()
+        with self.transaction() as conn:
+            orphans = jobs.fail_orphans(conn, silent_for_s=settings.job_orphan_after_s)
+        if orphans:
+            log.warning("%d jobs of a stopped process were marked failed", orphans)
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -138,6 +150,7 @@ class Engine:
 
         Closing twice is harmless."""
         self.wait_for_index_builds()
+        self.jobs.close()
         self.context.close()
         self.text_indexes.close()
         self.pool.close()
@@ -207,7 +220,8 @@ class Engine:
         with self.transaction() as conn:
             if not collections.drop(conn, name):
                 raise NotFound(f"collection {name!r} does not exist", field="collection")
-        self.text_indexes.drop(row.id)
+        self.text_indexes.drop(row.id)  # the collection's derived indexes, ANN ones too
+        self.ann.drop(row.id)
         with self._lock:
             self._embedders.pop(row.id, None)
         return DeleteResult(deleted=True)
@@ -404,6 +418,36 @@ class Engine:
             prompt_tokens=prompt_tokens,
             cached_tokens=cached,
         )
+
+    # -- ANN index builds ----------------------------------------------------------------
+
+    def build_index(self, collection: str, request: IndexBuildRequest) -> Job:
+        """Queue a FAISS build of the collection's vectors; answers the job at once."""
+        with self.transaction() as conn:
+            row = collections.get(conn, collection)
+            count = count_vectors(conn, row.id)
+            try:
+                chosen = plan(request.kind, request.device, count, request.params.model_dump())
+            except BuildRefused as exc:
+                raise InvalidInput(str(exc), field=exc.field) from exc
+            job = jobs.create(
+                conn,
+                collection_id=row.id,
+                collection=row.name,
+                kind="index_build",
+                params={**request.model_dump(mode="json"), "planned": chosen.kind,
+                        "planned_device": chosen.device, "note": chosen.note},
+            )  # fmt: skip
+        self.jobs.submit(BuildTask(job.id, row, chosen))
+        return job
+
+    def get_job(self, job_id: int) -> Job:
+        with self.transaction() as conn:
+            return jobs.get(conn, job_id)
+
+    def cancel_job(self, job_id: int) -> Job:
+        with self.transaction() as conn:
+            return jobs.cancel(conn, job_id)
 
     # -- transactions --------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "prefixes",
             "context_sessions",
             "outbox_followers",
+            "jobs",
         }
         with engine.begin() as connection:
             version = connection.execute(
@@ -79,6 +80,7 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "prefixes",
             "context_sessions",
             "outbox_followers",
+            "jobs",
         }
     finally:
         engine.dispose()

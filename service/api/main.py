@@ -16,7 +16,7 @@ from ..engine import Engine
 from ..mcp_server import build_server
 from . import errors
 from .limits import BodySizeLimit
-from .routes import collections, context, documents, health, state, transactions
+from .routes import collections, context, documents, health, jobs, state, transactions
 
 
 def create_app(
@@ -59,5 +59,6 @@ def create_app(
     app.include_router(state.router)
     app.include_router(transactions.router)
     app.include_router(context.router)
+    app.include_router(jobs.router)
     app.router.routes.extend(mcp_routes)
     return app

@@ -1,0 +1,236 @@
+"""FAISS ANN indexes of this process: built as jobs, served from atomic snapshots.
+
+A build reads the collection's vectors in one REPEATABLE READ snapshot (binary COPY, one
+chunk in memory at a time); that snapshot's xmin is the index's watermark. Writes that land
+during or after the build are not lost: queries merge every document changed past the
+watermark straight from Postgres and mask its stale index entry, until the next build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from unidb.indexing import snapshots
+from unidb.indexing.faiss_index import Builder, Plan
+from unidb.indexing.outbox import safe_watermark
+from unidb.indexing.vectors import count_vectors, stream_vectors
+
+from . import jobs
+from .collections import CollectionRow
+
+log = logging.getLogger("unidb.ann")
+
+HEARTBEAT_S = 5.0
+_CHUNK_ROWS = 10_000
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Served:
+    index: Any
+    manifest: snapshots.Manifest
+
+
+@dataclass(frozen=True)
+class BuildTask:
+    job_id: int
+    collection: CollectionRow
+    plan: Plan
+
+
+class AnnIndexes:
+    """Loaded snapshots by collection, reloaded when a new one is swapped in."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._served: dict[int, Served] = {}
+        self._lock = threading.Lock()
+
+    def path(self, collection_id: int) -> Path:
+        return self.root / f"c{collection_id}" / "ann"
+
+    def get(self, collection_id: int) -> Served | None:
+        manifest = snapshots.read_manifest(self.path(collection_id))
+        if manifest is None:
+            return None
+        with self._lock:
+            served = self._served.get(collection_id)
+            if served is not None and served.manifest == manifest:
+                return served
+        index = snapshots.load(self.path(collection_id), manifest)
+        served = Served(index, manifest)
+        with self._lock:
+            self._served[collection_id] = served
+        return served
+
+    def drop(self, collection_id: int) -> None:
+        with self._lock:
+            self._served.pop(collection_id, None)
+
+    def build(
+        self, pool: ConnectionPool[psycopg.Connection[Any]], task: BuildTask
+    ) -> dict[str, Any]:
+        """Build and swap in a snapshot; returns the job's stats. Raises `Cancelled`."""
+        row, plan = task.collection, task.plan
+        began = time.monotonic()
+        root = self.path(row.id)
+        if root.exists():
+            snapshots.clean_partial(root)
+
+        def report(progress: float) -> None:
+            # its own short transaction, committed at once, beside the long read
+            with pool.connection() as conn:
+                if jobs.report(conn, task.job_id, progress):
+                    raise Cancelled
+
+        with pool.connection() as reader:
+            reader.commit()
+            with reader.transaction():
+                reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                watermark = safe_watermark(reader)
+                total = count_vectors(reader, row.id)
+                builder = Builder(row.dim, row.metric, plan, total)
+                done = 0
+                for keys, vectors in stream_vectors(
+                    reader, row.id, row.dim, chunk_rows=_CHUNK_ROWS
+                ):
+                    builder.add(keys, vectors)
+                    done += len(keys)
+                    report(0.95 * done / max(total, 1))
+        index = builder.finish()
+        report(0.97)
+        seconds = time.monotonic() - began
+        manifest = snapshots.Manifest(
+            file=f"index-{task.job_id}.faiss",
+            watermark=watermark,
+            count=int(index.ntotal),
+            kind=plan.kind,
+            device=plan.device,
+            metric=row.metric,
+            dim=row.dim,
+            built_at=time.time(),
+            job_id=task.job_id,
+            search=builder.search_params,
+        )
+        snapshots.write(root, index, manifest)
+        log.info(
+            "collection %s: %s index of %d vectors built on %s in %.1f s",
+            row.name,
+            plan.kind,
+            index.ntotal,
+            plan.device,
+            seconds,
+        )
+        return {
+            "vectors": int(index.ntotal),
+            "kind": plan.kind,
+            "device": plan.device,
+            "note": plan.note,
+            "seconds": round(seconds, 3),
+            "vectors_per_s": round(index.ntotal / seconds) if seconds > 0 else None,
+            "watermark": watermark,
+            "params": plan.params,
+            "threads": os.cpu_count(),
+        }
+
+
+class JobRunner:
+    """Runs this process's build jobs one at a time, beating their heartbeats."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], indexes: AnnIndexes) -> None:
+        self.pool = pool
+        self.indexes = indexes
+        self._tasks: queue.Queue[BuildTask | None] = queue.Queue()
+        self._mine: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="unidb-jobs", daemon=True)
+        self._beater = threading.Thread(target=self._beat, name="unidb-job-beat", daemon=True)
+
+    def start(self) -> None:
+        self._worker.start()
+        self._beater.start()
+
+    def submit(self, task: BuildTask) -> None:
+        with self._lock:
+            self._mine.add(task.job_id)
+        self._tasks.put(task)
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._mine
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with self._lock:
+                mine = list(self._mine)
+            if not mine:
+                continue
+            try:
+                with self.pool.connection() as conn:
+                    conn.execute(
+                        "UPDATE unidb.jobs SET heartbeat_at = now() WHERE id = ANY(%s)", (mine,)
+                    )
+            except Exception:
+                log.exception("job heartbeat failed; retrying")
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                self._run(task)
+            finally:
+                with self._lock:
+                    self._mine.discard(task.job_id)
+
+    def _run(self, task: BuildTask) -> None:
+        try:
+            with self.pool.connection() as conn:
+                if not jobs.start(conn, task.job_id):
+                    return  # cancelled while queued
+            stats = self.indexes.build(self.pool, task)
+            status, error = "done", None
+        except Cancelled:
+            stats, status, error = {}, "cancelled", None
+        except Exception as exc:
+            log.exception("index build job %d failed", task.job_id)
+            stats, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
+        try:
+            with self.pool.connection() as conn:
+                jobs.finish(conn, task.job_id, status, error=error, stats=stats)
+        except Exception:
+            log.exception("could not record the end of job %d", task.job_id)
+
+    def close(self) -> None:
+        """Stop: builds in flight are cancelled at their next step, queued ones never start."""
+        with self._lock:
+            mine = list(self._mine)
+        if mine:
+            try:
+                with self.pool.connection() as conn:
+                    conn.execute(
+                        "UPDATE unidb.jobs SET cancel_requested = true WHERE id = ANY(%s)", (mine,)
+                    )
+                    conn.execute(
+                        "UPDATE unidb.jobs SET status = 'cancelled', finished_at = now()"
+                        " WHERE id = ANY(%s) AND status = 'queued'",
+                        (mine,),
+                    )
+            except Exception:
+                log.exception("could not cancel this process's jobs on shutdown")
+        self._stop.set()
+        self._tasks.put(None)
+        self._worker.join()
+        self._beater.join()

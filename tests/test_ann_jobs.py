@@ -1,0 +1,175 @@
+"""FAISS index builds as jobs: lifecycle, refusals, cancel, and a build killed mid-way."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import unidb
+from unidb.indexing import snapshots
+from unidb.indexing.faiss_index import plan
+from unidb.service import collections, jobs
+from unidb.service.ann import BuildTask
+from unidb.service.engine import Engine
+
+from .conftest import free_port, snapshot
+from .test_serve import _start_serve, _wait_healthy
+
+DIM = 16
+
+
+def _row(engine: Engine, name: str) -> collections.CollectionRow:
+    with engine.transaction() as conn:
+        return collections.get(conn, name)
+
+
+def _load(engine: Engine, collection: str, n: int, dim: int = DIM) -> np.ndarray:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=dim, metric="l2")
+    vectors = np.random.default_rng(7).standard_normal((n, dim)).astype(np.float32)
+    documents = ({"id": f"v{i}", "embedding": v} for i, v in enumerate(vectors))
+    client.ingest(collection, documents, batch_size=500)  # the test server's batch limit
+    return vectors
+
+
+def _wait(api: TestClient, job_id: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def test_build_job_lifecycle(api: TestClient, engine: Engine, collection: str) -> None:
+    _load(engine, collection, 3000)
+    answer = api.post(f"/v1/collections/{collection}/index", json={})
+    assert answer.status_code == 202, answer.text
+    queued = answer.json()
+    assert queued["status"] in ("queued", "running") and queued["collection"] == collection
+    job = _wait(api, queued["id"])
+    assert job["status"] == "done" and job["progress"] == 1.0 and job["error"] is None
+    stats = job["stats"]
+    assert stats["vectors"] == 3000 and stats["kind"] == "hnsw" and stats["device"] == "cpu"
+    assert stats["note"] == "no GPU visible to FAISS: built on the CPU"
+    assert job["started_at"] and job["finished_at"]
+
+    root = engine.ann.path(_row(engine, collection).id)
+    manifest = snapshots.read_manifest(root)
+    assert manifest is not None and manifest.count == 3000 and manifest.job_id == job["id"]
+    assert sorted(p.name for p in root.iterdir()) == [f"index-{job['id']}.faiss", "manifest.json"]
+
+    ivf = _wait(api, api.post(f"/v1/collections/{collection}/index",
+                              json={"kind": "ivf", "params": {"nlist": 16}}).json()["id"])  # fmt: skip
+    assert ivf["status"] == "done" and ivf["stats"]["kind"] == "ivf"
+    # the new snapshot replaced the old one, whose file is gone
+    assert sorted(p.name for p in root.iterdir()) == [f"index-{ivf['id']}.faiss", "manifest.json"]
+
+    assert api.get("/v1/jobs/999999999").status_code == 404
+    assert api.delete(f"/v1/jobs/{job['id']}").status_code == 409  # it ended
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"device": "gpu"}, "device"),
+        ({"kind": "cagra"}, "kind"),
+        ({"kind": "annoy"}, "kind"),
+        ({"params": {"m": 1}}, "params.m"),
+        ({"params": {"colour": "blue"}}, "params.colour"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_builds_are_refused(
+    api: TestClient, engine: Engine, collection: str, body: dict[str, Any], field: str
+) -> None:
+    _load(engine, collection, 10)
+    before = snapshot(engine)
+    with engine.transaction() as conn:
+        jobs_before = conn.execute("SELECT count(*) FROM unidb.jobs").fetchone()
+    answer = api.post(f"/v1/collections/{collection}/index", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["field"] == field
+    assert snapshot(engine) == before
+    with engine.transaction() as conn:
+        assert conn.execute("SELECT count(*) FROM unidb.jobs").fetchone() == jobs_before
+    assert api.post("/v1/collections/no_such/index", json={}).status_code == 404
+
+
+def test_cancel_queued_and_running(api: TestClient, engine: Engine, collection: str) -> None:
+    _load(engine, collection, 2000)
+    row = _row(engine, collection)
+    task_plan = plan("auto", "auto", 2000, {})
+
+    # cancelled while queued: never starts
+    with engine.transaction() as conn:
+        queued = jobs.create(conn, collection_id=row.id, collection=row.name,
+                             kind="index_build", params={})  # fmt: skip
+        assert jobs.cancel(conn, queued.id).status == "cancelled"
+    engine.jobs.submit(BuildTask(queued.id, row, task_plan))
+    # asked to stop once it runs: stops at its first step, no snapshot swapped in
+    with engine.transaction() as conn:
+        running = jobs.create(conn, collection_id=row.id, collection=row.name,
+                              kind="index_build", params={})  # fmt: skip
+        conn.execute("UPDATE unidb.jobs SET cancel_requested = true WHERE id = %s", (running.id,))
+    engine.jobs.submit(BuildTask(running.id, row, task_plan))
+    assert _wait(api, running.id)["status"] == "cancelled"
+    assert _wait(api, queued.id)["status"] == "cancelled"
+    assert _wait(api, queued.id)["started_at"] is None
+    assert snapshots.read_manifest(engine.ann.path(row.id)) is None
+
+
+@pytest.mark.slow
+def test_killed_build_leaves_the_old_snapshot(
+    database_url: str, engine: Engine, collection: str, tmp_path: Path
+) -> None:
+    _load(engine, collection, 60_000, dim=64)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"UNIDB_DATABASE_URL": database_url, "UNIDB_JOB_ORPHAN_AFTER_S": "1"}
+    server = _start_serve(tmp_path, port, env)
+    try:
+        _wait_healthy(url, server)
+        with unidb.Client(url) as client:
+            first = client.build_index(collection, params={"m": 8, "ef_construction": 16})
+            assert first.status == "done"
+            slow = client.build_index(
+                collection, params={"m": 64, "ef_construction": 500}, wait=False
+            )
+            deadline = time.monotonic() + 120
+            while (job := client.get_job(slow.id)).progress <= 0.1:
+                assert job.status in ("queued", "running") and time.monotonic() < deadline
+                time.sleep(0.02)
+            server.send_signal(signal.SIGKILL)
+            server.wait(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+
+    root = tmp_path / "indexes" / f"c{_row(engine, collection).id}" / "ann"
+    manifest = snapshots.read_manifest(root)
+    assert manifest is not None and manifest.job_id == first.id  # the old snapshot
+    assert snapshots.load(root, manifest).ntotal == 60_000
+
+    time.sleep(1.5)  # the dead process's heartbeat goes silent
+    server = _start_serve(tmp_path, port, env)
+    try:
+        _wait_healthy(url, server)
+        with unidb.Client(url) as client:
+            failed = client.get_job(slow.id)
+            assert failed.status == "failed" and "stopped" in (failed.error or "")
+            again = client.build_index(collection, params={"m": 8, "ef_construction": 16})
+            assert again.status == "done" and again.stats["vectors"] == 60_000
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    manifest = snapshots.read_manifest(root)
+    assert manifest is not None and manifest.job_id == again.id
