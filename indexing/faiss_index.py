@@ -23,7 +23,7 @@ faiss: Any = _faiss
 # faster than IVF's
 IVF_FROM = 5_000_000
 DEFAULT_HNSW_M = 32
-DEFAULT_EF_CONSTRUCTION = 40
+DEFAULT_EF_CONSTRUCTION = 80
 DEFAULT_EF_SEARCH = 128
 DEFAULT_CAGRA_DEGREE = 32
 
@@ -204,7 +204,7 @@ def search(
     k: int,
     metric: str,
     *,
-    allowed: Sequence[int] | None = None,
+    allowed: Sequence[int] | np.ndarray | None = None,
     search_params: dict[str, Any] | None = None,
 ) -> list[tuple[int, float]]:
     """The ``k`` nearest (document key, score), only among ``allowed`` keys when given."""

@@ -318,6 +318,11 @@ class QueryResponse(_Model):
         description="true when every matching row was considered, false when an "
         "approximate (HNSW) scan ranked the vectors"
     )
+    vector_index: Literal["faiss", "hnsw", "exact"] | None = Field(
+        default=None,
+        description="what ranked the vectors: the FAISS snapshot, pgvector's HNSW index, or "
+        "an exact scan; null when no vector search ran",
+    )
 
 
 ContextOrder = Literal["reuse", "relevance"]

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         default_factory=list, description="engines whose KV events drive cached_tokens"
     )
 
+    ann_exact_below: int = Field(
+        default=2_000,
+        ge=0,
+        description="a filter admitting at most this many documents is answered exactly",
+    )
+    ann_max_delta: int = Field(
+        default=50_000,
+        ge=0,
+        description="documents changed since the FAISS snapshot beyond which pgvector answers",
+    )
     job_orphan_after_s: float = Field(
         default=30.0,
         gt=0,

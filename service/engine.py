@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -55,6 +55,7 @@ from unidb.models import (
 
 from . import collections, documents, jobs, state
 from .ann import AnnIndexes, BuildTask, JobRunner
+from .ann_search import ann_search
 from .config import Settings
 from .context import registry
 from .context.builder import keys_of
@@ -339,8 +340,10 @@ class Engine:
         bm25_hits: list[tuple[int, float]] = []
         vector_hits: list[tuple[int, float]] = []
         exhaustive = True
+        served_by: Literal["faiss", "hnsw", "exact"] | None = None
         if vector is not None:
-            vector_hits, exhaustive = self._vector_hits(conn, row, vector, depth, where)
+            vector_hits, served_by = self._vector_hits(conn, row, vector, depth, where)
+            exhaustive = served_by == "exact"
         if run_bm25 and request.text:
             index = self.text_indexes.get(row.id)
             strong = request.consistency == "strong"
@@ -351,7 +354,7 @@ class Engine:
             )
         ranked = fuse(request, bm25_hits, vector_hits)[: request.k]
         hits = hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
-        return QueryResponse(hits=hits, exhaustive=exhaustive)
+        return QueryResponse(hits=hits, exhaustive=exhaustive, vector_index=served_by)
 
     def _vector_hits(
         self,
@@ -360,11 +363,25 @@ class Engine:
         vector: Any,
         k: int,
         where: CompiledFilter | None,
-    ) -> tuple[list[tuple[int, float]], bool]:
+    ) -> tuple[list[tuple[int, float]], Literal["faiss", "hnsw", "exact"]]:
+        served = self.ann.get(row.id)
+        if served is not None:
+            found = ann_search(
+                conn,
+                row,
+                served,
+                vector,
+                k=k,
+                where=where,
+                exact_below=self.settings.ann_exact_below,
+                max_delta=self.settings.ann_max_delta,
+            )
+            if found is not None:
+                return found, "faiss"
         use_index = row.vector_index == "hnsw"
         if not use_index:
             self._maybe_schedule_index(conn, row)
-        return vector_search(
+        hits, exhaustive = vector_search(
             conn,
             row,
             vector,
@@ -374,6 +391,7 @@ class Engine:
             ef_search=self.settings.hnsw_ef_search,
             max_scan_tuples=self.settings.hnsw_max_scan_tuples,
         )
+        return hits, "exact" if exhaustive else "hnsw"
 
     # -- context for LLM engines ---------------------------------------------------------
 

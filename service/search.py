@@ -27,6 +27,7 @@ def _select(
     where: CompiledFilter | None,
     *,
     indexed: bool,
+    keys: list[int] | None = None,
 ) -> tuple[sql.Composed, list[Any]]:
     # the indexed form repeats the index's expression and predicate literally so the planner
     # can match the partial index; the exact form orders by the plain column
@@ -47,18 +48,39 @@ def _select(
     else:
         source = sql.SQL("unidb.chunks c JOIN unidb.documents d ON d.key = c.document_key")
         condition, params = where.expression, where.params
+    only = (
+        sql.SQL(" AND c.document_key = ANY({})").format(sql.Placeholder()) if keys else sql.SQL("")
+    )
     statement = sql.SQL(
         "SELECT c.document_key, {distance} AS distance FROM {source}"
-        " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}"
+        " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}{only}"
         " ORDER BY distance LIMIT {k}"
     ).format(
         distance=distance,
         source=source,
         collection=sql.Literal(collection.id),
         filter=condition,
+        only=only,
         k=sql.Literal(k),
     )
-    return statement, [query, *params]
+    return statement, [query, *params, *([keys] if keys else [])]
+
+
+def score_keys(
+    conn: Connection,
+    collection: CollectionRow,
+    query: np.ndarray,
+    keys: list[int],
+    *,
+    k: int,
+    where: CompiledFilter | None,
+) -> list[tuple[int, float]]:
+    """The ``k`` best of ``keys`` (their current rows, passing ``where``), scored exactly."""
+    if not keys:
+        return []
+    statement, params = _select(collection, query, k, where, indexed=False, keys=keys)
+    rows = conn.execute(statement, params).fetchall()
+    return [(key, _score(collection.metric, distance)) for key, distance in rows]
 
 
 def vector_search(
