@@ -127,6 +127,19 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_build(args: argparse.Namespace) -> int:
+    params = json.loads(args.params) if args.params else None
+    backend, owner = _backend(args)
+    try:
+        job = Client(backend=backend).build_index(
+            args.collection, kind=args.kind, device=args.device, params=params, progress=True
+        )
+    finally:
+        owner.close()
+    print(job.model_dump_json(indent=2))
+    return 0 if job.status == "done" else 1
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from unidb.models import QueryMode
 
@@ -235,6 +248,18 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--filter", help="metadata filter as JSON")
     with_database(query)
     query.set_defaults(run=cmd_query)
+
+    index = commands.add_parser("index", help="ANN indexes (FAISS)")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    build = index_commands.add_parser(
+        "build", help="build a collection's FAISS index as a job, with a progress bar"
+    )
+    build.add_argument("collection")
+    build.add_argument("--kind", default="auto", choices=["auto", "hnsw", "ivf", "cagra"])
+    build.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    build.add_argument("--params", help='build parameters as JSON, e.g. {"m": 32}')
+    with_database(build)
+    build.set_defaults(run=cmd_index_build)
 
     evaluation = commands.add_parser(
         "eval", help="nDCG@10, recall@100, MRR@10 and QPS per mode on a BEIR folder"

@@ -173,3 +173,19 @@ def test_killed_build_leaves_the_old_snapshot(
         server.wait(60)
     manifest = snapshots.read_manifest(root)
     assert manifest is not None and manifest.job_id == again.id
+
+
+def test_cli_index_build(
+    server_url: str, engine: Engine, collection: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from unidb.service.cli import main
+
+    _load(engine, collection, 500)
+    code = main(["index", "build", collection, "--url", server_url, "--params", '{"m": 16}'])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0 and printed["status"] == "done" and printed["stats"]["vectors"] == 500
+    assert printed["params"]["params"]["m"] == 16
+    assert main(["index", "build", collection, "--url", server_url, "--device", "gpu"]) == 2
+    assert "FAISS sees no GPU" in capsys.readouterr().err
