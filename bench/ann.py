@@ -57,9 +57,23 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
     )
 
 
+def tolerant_recall(found: list[list[int]], similarity: np.ndarray, kth: np.ndarray) -> float:
+    return float(
+        np.mean(
+            [sum(similarity[i, j] >= kth[i] - EPSILON for j in f) / K for i, f in enumerate(found)]
+        )
+    )
+
+
 def sweep(
-    name: str, run: Any, settings: list[int], truth: np.ndarray, queries: np.ndarray
+    name: str,
+    run: Any,
+    settings: list[int],
+    truth: np.ndarray,
+    queries: np.ndarray,
+    similarity: np.ndarray,
 ) -> list[dict[str, Any]]:
+    kth = np.take_along_axis(similarity, truth[:, -1:], axis=1)[:, 0]
     rows = []
     for setting in settings:
         run(queries[0], setting)  # warm
