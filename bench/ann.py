@@ -174,7 +174,12 @@ def main() -> None:
                     return [number[r[0]] for r in rows]
 
                 pg_rows = sweep(
-                    "pgvector_hnsw", pgvector, [40, 100, 200, 400], truth, queries, similarity
+                    "pgvector_hnsw",
+                    pgvector,
+                    [40, 100, 200, 400, 800, 1000],
+                    truth,
+                    queries,
+                    similarity,
                 )
 
             served = engine.ann.get(collection_id)
@@ -184,7 +189,7 @@ def main() -> None:
                 return [number[key] for key, _ in hits]
 
             faiss_rows = sweep(
-                "unidb_faiss", faiss_only, [32, 64, 128, 256], truth, queries, similarity
+                "unidb_faiss", faiss_only, [32, 64, 128, 256, 512, 1024], truth, queries, similarity
             )
 
             def whole_path(query: np.ndarray, _: int) -> list[int]:
