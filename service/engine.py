@@ -58,7 +58,6 @@ from .ann import AnnIndexes, BuildTask, JobRunner
 from .ann_search import ann_search
 from .config import Settings
 from .context import registry
-from .context.builder import keys_of
 from .context.service import ContextService
 from .context.warmup import warm
 from .db import check_pgvector, migrate, open_pool
@@ -410,8 +409,7 @@ class Engine:
         )
         with self.transaction() as conn:
             row = collections.get(conn, request.collection)
-            keys = keys_of(conn, row.id, [hit.id for hit in found.hits])
-            return self.context.builder.build(conn, row, request, keys)
+            return self.context.builder.build(conn, row, request, [hit.id for hit in found.hits])
 
     def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
         with self.transaction() as conn:

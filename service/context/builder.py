@@ -37,25 +37,17 @@ class SessionTurn:
     dropped: list[str]
 
 
-def load_chunks(conn: Connection, collection_id: int, keys: Sequence[int]) -> dict[int, Chunk]:
-    """The current rows of ``keys`` (a deleted one is simply absent)."""
+def load_chunks(
+    conn: Connection, collection_id: int, *, keys: Sequence[int], ids: Sequence[str]
+) -> list[Chunk]:
+    """The current rows of the documents named by ``keys`` or ``ids``, in one read (a
+    deleted one is simply absent)."""
     rows = conn.execute(
         "SELECT key, id, version, text, coalesce(metadata->>'title', '') FROM unidb.documents"
-        " WHERE collection_id = %s AND key = ANY(%s)",
-        (collection_id, list(keys)),
+        " WHERE collection_id = %s AND (key = ANY(%s) OR id = ANY(%s))",
+        (collection_id, list(keys), list(ids)),
     ).fetchall()
-    return {row[0]: Chunk(*row) for row in rows}
-
-
-def keys_of(conn: Connection, collection_id: int, ids: Sequence[str]) -> list[int]:
-    """Document keys of ``ids``, in the same order (a deleted one is left out)."""
-    rows = dict(
-        conn.execute(
-            "SELECT id, key FROM unidb.documents WHERE collection_id = %s AND id = ANY(%s)",
-            (collection_id, list(ids)),
-        ).fetchall()
-    )
-    return [rows[i] for i in ids if i in rows]
+    return [Chunk(*row) for row in rows]
 
 
 def _digest(*parts: Any) -> str:
@@ -84,7 +76,7 @@ def reuse_order(chosen: Sequence[Piece], sent: Sequence[Sent], resident: set[byt
 
 
 class ContextBuilder:
-    """Turns ranked document keys into a `ContextResponse` (see `ContextRequest`)."""
+    """Turns ranked document ids into a `ContextResponse` (see `ContextRequest`)."""
 
     def __init__(self, tokenizers: Tokenizers, hasher: BlockHasher, residency: Residency) -> None:
         self.tokenizers = tokenizers
@@ -109,14 +101,13 @@ class ContextBuilder:
         conn: Connection,
         row: collections.CollectionRow,
         request: ContextRequest,
-        ranked_keys: Sequence[int],
+        ranked_ids: Sequence[str],
     ) -> ContextResponse:
         tokenizer = self.tokenizers.get(request.tokenizer)
         head_text, head, tail_text, tail = frame(tokenizer, request.template, request.query)
         room = budget(request.max_tokens, head, tail)
         shape = self.shape(row, request)
 
-        session = None
         previous: list[int] = []
         if request.session is not None:
             session = load_session(
@@ -127,10 +118,10 @@ class ContextBuilder:
                 shape=shape,
             )
             previous = session.document_keys if session else []
-        current = load_chunks(conn, row.id, [*previous, *ranked_keys])
-        ranked = pieces(
-            tokenizer, request.template, [current[k] for k in ranked_keys if k in current]
-        )
+        found = load_chunks(conn, row.id, keys=previous, ids=ranked_ids)
+        current = {chunk.key: chunk for chunk in found}
+        by_id = {chunk.id: chunk for chunk in found}
+        ranked = pieces(tokenizer, request.template, [by_id[i] for i in ranked_ids if i in by_id])
 
         turn: SessionTurn | None = None
         if request.session is not None:
@@ -153,9 +144,9 @@ class ContextBuilder:
         return self._respond(conn, row, request, shape, layout, turn)
 
     def _resident(self, sent: Sequence[Sent]) -> set[bytes]:
-        hashes = [h for prefix in sent for h in prefix.block_hashes]
-        held = self.residency.held(event_key(h) for h in hashes)
-        return {h for h in hashes if event_key(h) in held}
+        keys = {h: event_key(h) for prefix in sent for h in prefix.block_hashes}
+        held = self.residency.held(keys.values())
+        return {h for h, key in keys.items() if key in held}
 
     def _grow(
         self,
@@ -171,7 +162,11 @@ class ContextBuilder:
         prefix: the oldest chunks this turn did not retrieve leave until it fits in half
         the budget, so the next turns can grow before another reset; if this turn's own
         chunks are still too many, the oldest of them leave too."""
-        kept = pieces(tokenizer, request.template, [current[k] for k in previous if k in current])
+        # chunks this turn retrieved again are tokenized already
+        tokenized = {p.chunk.key: p for p in ranked}
+        missing = [current[k] for k in previous if k in current and k not in tokenized]
+        tokenized |= {p.chunk.key: p for p in pieces(tokenizer, request.template, missing)}
+        kept = [tokenized[k] for k in previous if k in current]
         known = {p.chunk.key for p in kept}
         ordered = kept + [p for p in ranked if p.chunk.key not in known]
         dropped: list[str] = []
