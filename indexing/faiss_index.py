@@ -151,7 +151,7 @@ class Builder:
             gpu.train(sample)
             ivf = faiss.index_gpu_to_cpu(gpu)
         else:
-            ivf.train(sample)  # k-means on the first chunk: memory stays bounded
+            ivf.train(sample)  # on the ~39 points a list gathered so far: memory stays bounded
         return ivf
 
     def finish(self) -> Any:

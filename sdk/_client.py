@@ -4,6 +4,7 @@ import base64
 import json
 import re
 import sys
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -221,6 +222,17 @@ def _warm_path(prefix_key: str) -> str:
     return f"/v1/prefixes/{quote(prefix_key, safe='')}/warm"
 
 
+def _warm_request(engine_url: str, model: str | None) -> WarmRequest:
+    try:
+        return WarmRequest(engine_url=engine_url, model=model)
+    except ValidationError as exc:
+        raise _invalid_from(exc) from exc
+
+
+def _job_path(job_id: int) -> str:
+    return f"/v1/jobs/{int(job_id)}"
+
+
 def _state_path(namespace: str, key: str | None = None) -> str:
     path = f"/v1/state/{quote(namespace, safe='')}"
     return path if key is None else f"{path}/{quote(key, safe='')}"
@@ -331,10 +343,10 @@ class _HttpBackend:
         return Job.model_validate_json(body)
 
     def get_job(self, job_id: int) -> Job:
-        return Job.model_validate_json(self._send("GET", f"/v1/jobs/{int(job_id)}"))
+        return Job.model_validate_json(self._send("GET", _job_path(job_id)))
 
     def cancel_job(self, job_id: int) -> Job:
-        return Job.model_validate_json(self._send("DELETE", f"/v1/jobs/{int(job_id)}"))
+        return Job.model_validate_json(self._send("DELETE", _job_path(job_id)))
 
     def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry:
         payload = _state_body(body)
@@ -694,9 +706,7 @@ class Client:
         self, prefix_key: str, engine_url: str, *, model: str | None = None
     ) -> WarmResult:
         """Prefill a registered prefix on an OpenAI-compatible engine (``max_tokens=1``)."""
-        return self._backend.warm_prefix(
-            prefix_key, WarmRequest(engine_url=engine_url, model=model)
-        )
+        return self._backend.warm_prefix(prefix_key, _warm_request(engine_url, model))
 
     def build_index(
         self,
@@ -727,8 +737,6 @@ class Client:
 
     def wait_job(self, job_id: int, *, progress: bool = False, timeout: float | None = None) -> Job:
         """Poll until the job ends; raises ``Unavailable`` past ``timeout`` seconds."""
-        import time
-
         bar = None
         if progress:
             from tqdm import tqdm
@@ -902,7 +910,7 @@ class AsyncClient:
     async def warm_prefix(
         self, prefix_key: str, engine_url: str, *, model: str | None = None
     ) -> WarmResult:
-        payload = WarmRequest(engine_url=engine_url, model=model).model_dump_json(exclude_none=True)
+        payload = _warm_request(engine_url, model).model_dump_json(exclude_none=True)
         body = await self._send("POST", _warm_path(prefix_key), payload.encode())
         return WarmResult.model_validate_json(body)
 
@@ -920,7 +928,7 @@ class AsyncClient:
         return Job.model_validate_json(body)
 
     async def get_job(self, job_id: int) -> Job:
-        return Job.model_validate_json(await self._send("GET", f"/v1/jobs/{int(job_id)}"))
+        return Job.model_validate_json(await self._send("GET", _job_path(job_id)))
 
     async def cancel_job(self, job_id: int) -> Job:
-        return Job.model_validate_json(await self._send("DELETE", f"/v1/jobs/{int(job_id)}"))
+        return Job.model_validate_json(await self._send("DELETE", _job_path(job_id)))

@@ -457,7 +457,7 @@ JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
 class IndexParams(_Model):
-    """Build and search parameters; each kind reads its own and ignores none silently."""
+    """Build and search parameters; each kind reads the ones it uses (see each description)."""
 
     m: int | None = Field(default=None, ge=4, le=128, description="hnsw: graph degree")
     ef_construction: int | None = Field(default=None, ge=8, le=2000, description="hnsw")

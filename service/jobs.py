@@ -20,10 +20,11 @@ _COLUMNS = (
     " finished_at"
 )
 
+_FIELDS = [column.strip() for column in _COLUMNS.split(",")]
+
 
 def _job(row: tuple[Any, ...]) -> Job:
-    keys = [c.strip() for c in _COLUMNS.split(",")]
-    return Job.model_validate(dict(zip(keys, row, strict=True)))
+    return Job.model_validate(dict(zip(_FIELDS, row, strict=True)))
 
 
 def create(
