@@ -73,7 +73,11 @@ def realistic_vectors(texts: list[str], n: int, seed: int = 1) -> np.ndarray:
     """MiniLM embeddings of ``texts``, then mixtures of two of them plus a little noise up to
     ``n``: vectors that cluster like real embeddings do (uniform random vectors are the
     worst case for any graph index and say little about real use)."""
-    base = MiniLM().embed_documents(texts)
+    return with_mixtures(MiniLM().embed_documents(texts), n, seed)
+
+
+def with_mixtures(base: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    """``base`` topped up to ``n`` vectors with mixtures of two of them plus a little noise."""
     rng = np.random.default_rng(seed)
     extra = n - len(base)
     if extra <= 0:

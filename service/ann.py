@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -25,8 +26,7 @@ from unidb.indexing.faiss_index import Builder, Plan
 from unidb.indexing.outbox import safe_watermark
 from unidb.indexing.vectors import count_vectors, stream_vectors
 
-from . import jobs
-from .collections import CollectionRow
+from . import collections, jobs
 
 log = logging.getLogger("unidb.ann")
 
@@ -47,7 +47,7 @@ class Served:
 @dataclass(frozen=True)
 class BuildTask:
     job_id: int
-    collection: CollectionRow
+    collection: collections.CollectionRow
     plan: Plan
 
 
@@ -126,6 +126,14 @@ class AnnIndexes:
             search=builder.search_params,
         )
         snapshots.write(root, index, manifest)
+        with pool.connection() as conn:
+            dropped = (
+                conn.execute("SELECT 1 FROM unidb.collections WHERE id = %s", (row.id,)).fetchone()
+                is None
+            )
+        if dropped:  # ids are never reused: nothing else can own this folder
+            shutil.rmtree(root, ignore_errors=True)
+            raise Cancelled
         log.info(
             "collection %s: %s index of %d vectors built on %s in %.1f s",
             row.name,

@@ -220,6 +220,7 @@ class Engine:
         with self.transaction() as conn:
             if not collections.drop(conn, name):
                 raise NotFound(f"collection {name!r} does not exist", field="collection")
+            jobs.cancel_for_collection(conn, row.id)
         self.text_indexes.drop(row.id)  # the collection's derived indexes, ANN ones too
         self.ann.drop(row.id)
         with self._lock:

@@ -100,6 +100,17 @@ def cancel(conn: Connection, job_id: int) -> Job:
     return get(conn, job_id)
 
 
+def cancel_for_collection(conn: Connection, collection_id: int) -> None:
+    """Stop every job of a collection that is being dropped."""
+    conn.execute(
+        "UPDATE unidb.jobs SET cancel_requested = true,"
+        " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
+        " finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END"
+        " WHERE collection_id = %s AND status IN ('queued', 'running')",
+        (collection_id,),
+    )
+
+
 def fail_orphans(conn: Connection, *, silent_for_s: float) -> int:
     """Fail jobs whose process stopped beating: none stays "running" forever."""
     cursor = conn.execute(

@@ -15,7 +15,7 @@ import unidb
 from unidb.indexing import snapshots
 from unidb.indexing.faiss_index import plan
 from unidb.service import collections, jobs
-from unidb.service.ann import BuildTask
+from unidb.service.ann import BuildTask, Cancelled
 from unidb.service.engine import Engine
 
 from .conftest import free_port, snapshot
@@ -124,6 +124,25 @@ def test_cancel_queued_and_running(api: TestClient, engine: Engine, collection: 
     assert _wait(api, queued.id)["status"] == "cancelled"
     assert _wait(api, queued.id)["started_at"] is None
     assert snapshots.read_manifest(engine.ann.path(row.id)) is None
+
+
+def test_dropping_a_collection_stops_its_builds(
+    api: TestClient, engine: Engine, collection: str
+) -> None:
+    _load(engine, collection, 300)
+    row = _row(engine, collection)
+    with engine.transaction() as conn:
+        queued = jobs.create(conn, collection_id=row.id, collection=row.name,
+                             kind="index_build", params={})  # fmt: skip
+    assert api.delete(f"/v1/collections/{collection}").status_code == 200
+    assert _wait(api, queued.id)["status"] == "cancelled"
+    # a build that was past its read when the drop landed leaves no snapshot behind
+    with engine.transaction() as conn:
+        late = jobs.create(conn, collection_id=row.id, collection=row.name,
+                           kind="index_build", params={})  # fmt: skip
+    with pytest.raises(Cancelled):
+        engine.ann.build(engine.pool, BuildTask(late.id, row, plan("auto", "auto", 300, {})))
+    assert not engine.ann.path(row.id).exists()
 
 
 @pytest.mark.slow
