@@ -55,6 +55,15 @@ def changed_since(conn: psycopg.Connection[Any], collection_id: int, *, since: i
     return [Change(*row) for row in rows]
 
 
+def lag(conn: psycopg.Connection[Any], collection_id: int, *, since: int) -> int:
+    """How many changes an index with watermark ``since`` does not hold yet."""
+    row = conn.execute(
+        "SELECT count(*) FROM unidb.changes WHERE collection_id = %s AND xid >= %s::text::xid8",
+        (collection_id, since),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 @dataclass(frozen=True, slots=True)
 class CollectionChange:
     collection_id: int

@@ -137,6 +137,18 @@ class IndexStatus(_Model):
     lag: int = Field(description="changes committed but not yet in the index")
 
 
+class AnnStatus(_Model):
+    kind: Literal["hnsw", "ivf", "cagra"]
+    device: Literal["cpu", "gpu"] = Field(description="where the index was built")
+    vectors: int = Field(description="vectors in the snapshot")
+    watermark: int = Field(description="the snapshot holds every change below this transaction id")
+    lag: int = Field(
+        description="changes committed since the snapshot; queries merge them from Postgres"
+    )
+    built_at: datetime
+    job_id: int | None = None
+
+
 class Collection(_Model):
     name: str
     dim: int
@@ -148,6 +160,9 @@ class Collection(_Model):
         description="the pgvector HNSW index on this collection's embeddings"
     )
     bm25: IndexStatus | None = Field(default=None, description="the BM25 index, once opened")
+    ann: AnnStatus | None = Field(
+        default=None, description="the FAISS snapshot serving vector queries, once built"
+    )
 
 
 class CollectionList(_Model):

@@ -15,16 +15,17 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from unidb.indexing import snapshots
+from unidb.indexing import outbox, snapshots
 from unidb.indexing.faiss_index import Builder, Plan
-from unidb.indexing.outbox import safe_watermark
 from unidb.indexing.vectors import count_vectors, stream_vectors
+from unidb.models import AnnStatus
 
 from . import collections, jobs
 
@@ -76,6 +77,20 @@ class AnnIndexes:
             self._served[collection_id] = served
         return served
 
+    def status(self, conn: psycopg.Connection[Any], collection_id: int) -> AnnStatus | None:
+        manifest = snapshots.read_manifest(self.path(collection_id))
+        if manifest is None:
+            return None
+        return AnnStatus(
+            kind=manifest.kind,
+            device=manifest.device,
+            vectors=manifest.count,
+            watermark=manifest.watermark,
+            lag=outbox.lag(conn, collection_id, since=manifest.watermark),
+            built_at=datetime.fromtimestamp(manifest.built_at, UTC),
+            job_id=manifest.job_id,
+        )
+
     def drop(self, collection_id: int) -> None:
         with self._lock:
             self._served.pop(collection_id, None)
@@ -100,7 +115,7 @@ class AnnIndexes:
             reader.commit()
             with reader.transaction():
                 reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                watermark = safe_watermark(reader)
+                watermark = outbox.safe_watermark(reader)
                 total = count_vectors(reader, row.id)
                 builder = Builder(row.dim, row.metric, plan, total)
                 done = 0

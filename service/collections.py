@@ -11,7 +11,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from unidb.errors import Conflict, InvalidInput, NotFound
-from unidb.models import Collection, CollectionCreate, EmbedderSpec, IndexStatus, Metric
+from unidb.models import AnnStatus, Collection, CollectionCreate, EmbedderSpec, IndexStatus, Metric
 
 MINILM_DIM = 384
 
@@ -122,7 +122,10 @@ def drop(conn: Connection, name: str) -> bool:
 
 
 def describe(
-    conn: Connection, collection: CollectionRow, bm25: IndexStatus | None = None
+    conn: Connection,
+    collection: CollectionRow,
+    bm25: IndexStatus | None = None,
+    ann: AnnStatus | None = None,
 ) -> Collection:
     count = conn.execute(
         "SELECT count(*) FROM unidb.documents WHERE collection_id = %s", (collection.id,)
@@ -136,4 +139,5 @@ def describe(
         documents=count[0] if count else 0,
         vector_index=collection.vector_index,
         bm25=bm25,
+        ann=ann,
     )

@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from unidb.errors import InvalidInput, NotFound, ServerError, Unavailable, UnidbError
+from unidb.indexing import outbox
 from unidb.indexing.bm25 import document_body
 from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
 from unidb.indexing.faiss_index import BuildRefused, plan
@@ -191,23 +192,24 @@ class Engine:
     def get_collection(self, name: str) -> Collection:
         with self.transaction() as conn:
             row = collections.get(conn, name)
-            return collections.describe(conn, row, self._bm25_status(conn, row))
+            return collections.describe(
+                conn, row, self._bm25_status(conn, row), self.ann.status(conn, row.id)
+            )
 
     def list_collections(self) -> list[Collection]:
         with self.transaction() as conn:
             return [
-                collections.describe(conn, row, self._bm25_status(conn, row))
+                collections.describe(
+                    conn, row, self._bm25_status(conn, row), self.ann.status(conn, row.id)
+                )
                 for row in collections.list_all(conn)
             ]
 
     def _bm25_status(self, conn: Connection, row: collections.CollectionRow) -> IndexStatus:
         index = self.text_indexes.get(row.id)
-        watermark = index.watermark
-        lag = conn.execute(
-            "SELECT count(*) FROM unidb.changes WHERE collection_id = %s AND xid >= %s::text::xid8",
-            (row.id, watermark),
-        ).fetchone()
-        return IndexStatus(watermark=watermark, lag=lag[0] if lag else 0)
+        return IndexStatus(
+            watermark=index.watermark, lag=outbox.lag(conn, row.id, since=index.watermark)
+        )
 
     def delete_collection(self, name: str) -> DeleteResult:
         with self.transaction() as conn:

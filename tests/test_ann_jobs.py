@@ -65,10 +65,16 @@ def test_build_job_lifecycle(api: TestClient, engine: Engine, collection: str) -
     manifest = snapshots.read_manifest(root)
     assert manifest is not None and manifest.count == 3000 and manifest.job_id == job["id"]
     assert sorted(p.name for p in root.iterdir()) == [f"index-{job['id']}.faiss", "manifest.json"]
+    described = api.get(f"/v1/collections/{collection}").json()["ann"]
+    assert described["kind"] == "hnsw" and described["vectors"] == 3000
+    assert described["job_id"] == job["id"] and described["lag"] == 0
+    api.delete(f"/v1/collections/{collection}/documents/v0")
+    assert api.get(f"/v1/collections/{collection}").json()["ann"]["lag"] == 1
 
     ivf = _wait(api, api.post(f"/v1/collections/{collection}/index",
                               json={"kind": "ivf", "params": {"nlist": 16}}).json()["id"])  # fmt: skip
     assert ivf["status"] == "done" and ivf["stats"]["kind"] == "ivf"
+    assert api.get(f"/v1/collections/{collection}").json()["ann"]["lag"] == 0
     # the new snapshot replaced the old one, whose file is gone
     assert sorted(p.name for p in root.iterdir()) == [f"index-{ivf['id']}.faiss", "manifest.json"]
 
