@@ -81,14 +81,16 @@ class AnnIndexes:
         manifest = snapshots.read_manifest(self.path(collection_id))
         if manifest is None:
             return None
-        return AnnStatus(
-            kind=manifest.kind,
-            device=manifest.device,
-            vectors=manifest.count,
-            watermark=manifest.watermark,
-            lag=outbox.lag(conn, collection_id, since=manifest.watermark),
-            built_at=datetime.fromtimestamp(manifest.built_at, UTC),
-            job_id=manifest.job_id,
+        return AnnStatus.model_validate(
+            {
+                "kind": manifest.kind,
+                "device": manifest.device,
+                "vectors": manifest.count,
+                "watermark": manifest.watermark,
+                "lag": outbox.lag(conn, collection_id, since=manifest.watermark),
+                "built_at": datetime.fromtimestamp(manifest.built_at, UTC),
+                "job_id": manifest.job_id,
+            }
         )
 
     def drop(self, collection_id: int) -> None:

@@ -66,6 +66,7 @@ from .embedded import EmbeddedPostgres
 from .filters import CompiledFilter, compile_filter
 from .fusion import fuse
 from .hits import hydrate
+from .metrics import Metrics
 from .search import vector_search
 from .text_indexes import TextIndexes
 from .text_search import bm25_search
@@ -111,6 +112,8 @@ class Engine:
         self.context = ContextService(settings, pool)
         self.context.start()
         self.ann = AnnIndexes(settings.data_dir / "indexes")
+        self.metrics = Metrics()
+        self.metrics.watch(self)
         self.jobs = JobRunner(pool, self.ann)
         self.jobs.start()
         with self.transaction() as conn:
@@ -176,6 +179,34 @@ class Engine:
         except psycopg.Error as exc:
             log.exception("database error")
             raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
+
+    def database_gauges(self) -> dict[str, Any]:
+        """Index lag per collection, jobs by status and pool use, read now for `/metrics`."""
+        lag: dict[tuple[str, str], int] = {}
+        with self.transaction() as conn:
+            for row in collections.list_all(conn):
+                opened = self.text_indexes.opened(row.id)
+                if opened is not None:
+                    lag[row.name, "bm25"] = outbox.lag(conn, row.id, since=opened.watermark)
+                ann = self.ann.status(conn, row.id)
+                if ann is not None:
+                    lag[row.name, "faiss"] = ann.lag
+            counted = dict(
+                conn.execute("SELECT status, count(*) FROM unidb.jobs GROUP BY status").fetchall()
+            )
+        stats = self.pool.get_stats()
+        return {
+            "lag": lag,
+            "jobs": {
+                s: counted.get(s, 0) for s in ("queued", "running", "done", "failed", "cancelled")
+            },
+            "pool": {
+                "open": stats.get("pool_size", 0),
+                "idle": stats.get("pool_available", 0),
+                "waiting": stats.get("requests_waiting", 0),
+                "max": self.pool.max_size,
+            },
+        }
 
     # -- Backend protocol ---------------------------------------------------------------
 
@@ -267,7 +298,9 @@ class Engine:
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
         documents_ = self._with_embeddings(collection, documents_)
         with self.transaction() as conn:
-            return self._upsert(conn, collection, documents_)
+            result = self._upsert(conn, collection, documents_)
+        self.metrics.ingested.labels(collection).inc(len(documents_))
+        return result
 
     def _upsert(
         self, conn: Connection, collection: str, documents_: list[Document]
@@ -285,6 +318,14 @@ class Engine:
             return _delete_document(conn, collection, document_id)
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
+        began = time.perf_counter()
+        answer = self._query(collection, request)
+        self.metrics.queries.labels(request.mode, answer.vector_index or "none").observe(
+            time.perf_counter() - began
+        )
+        return answer
+
+    def _query(self, collection: str, request: QueryRequest) -> QueryResponse:
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
         where = (
@@ -412,7 +453,10 @@ class Engine:
         )
         with self.transaction() as conn:
             row = collections.get(conn, request.collection)
-            return self.context.builder.build(conn, row, request, [hit.id for hit in found.hits])
+            built = self.context.builder.build(conn, row, request, [hit.id for hit in found.hits])
+        self.metrics.context_tokens.inc(len(built.token_ids))
+        self.metrics.context_cached_tokens.inc(built.cached_tokens)
+        return built
 
     def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
         with self.transaction() as conn:

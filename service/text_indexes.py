@@ -40,6 +40,11 @@ class TextIndexes:
         with self._registry_lock:
             return self._locks.setdefault(collection_id, threading.Lock())
 
+    def opened(self, collection_id: int) -> Bm25Index | None:
+        """The collection's index if this process has opened it (never opens one, nor waits
+        for one being opened)."""
+        return self._indexes.get(collection_id)
+
     def get(self, collection_id: int) -> Bm25Index:
         """The collection's index, built from the table if it has never been."""
         with self._lock_for(collection_id):

@@ -16,6 +16,7 @@ from ..engine import Engine
 from ..mcp_server import build_server
 from . import errors
 from .limits import BodySizeLimit
+from .observe import RequestMetrics
 from .routes import collections, context, documents, health, jobs, state, transactions
 
 
@@ -53,6 +54,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)  # outermost: it times refused bodies too
     app.include_router(health.router)
     app.include_router(collections.router)
     app.include_router(documents.router)

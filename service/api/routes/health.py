@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from unidb.models import Health
 
@@ -13,3 +15,10 @@ router = APIRouter(tags=["health"])
 def healthz(engine: EngineDep) -> Health:
     """``{"status": "ok"}`` when the service and its database answer."""
     return engine.health()
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(engine: EngineDep) -> Response:
+    """Prometheus metrics: request and query latency, ingest, index lag, jobs, pool, and
+    the context prefix-cache hit ratio."""
+    return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)

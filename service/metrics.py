@@ -1,0 +1,90 @@
+"""Prometheus metrics of one engine: what `/metrics` serves.
+
+Counters and histograms are updated where the work happens; gauges that describe the
+database (index lag, jobs, pool) are read when Prometheus scrapes, so they are never stale.
+Each engine has its own registry, so several engines in one process do not mix figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+# seconds: from a cached point lookup to a slow hybrid query with an embedding call
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Histogram(
+            "unidb_http_request_seconds",
+            "REST request latency by route template, method and status",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queries = Histogram(
+            "unidb_query_seconds",
+            "search latency by mode and the vector index that answered",
+            ["mode", "vector_index"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ingested = Counter(
+            "unidb_ingest_rows", "documents written (upserted) by collection", ["collection"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.context_tokens = Counter(
+            "unidb_context_prompt_tokens",
+            "prompt tokens of built contexts",
+            registry=self.registry,
+        )
+        self.context_cached_tokens = Counter(
+            "unidb_context_cached_tokens",
+            "of those, tokens in blocks an engine reported resident (prefix-cache hits)",
+            registry=self.registry,
+        )
+
+    def watch(self, engine: Engine) -> None:
+        """Read the engine's database-side gauges at each scrape."""
+        self.registry.register(_EngineGauges(engine.database_gauges))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineGauges(Collector):
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def describe(self) -> list[Any]:
+        return []  # read at scrape time only: describing must not touch the database
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        figures = self.read()
+        lag = GaugeMetricFamily(
+            "unidb_index_lag",
+            "committed changes not yet in an index, by collection and index",
+            labels=["collection", "index"],
+        )
+        for (collection, index), value in sorted(figures["lag"].items()):
+            lag.add_metric([collection, index], value)
+        yield lag
+        jobs = GaugeMetricFamily("unidb_jobs", "jobs by status", labels=["status"])
+        for status, value in sorted(figures["jobs"].items()):
+            jobs.add_metric([status], value)
+        yield jobs
+        pool = GaugeMetricFamily(
+            "unidb_pool_connections", "database connection pool", labels=["state"]
+        )
+        for state, value in sorted(figures["pool"].items()):
+            pool.add_metric([state], value)
+        yield pool
