@@ -168,3 +168,17 @@ jobs = Table(
         "status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="jobs_status_known"
     ),
 )
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    # a key reads unidb_<id>_<secret>; only the secret's argon2 hash is kept
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("scopes <@ ARRAY['read', 'write', 'admin']", name="api_keys_scopes_known"),
+    CheckConstraint("tenant ~ '^[A-Za-z0-9_.-]{1,64}$'", name="api_keys_tenant_named"),
+)

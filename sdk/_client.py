@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import sys
 import time
@@ -269,6 +270,16 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise error_from_response(response.status_code, body)
 
 
+def _auth_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+    """The caller's headers, with ``Authorization: Bearer`` from ``api_key`` or, failing
+    that, the ``UNIDB_API_KEY`` environment variable."""
+    merged = dict(headers or {})
+    key = api_key or os.environ.get("UNIDB_API_KEY")
+    if key and not any(name.lower() == "authorization" for name in merged):
+        merged["Authorization"] = f"Bearer {key}"
+    return merged
+
+
 class _HttpBackend:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
@@ -436,10 +447,13 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         backend: Backend | None = None,
     ) -> None:
         if backend is None:
-            http = httpx.Client(base_url=url, timeout=timeout, headers=dict(headers or {}))
+            http = httpx.Client(
+                base_url=url, timeout=timeout, headers=_auth_headers(headers, api_key)
+            )
             backend = _HttpBackend(http)
         self._backend = backend
 
@@ -768,10 +782,14 @@ class AsyncClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=url, timeout=timeout, headers=dict(headers or {}), transport=transport
+            base_url=url,
+            timeout=timeout,
+            headers=_auth_headers(headers, api_key),
+            transport=transport,
         )
 
     async def __aenter__(self) -> Self:

@@ -1,4 +1,4 @@
-"""The `unidb` command line: serve, ingest, query, migrate, quickstart."""
+"""The `unidb` command line: serve, ingest, query, migrate, keys, quickstart."""
 
 from __future__ import annotations
 
@@ -50,9 +50,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # start before serving so a database problem is one clear line, not a startup traceback
     engine = Engine.start(settings)
     try:
-        logging.getLogger("unidb").info(
-            "unidb serving on http://%s:%d (%s)", settings.host, settings.port, where
-        )
+        logger = logging.getLogger("unidb")
+        logger.info("unidb serving on http://%s:%d (%s)", settings.host, settings.port, where)
+        if settings.auth_required:
+            logger.info("API keys required (create one with `unidb keys create --tenant T`)")
+        else:
+            logger.warning(
+                "API keys are off: %s; every caller acts as tenant 'default' with every scope",
+                "UNIDB_AUTH=off" if settings.auth == "off" else "bound to loopback only",
+            )
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown whose lifespan closes the
         # engine (stopping embedded Postgres), then re-raises the signal to exit
         uvicorn.run(
@@ -61,6 +67,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level=args.log_level,
         )
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from . import auth
+    from .engine import Engine
+
+    engine = Engine.start(_settings(args))
+    try:
+        with engine.transaction() as conn:
+            if args.keys_command == "create":
+                key_id, key = auth.create_key(conn, args.tenant, auth.parse_scopes(args.scopes))
+                print(key)
+                print(
+                    f"key {key_id} for tenant {args.tenant!r}: shown once, only its hash is kept",
+                    file=sys.stderr,
+                )
+            elif args.keys_command == "revoke":
+                engine.keys.revoke(conn, args.id)
+                print(f"key {args.id} revoked")
+            else:
+                for info in auth.list_keys(conn):
+                    state = f"revoked {info.revoked_at:%Y-%m-%d}" if info.revoked_at else "live"
+                    scopes = ",".join(info.scopes)
+                    print(
+                        f"{info.id}  {info.tenant}  {scopes}  {info.created_at:%Y-%m-%d}  {state}"
+                    )
     finally:
         engine.close()
     return 0
@@ -222,6 +257,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_database(migrate, url=False)
     migrate.set_defaults(run=cmd_migrate)
+
+    keys = commands.add_parser("keys", help="API keys: create (printed once), list, revoke")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="a new key for a tenant; prints it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--scopes", default="read,write", help="some of read,write,admin")
+    with_database(create, url=False)
+    listing = keys_commands.add_parser("list", help="every key: id, tenant, scopes, state")
+    with_database(listing, url=False)
+    revoke = keys_commands.add_parser("revoke", help="stop a key from working")
+    revoke.add_argument("id")
+    with_database(revoke, url=False)
+    keys.set_defaults(run=cmd_keys)
 
     ingest = commands.add_parser("ingest", help="bulk-load a JSONL file into a collection")
     ingest.add_argument("file")

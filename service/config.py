@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="API keys on /v1 and /mcp; auto: on unless the service binds loopback only",
+    )
 
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
@@ -104,6 +109,17 @@ class Settings(BaseSettings):
         gt=0,
         description="a job whose process has not beaten its heartbeat this long is failed",
     )
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth != "auto":
+            return self.auth == "on"
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name other than localhost: assume it is reachable
+            return True
 
     @property
     def pgdata(self) -> Path:

@@ -57,6 +57,7 @@ from unidb.models import (
 from . import collections, documents, jobs, state
 from .ann import AnnIndexes, BuildTask, JobRunner
 from .ann_search import ann_search
+from .auth import KeyChecker
 from .config import Settings
 from .context import registry
 from .context.service import ContextService
@@ -113,6 +114,7 @@ class Engine:
         self.context.start()
         self.ann = AnnIndexes(settings.data_dir / "indexes")
         self.metrics = Metrics()
+        self.keys = KeyChecker()
         self.metrics.watch(self)
         self.jobs = JobRunner(pool, self.ann)
         self.jobs.start()

@@ -58,6 +58,7 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "context_sessions",
             "outbox_followers",
             "jobs",
+            "api_keys",
         }
         with engine.begin() as connection:
             version = connection.execute(
@@ -81,6 +82,7 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "context_sessions",
             "outbox_followers",
             "jobs",
+            "api_keys",
         }
     finally:
         engine.dispose()

@@ -34,6 +34,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for status, description in (
         (400, "invalid input"),
+        (401, "no API key, or an unknown one"),
+        (403, "the API key lacks the scope"),
         (404, "not found"),
         (409, "conflict"),
         (413, "payload too large"),
@@ -53,15 +55,21 @@ def invalid_input_from(exc: ValidationError | RequestValidationError) -> Invalid
     return InvalidInput(f"{field}: {message}{more}", field=field)
 
 
-def render(error: UnidbError, headers: dict[str, str] | None = None) -> JSONResponse:
+def render(error: UnidbError) -> JSONResponse:
+    headers = (
+        {"Retry-After": "1"}
+        if error.status == 503
+        else {"WWW-Authenticate": "Bearer"}
+        if error.status == 401
+        else None
+    )
     return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(UnidbError)
     async def on_unidb_error(request: Request, exc: UnidbError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return render(exc, headers)
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

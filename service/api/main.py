@@ -18,6 +18,7 @@ from . import errors
 from .limits import BodySizeLimit
 from .observe import RequestMetrics
 from .routes import collections, context, documents, health, jobs, state, transactions
+from .security import McpKeyGate
 
 
 def create_app(
@@ -54,6 +55,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(McpKeyGate)
     app.add_middleware(RequestMetrics)  # outermost: it times refused bodies too
     app.include_router(health.router)
     app.include_router(collections.router)

@@ -6,29 +6,30 @@ from unidb.models import Collection, CollectionCreate, CollectionList, DeleteRes
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES
+from ..security import ADMIN, READ
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", dependencies=[ADMIN], status_code=status.HTTP_201_CREATED)
 def create_collection(spec: CollectionCreate, engine: EngineDep) -> Collection:
     """Create a collection of ``dim``-dimensional vectors compared by ``metric``."""
     return engine.create_collection(spec)
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_collections(engine: EngineDep) -> CollectionList:
     """Every collection, by name."""
     return CollectionList(collections=engine.list_collections())
 
 
-@router.get("/{name}")
+@router.get("/{name}", dependencies=[READ])
 def get_collection(name: str, engine: EngineDep) -> Collection:
     """A collection's settings, document count and vector index state."""
     return engine.get_collection(name)
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", dependencies=[ADMIN])
 def delete_collection(name: str, engine: EngineDep) -> DeleteResult:
     """Drop a collection with all its documents."""
     return engine.delete_collection(name)

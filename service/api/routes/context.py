@@ -8,13 +8,14 @@ from unidb.models import ContextRequest, ContextResponse, PrefixList, WarmReques
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES
+from ..security import ADMIN, READ
 
 router = APIRouter(prefix="/v1", tags=["context"], responses=ERROR_RESPONSES)
 
 PrefixKey = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
 
 
-@router.post("/context")
+@router.post("/context", dependencies=[READ])
 def build_context(request: ContextRequest, engine: EngineDep) -> ContextResponse:
     """Retrieve chunks for ``query`` and lay them out as a prompt whose prefix the LLM
     engine's KV cache reuses: same inputs give a byte-identical prompt, and every full block
@@ -23,7 +24,7 @@ def build_context(request: ContextRequest, engine: EngineDep) -> ContextResponse
     return engine.build_context(request)
 
 
-@router.get("/prefixes")
+@router.get("/prefixes", dependencies=[READ])
 def list_prefixes(
     engine: EngineDep,
     collection: Annotated[str | None, Query(max_length=64)] = None,
@@ -34,7 +35,7 @@ def list_prefixes(
     return engine.list_prefixes(collection, limit=limit)
 
 
-@router.post("/prefixes/{prefix_key}/warm")
+@router.post("/prefixes/{prefix_key}/warm", dependencies=[ADMIN])
 def warm_prefix(prefix_key: PrefixKey, request: WarmRequest, engine: EngineDep) -> WarmResult:
     """Send the prefix to an OpenAI-compatible completions endpoint (``max_tokens=1``) so
     the engine holds it in its KV cache before the first real request."""

@@ -14,12 +14,14 @@ from unidb.models import (
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES
+from ..security import READ, WRITE
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["documents"], responses=ERROR_RESPONSES)
 
 
 @router.post(
     "/documents",
+    dependencies=[WRITE],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -37,13 +39,13 @@ async def upsert_documents(name: str, request: Request, engine: EngineDep) -> Up
     return await run_in_threadpool(engine.upsert_documents, name, body.documents)
 
 
-@router.get("/documents/{document_id:path}")
+@router.get("/documents/{document_id:path}", dependencies=[READ])
 def get_document(name: str, document_id: str, engine: EngineDep) -> StoredDocument:
     """One document with its embedding, version and timestamps."""
     return engine.get_document(name, document_id)
 
 
-@router.delete("/documents/{document_id:path}")
+@router.delete("/documents/{document_id:path}", dependencies=[WRITE])
 def delete_document(name: str, document_id: str, engine: EngineDep) -> DeleteResult:
     """Delete one document."""
     return engine.delete_document(name, document_id)
@@ -51,6 +53,7 @@ def delete_document(name: str, document_id: str, engine: EngineDep) -> DeleteRes
 
 @router.post(
     "/query",
+    dependencies=[READ],
     response_model=QueryResponse,
     openapi_extra={
         "requestBody": {

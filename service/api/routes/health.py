@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from unidb.models import Health
 
 from ..deps import EngineDep
+from ..security import ADMIN
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +18,12 @@ def healthz(engine: EngineDep) -> Health:
     return engine.health()
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    dependencies=[ADMIN],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
 def metrics(engine: EngineDep) -> Response:
     """Prometheus metrics: request and query latency, ingest, index lag, jobs, pool, and
     the context prefix-cache hit ratio."""

@@ -8,13 +8,16 @@ from unidb.models import IndexBuildRequest, Job
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES
+from ..security import ADMIN, READ
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-@router.post("/collections/{name}/index", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/collections/{name}/index", dependencies=[ADMIN], status_code=status.HTTP_202_ACCEPTED
+)
 def build_index(name: str, request: IndexBuildRequest, engine: EngineDep) -> Job:
     """Build the collection's FAISS index from its vectors in Postgres, as a job: on a GPU
     when FAISS sees one (CAGRA, served on the CPU as HNSW), else HNSW on the CPU. Poll
@@ -22,13 +25,13 @@ def build_index(name: str, request: IndexBuildRequest, engine: EngineDep) -> Job
     return engine.build_index(name, request)
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", dependencies=[READ])
 def get_job(job_id: JobId, engine: EngineDep) -> Job:
     """A job's status, progress (0..1), error and stats."""
     return engine.get_job(job_id)
 
 
-@router.delete("/jobs/{job_id}")
+@router.delete("/jobs/{job_id}", dependencies=[ADMIN])
 def cancel_job(job_id: JobId, engine: EngineDep) -> Job:
     """Cancel a job: at once if queued, at its next step if running (409 if it ended)."""
     return engine.cancel_job(job_id)

@@ -8,6 +8,7 @@ from unidb.models import DeleteResult, StateEntry, StateList, StatePut
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES
+from ..security import READ, WRITE
 
 router = APIRouter(prefix="/v1/state", tags=["state"], responses=ERROR_RESPONSES)
 
@@ -15,7 +16,7 @@ Namespace = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00/
 Key = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
 
 
-@router.get("/{namespace}")
+@router.get("/{namespace}", dependencies=[READ])
 def list_state(
     namespace: Namespace,
     engine: EngineDep,
@@ -28,20 +29,20 @@ def list_state(
     return engine.list_state(namespace, prefix=prefix, after=after, limit=limit)
 
 
-@router.get("/{namespace}/{key:path}")
+@router.get("/{namespace}/{key:path}", dependencies=[READ])
 def get_state(namespace: Namespace, key: Key, engine: EngineDep) -> StateEntry:
     """One value with its version."""
     return engine.get_state(namespace, key)
 
 
-@router.put("/{namespace}/{key:path}")
+@router.put("/{namespace}/{key:path}", dependencies=[WRITE])
 def put_state(namespace: Namespace, key: Key, body: StatePut, engine: EngineDep) -> StateEntry:
     """Store a JSON value. ``if_version`` makes it a compare-and-set: 409 unless the stored
     version is that number (0: unless the key is new)."""
     return engine.put_state(namespace, key, body)
 
 
-@router.delete("/{namespace}/{key:path}")
+@router.delete("/{namespace}/{key:path}", dependencies=[WRITE])
 def delete_state(
     namespace: Namespace,
     key: Key,

@@ -6,11 +6,12 @@ from unidb.models import TransactionRequest, TransactionResult
 
 from ..deps import EngineDep
 from ..errors import ERROR_RESPONSES
+from ..security import WRITE
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"], responses=ERROR_RESPONSES)
 
 
-@router.post("")
+@router.post("", dependencies=[WRITE])
 def transact(request: TransactionRequest, engine: EngineDep) -> TransactionResult:
     """Apply state and document operations in one Postgres transaction: all or nothing.
 

@@ -1,0 +1,126 @@
+"""API keys: created once, stored as argon2 hashes, checked on every request.
+
+A key reads ``unidb_<id>_<secret>``. The id finds the row; the secret is checked against its
+argon2 hash. argon2 is slow on purpose, so a key that verified is remembered (by a SHA-256
+of the whole key, never the key itself) for ``CACHE_S`` seconds; revoking a key clears this
+process's memory of it at once and other processes' within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from unidb.errors import InvalidInput, NotFound
+
+Scope = Literal["read", "write", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+CACHE_S = 30.0
+_KEY = re.compile(r"^unidb_([a-z0-9]{12})_([A-Za-z0-9_-]{32,64})$")
+_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_hasher = PasswordHasher()
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    scopes: frozenset[str]
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    tenant: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def parse_scopes(text: str) -> list[Scope]:
+    named = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(named) - set(SCOPES))
+    if unknown or not named:
+        raise InvalidInput(
+            f"scopes must be some of {', '.join(SCOPES)}; got {text!r}", field="scopes"
+        )
+    return [s for s in SCOPES if s in named]
+
+
+def create_key(conn: Connection, tenant: str, scopes: list[Scope]) -> tuple[str, str]:
+    """A new key for ``tenant``: returns (id, the whole key). Only its hash is stored."""
+    if not _TENANT.match(tenant):
+        raise InvalidInput("a tenant is 1 to 64 letters, digits, '_', '.' or '-'", field="tenant")
+    key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
+    secret = secrets.token_urlsafe(32)
+    conn.execute(
+        "INSERT INTO unidb.api_keys (id, tenant, scopes, secret_hash) VALUES (%s, %s, %s, %s)",
+        (key_id, tenant, list(scopes), _hasher.hash(secret)),
+    )
+    return key_id, f"unidb_{key_id}_{secret}"
+
+
+def list_keys(conn: Connection) -> list[KeyInfo]:
+    rows = conn.execute(
+        "SELECT id, tenant, scopes, created_at, revoked_at FROM unidb.api_keys ORDER BY created_at"
+    ).fetchall()
+    return [KeyInfo(*row) for row in rows]
+
+
+class KeyChecker:
+    """Checks bearer keys against the table, remembering good ones for a while."""
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, conn_factory: Any, key: str) -> Principal | None:
+        digest = hashlib.sha256(key.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            known = self._known.get(digest)
+        if known is not None and now - known[0] < CACHE_S:
+            return known[1]
+        match = _KEY.match(key)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        with conn_factory() as conn:
+            row = conn.execute(
+                "SELECT tenant, scopes, secret_hash FROM unidb.api_keys"
+                " WHERE id = %s AND revoked_at IS NULL",
+                (key_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        tenant, scopes, secret_hash = row
+        try:
+            _hasher.verify(secret_hash, secret)
+        except (VerificationError, InvalidHashError):
+            return None
+        principal = Principal(tenant, frozenset(scopes), key_id)
+        with self._lock:
+            self._known[digest] = (now, principal)
+        return principal
+
+    def revoke(self, conn: Connection, key_id: str) -> None:
+        cursor = conn.execute(
+            "UPDATE unidb.api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
+            (key_id,),
+        )
+        if cursor.rowcount == 0:
+            raise NotFound(f"no live key {key_id!r}", field="id")
+        with self._lock:
+            self._known = {d: p for d, p in self._known.items() if p[1].key_id != key_id}
