@@ -235,7 +235,7 @@ def main() -> None:
                 pg_rows = sweep(
                     "pgvector_hnsw",
                     pgvector,
-                    [40, 100, 200, 400, 800, 1000],
+                    [10, 20, 40, 100, 200, 400],
                     truth,
                     queries,
                     similarity,
@@ -248,7 +248,7 @@ def main() -> None:
                 return [number[key] for key, _ in hits]
 
             faiss_rows = sweep(
-                "unidb_faiss", faiss_only, [32, 64, 128, 256, 512, 1024], truth, queries, similarity
+                "unidb_faiss", faiss_only, [16, 32, 64, 128, 256], truth, queries, similarity
             )
 
             def whole_path(query: np.ndarray, _: int) -> list[int]:

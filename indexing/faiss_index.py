@@ -22,8 +22,8 @@ faiss: Any = _faiss
 # above this many vectors `auto` on the CPU builds IVF: HNSW's build time and memory grow
 # faster than IVF's
 IVF_FROM = 5_000_000
-DEFAULT_HNSW_M = 32
-DEFAULT_EF_CONSTRUCTION = 80
+DEFAULT_HNSW_M = 16
+DEFAULT_EF_CONSTRUCTION = 40
 DEFAULT_EF_SEARCH = 128
 DEFAULT_CAGRA_DEGREE = 32
 
