@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import unidb
 from unidb.indexing.embedders import MiniLM
-from unidb.indexing.faiss_index import search
+from unidb.indexing.faiss_index import DEFAULT_EF_SEARCH, search
 from unidb.service.evaluation import read_qrels, read_queries
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -256,7 +256,9 @@ def main() -> None:
                 assert answer.vector_index == "faiss"
                 return [int(h.id) for h in answer.hits]
 
-            path_rows = sweep("unidb_query_path", whole_path, [128], truth, queries, similarity)
+            path_rows = sweep(
+                "unidb_query_path", whole_path, [DEFAULT_EF_SEARCH], truth, queries, similarity
+            )
 
     pg_best, faiss_best = best_at_target(pg_rows), best_at_target(faiss_rows)
     emit(

@@ -39,6 +39,7 @@ metadata = MetaData(schema=SCHEMA)
 collections = Table(
     "collections",
     metadata,
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("id", Integer, Identity(), primary_key=True),
     Column("name", Text, nullable=False, unique=True),
     Column("dim", Integer, nullable=False),
@@ -52,6 +53,7 @@ collections = Table(
 documents = Table(
     "documents",
     metadata,
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("collection_id", Integer, primary_key=True),
     Column("id", Text, primary_key=True),
     # the document's number for chunks, the outbox and the derived indexes
@@ -74,6 +76,7 @@ documents = Table(
 chunks = Table(
     "chunks",
     metadata,
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("collection_id", Integer, primary_key=True),
     Column("document_key", BigInteger, primary_key=True),
     Column("chunk_no", Integer, primary_key=True),
@@ -86,6 +89,7 @@ chunks = Table(
 changes = Table(
     "changes",
     metadata,
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("seq", BigInteger, Identity(), primary_key=True),
     # the writing transaction's id: indexers read only below the snapshot xmin
     Column("xid", Xid8, nullable=False, server_default=func.pg_current_xact_id()),
@@ -100,6 +104,7 @@ changes = Table(
 state = Table(
     "state",
     metadata,
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("namespace", Text, primary_key=True),
     Column("key", Text, primary_key=True),
     Column("value", JSONB, nullable=False),
@@ -149,6 +154,7 @@ outbox_followers = Table(
 jobs = Table(
     "jobs",
     metadata,
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("collection_id", Integer, nullable=False),
     Column("collection", Text, nullable=False),
@@ -181,4 +187,20 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("scopes <@ ARRAY['read', 'write', 'admin']", name="api_keys_scopes_known"),
     CheckConstraint("tenant ~ '^[A-Za-z0-9_.-]{1,64}$'", name="api_keys_tenant_named"),
+)
+
+tenant_roles = Table(
+    "tenant_roles",
+    metadata,
+    # a SQL role mapped here acts as its tenant whatever it sets unidb.tenant to
+    Column("role", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+)
+
+tenant_secrets = Table(
+    "tenant_secrets",
+    metadata,
+    # the tenant's secret part of every engine cache salt it is given
+    Column("tenant", Text, primary_key=True, server_default=text("unidb.row_tenant()")),
+    Column("kv_salt", Text, nullable=False),
 )

@@ -27,7 +27,7 @@ Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
 CACHE_S = 30.0
 _KEY = re.compile(r"^unidb_([a-z0-9]{12})_([A-Za-z0-9_-]{32,64})$")
-_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _hasher = PasswordHasher()
 
 Connection = psycopg.Connection[Any]
@@ -59,10 +59,14 @@ def parse_scopes(text: str) -> list[Scope]:
     return [s for s in SCOPES if s in named]
 
 
+def check_tenant(tenant: str) -> None:
+    if not TENANT_NAME.match(tenant):
+        raise InvalidInput("a tenant is 1 to 64 letters, digits, '_', '.' or '-'", field="tenant")
+
+
 def create_key(conn: Connection, tenant: str, scopes: list[Scope]) -> tuple[str, str]:
     """A new key for ``tenant``: returns (id, the whole key). Only its hash is stored."""
-    if not _TENANT.match(tenant):
-        raise InvalidInput("a tenant is 1 to 64 letters, digits, '_', '.' or '-'", field="tenant")
+    check_tenant(tenant)
     key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
     secret = secrets.token_urlsafe(32)
     conn.execute(

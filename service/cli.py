@@ -101,6 +101,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .tenants import grant_sql_role
+
+    engine = Engine.start(_settings(args))
+    try:
+        with engine.transaction(service_wide=True) as conn:
+            grant_sql_role(conn, args.role, args.tenant)
+        print(f"role {args.role} now reads tenant {args.tenant!r} only")
+    finally:
+        engine.close()
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .engine import Engine
 
@@ -270,6 +284,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     with_database(revoke, url=False)
     keys.set_defaults(run=cmd_keys)
+
+    tenants = commands.add_parser("tenants", help="tenants' SQL roles")
+    tenants_commands = tenants.add_subparsers(dest="tenants_command", required=True)
+    sql_role = tenants_commands.add_parser(
+        "sql-role", help="let an existing Postgres role read one tenant's rows (and no others)"
+    )
+    sql_role.add_argument("role")
+    sql_role.add_argument("--tenant", required=True)
+    with_database(sql_role, url=False)
+    tenants.set_defaults(run=cmd_tenants)
 
     ingest = commands.add_parser("ingest", help="bulk-load a JSONL file into a collection")
     ingest.add_argument("file")

@@ -74,7 +74,7 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
             raise InvalidInput("an openai embedder needs the endpoint's url", field="embedder.url")
     row = conn.execute(
         "INSERT INTO unidb.collections (name, dim, metric, embedder) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (name) DO NOTHING"
+        " ON CONFLICT (tenant, name) DO NOTHING"
         " RETURNING id, name, dim, metric, created_at, embedder, NULL::boolean",
         (
             spec.name,

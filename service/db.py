@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
@@ -15,6 +16,7 @@ from unidb.errors import Unavailable
 from unidb.schema import upgrade
 
 from .config import Settings
+from .tenancy import SERVICE_ROLE, SERVICE_WIDE
 
 log = logging.getLogger("unidb.db")
 
@@ -65,6 +67,9 @@ def open_pool(dsn: str, settings: Settings) -> ConnectionPool[psycopg.Connection
             ("statement_timeout", str(settings.statement_timeout_ms)),
         )
         conn.execute("SET application_name = 'unidb'")
+        # no superuser: row-level security binds the service (see migration 0007)
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(SERVICE_ROLE)))
+        conn.execute("SELECT set_config('unidb.tenant', %s, false)", (SERVICE_WIDE,))
         conn.commit()
 
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(

@@ -69,6 +69,7 @@ from .fusion import fuse
 from .hits import hydrate
 from .metrics import Metrics
 from .search import vector_search
+from .tenancy import SERVICE_WIDE, current_tenant
 from .text_indexes import TextIndexes
 from .text_search import bm25_search
 from .transactions import at_op, current_token, token_xid
@@ -118,7 +119,7 @@ class Engine:
         self.metrics.watch(self)
         self.jobs = JobRunner(pool, self.ann)
         self.jobs.start()
-        with self.transaction() as conn:
+        with self.transaction(service_wide=True) as conn:
             orphans = jobs.fail_orphans(conn, silent_for_s=settings.job_orphan_after_s)
         if orphans:
             log.warning("%d jobs of a stopped process were marked failed", orphans)
@@ -165,10 +166,15 @@ class Engine:
             self._embedded = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One pooled connection in one transaction: committed on success, rolled back on error."""
+    def transaction(self, *, service_wide: bool = False) -> Iterator[Connection]:
+        """One pooled connection in one transaction: committed on success, rolled back on error.
+
+        Row-level security shows it the current request's tenant only, or with
+        ``service_wide`` every tenant (for the service's own bookkeeping)."""
+        tenant = SERVICE_WIDE if service_wide else current_tenant.get()
         try:
             with self.pool.connection() as conn:
+                conn.execute("SELECT set_config('unidb.tenant', %s, true)", (tenant,))
                 yield conn
         except UnidbError:
             raise
@@ -184,15 +190,19 @@ class Engine:
 
     def database_gauges(self) -> dict[str, Any]:
         """Index lag per collection, jobs by status and pool use, read now for `/metrics`."""
-        lag: dict[tuple[str, str], int] = {}
-        with self.transaction() as conn:
-            for row in collections.list_all(conn):
-                opened = self.text_indexes.opened(row.id)
+        lag: dict[tuple[str, str, str], int] = {}
+        with self.transaction(service_wide=True) as conn:
+            for collection_id, tenant, name in conn.execute(
+                "SELECT id, tenant, name FROM unidb.collections"
+            ).fetchall():
+                opened = self.text_indexes.opened(collection_id)
                 if opened is not None:
-                    lag[row.name, "bm25"] = outbox.lag(conn, row.id, since=opened.watermark)
-                ann = self.ann.status(conn, row.id)
+                    lag[tenant, name, "bm25"] = outbox.lag(
+                        conn, collection_id, since=opened.watermark
+                    )
+                ann = self.ann.status(conn, collection_id)
                 if ann is not None:
-                    lag[row.name, "faiss"] = ann.lag
+                    lag[tenant, name, "faiss"] = ann.lag
             counted = dict(
                 conn.execute("SELECT status, count(*) FROM unidb.jobs GROUP BY status").fetchall()
             )

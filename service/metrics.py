@@ -72,11 +72,11 @@ class _EngineGauges(Collector):
         figures = self.read()
         lag = GaugeMetricFamily(
             "unidb_index_lag",
-            "committed changes not yet in an index, by collection and index",
-            labels=["collection", "index"],
+            "committed changes not yet in an index, by tenant, collection and index",
+            labels=["tenant", "collection", "index"],
         )
-        for (collection, index), value in sorted(figures["lag"].items()):
-            lag.add_metric([collection, index], value)
+        for (tenant, collection, index), value in sorted(figures["lag"].items()):
+            lag.add_metric([tenant, collection, index], value)
         yield lag
         jobs = GaugeMetricFamily("unidb_jobs", "jobs by status", labels=["status"])
         for status, value in sorted(figures["jobs"].items()):

@@ -48,7 +48,7 @@ def put(
     if if_version is None:
         row = conn.execute(
             "INSERT INTO unidb.state AS s (namespace, key, value) VALUES (%s, %s, %s)"
-            " ON CONFLICT (namespace, key) DO UPDATE"
+            " ON CONFLICT (tenant, namespace, key) DO UPDATE"
             "   SET value = excluded.value, version = s.version + 1, updated_at = now()"
             " RETURNING namespace, key, value, version, created_at, updated_at",
             (namespace, key, Jsonb(value)),
@@ -56,7 +56,7 @@ def put(
     elif if_version == 0:
         row = conn.execute(
             "INSERT INTO unidb.state (namespace, key, value) VALUES (%s, %s, %s)"
-            " ON CONFLICT (namespace, key) DO NOTHING RETURNING namespace, key, value, version, created_at, updated_at",
+            " ON CONFLICT (tenant, namespace, key) DO NOTHING RETURNING namespace, key, value, version, created_at, updated_at",
             (namespace, key, Jsonb(value)),
         ).fetchone()
     else:

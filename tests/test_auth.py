@@ -50,9 +50,9 @@ def test_auth_is_on_off_the_loopback() -> None:
 @pytest.mark.usefixtures("auth_on")
 def test_keys_and_scopes(api: TestClient, engine: Engine, collection: str) -> None:
     reader, writer, admin = (
-        _key(engine, "acme", "read"),
-        _key(engine, "acme", "read", "write"),
-        _key(engine, "acme", "admin"),
+        _key(engine, "default", "read"),
+        _key(engine, "default", "read", "write"),
+        _key(engine, "default", "admin"),
     )
     before = snapshot(engine)
     missing = api.post("/v1/collections", json={"name": collection, "dim": 2})

@@ -72,7 +72,9 @@ def test_metrics_follow_the_work(api: TestClient, engine: Engine, collection: st
         - _value(before, "unidb_query_seconds_count", **bm25)
         == 3
     )  # two queries and the context's search
-    assert _value(after, "unidb_index_lag", collection=collection, index="bm25") == 0
+    assert (
+        _value(after, "unidb_index_lag", tenant="default", collection=collection, index="bm25") == 0
+    )
     assert _value(after, "unidb_pool_connections", state="max") == engine.settings.pool_max_size
     assert ("unidb_jobs", (("status", "running"),)) in after
     prompt = _value(after, "unidb_context_prompt_tokens_total") - _value(

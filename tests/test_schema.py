@@ -59,6 +59,8 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "outbox_followers",
             "jobs",
             "api_keys",
+            "tenant_roles",
+            "tenant_secrets",
         }
         with engine.begin() as connection:
             version = connection.execute(
@@ -83,6 +85,8 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             "outbox_followers",
             "jobs",
             "api_keys",
+            "tenant_roles",
+            "tenant_secrets",
         }
     finally:
         engine.dispose()

@@ -18,9 +18,10 @@ from unidb.errors import Forbidden, Unauthorized, UnidbError
 from ..auth import Principal
 from ..auth import Scope as KeyScope
 from ..engine import Engine
+from ..tenancy import DEFAULT_TENANT, current_tenant
 from .errors import render
 
-OPEN = Principal("default", frozenset(("read", "write", "admin")))
+OPEN = Principal(DEFAULT_TENANT, frozenset(("read", "write", "admin")))
 _bearer = HTTPBearer(auto_error=False, description="an API key from `unidb keys create`")
 
 
@@ -50,6 +51,8 @@ def require(scope: KeyScope) -> Any:
         if scope not in principal.scopes:
             raise Forbidden(f"this API key lacks the {scope!r} scope", field="authorization")
         request.state.principal = principal
+        # copied into the worker thread that runs the route, and from there to Postgres
+        current_tenant.set(principal.tenant)
         return principal
 
     return Depends(check)
@@ -59,7 +62,8 @@ READ, WRITE, ADMIN = require("read"), require("write"), require("admin")
 
 
 class McpKeyGate:
-    """/mcp carries reading and writing tools alike: its key needs read and write."""
+    """/mcp carries reading and writing tools alike: its key needs read and write, and
+    belongs to the default tenant."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -72,6 +76,13 @@ class McpKeyGate:
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
         try:
             principal = await authenticate(scope["app"].state.engine, authorization)
+            if principal.tenant != DEFAULT_TENANT:
+                # MCP sessions run their tool calls outside the request that opened them, so
+                # the caller's tenant cannot follow them there yet
+                raise Forbidden(
+                    "/mcp serves the default tenant only; other tenants use REST or the SDK",
+                    field="authorization",
+                )
             missing = {"read", "write"} - principal.scopes
             if missing:
                 raise Forbidden(

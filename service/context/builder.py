@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from unidb.models import (
 )
 
 from .. import collections
+from ..tenancy import DEFAULT_TENANT, current_tenant
 from .hashing import BlockHasher, event_key
 from .kv_events import Residency
 from .prompt import Chunk, Layout, Piece, budget, fit, frame, pieces, stable
@@ -25,9 +27,6 @@ from .registry import Sent, candidates, load_session, register, save_session
 from .tokenizer import Tokenizers
 
 Connection = psycopg.Connection[Any]
-
-# until tenants exist every row belongs to this one
-DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +84,7 @@ class ContextBuilder:
 
     def shape(self, row: collections.CollectionRow, request: ContextRequest) -> str:
         return _digest(
-            DEFAULT_TENANT,
+            current_tenant.get(),
             row.id,
             request.tokenizer,
             request.template.model_dump(),
@@ -112,7 +111,7 @@ class ContextBuilder:
         if request.session is not None:
             session = load_session(
                 conn,
-                tenant=DEFAULT_TENANT,
+                tenant=current_tenant.get(),
                 session=request.session,
                 collection_id=row.id,
                 shape=shape,
@@ -195,7 +194,7 @@ class ContextBuilder:
         layout: Layout,
         turn: SessionTurn | None,
     ) -> ContextResponse:
-        salt = request.salt
+        salt = tenant_salt(conn, request.salt)
         prefix_tokens = layout.prefix_token_ids
         token_ids = layout.token_ids
         block_hashes = self.hasher.chain(token_ids, block_size=request.block_size, salt=salt)
@@ -205,7 +204,7 @@ class ContextBuilder:
         register(
             conn,
             prefix_key=prefix_key,
-            tenant=DEFAULT_TENANT,
+            tenant=current_tenant.get(),
             collection_id=row.id,
             shape=shape,
             members=members,
@@ -235,7 +234,7 @@ class ContextBuilder:
         if turn is not None and request.session is not None:
             number = save_session(
                 conn,
-                tenant=DEFAULT_TENANT,
+                tenant=current_tenant.get(),
                 session=request.session,
                 collection_id=row.id,
                 shape=shape,
@@ -265,3 +264,20 @@ class ContextBuilder:
             engine_hint=best[0] if best and best[1] > 0 else None,
             session=session,
         )
+
+
+def tenant_salt(conn: Connection, salt: str | None) -> str | None:
+    """The engine cache salt for the current tenant: its secret, then the caller's ``salt``.
+
+    The default tenant has no secret, so a single-tenant install's salts stay as sent."""
+    tenant = current_tenant.get()
+    if tenant == DEFAULT_TENANT:
+        return salt
+    conn.execute(
+        "INSERT INTO unidb.tenant_secrets (kv_salt) VALUES (%s) ON CONFLICT DO NOTHING",
+        (secrets.token_hex(16),),
+    )
+    row = conn.execute("SELECT kv_salt FROM unidb.tenant_secrets").fetchone()
+    assert row is not None
+    secret: str = row[0]
+    return f"{secret}:{salt}" if salt else secret
