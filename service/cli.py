@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,46 +73,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from . import auth
+@contextmanager
+def _administration(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The engine and one service-wide transaction, for commands that manage the service."""
     from .engine import Engine
-
-    engine = Engine.start(_settings(args))
-    try:
-        with engine.transaction() as conn:
-            if args.keys_command == "create":
-                key_id, key = auth.create_key(conn, args.tenant, auth.parse_scopes(args.scopes))
-                print(key)
-                print(
-                    f"key {key_id} for tenant {args.tenant!r}: shown once, only its hash is kept",
-                    file=sys.stderr,
-                )
-            elif args.keys_command == "revoke":
-                engine.keys.revoke(conn, args.id)
-                print(f"key {args.id} revoked")
-            else:
-                for info in auth.list_keys(conn):
-                    state = f"revoked {info.revoked_at:%Y-%m-%d}" if info.revoked_at else "live"
-                    scopes = ",".join(info.scopes)
-                    print(
-                        f"{info.id}  {info.tenant}  {scopes}  {info.created_at:%Y-%m-%d}  {state}"
-                    )
-    finally:
-        engine.close()
-    return 0
-
-
-def cmd_tenants(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .tenants import grant_sql_role
 
     engine = Engine.start(_settings(args))
     try:
         with engine.transaction(service_wide=True) as conn:
-            grant_sql_role(conn, args.role, args.tenant)
-        print(f"role {args.role} now reads tenant {args.tenant!r} only")
+            yield engine, conn
     finally:
         engine.close()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from . import auth
+
+    with _administration(args) as (engine, conn):
+        if args.keys_command == "create":
+            key_id, key = auth.create_key(conn, args.tenant, auth.parse_scopes(args.scopes))
+            print(key)
+            print(
+                f"key {key_id} for tenant {args.tenant!r}: shown once, only its hash is kept",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "revoke":
+            engine.keys.revoke(conn, args.id)
+            print(f"key {args.id} revoked")
+        else:
+            for info in auth.list_keys(conn):
+                state = f"revoked {info.revoked_at:%Y-%m-%d}" if info.revoked_at else "live"
+                scopes = ",".join(info.scopes)
+                print(f"{info.id}  {info.tenant}  {scopes}  {info.created_at:%Y-%m-%d}  {state}")
+    return 0
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from .tenants import grant_sql_role
+
+    with _administration(args) as (_, conn):
+        grant_sql_role(conn, args.role, args.tenant)
+    print(f"role {args.role} now reads tenant {args.tenant!r} only")
     return 0
 
 
