@@ -184,6 +184,11 @@ class Engine:
             raise Unavailable("the statement timed out") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
+        except psycopg.DataError as exc:
+            # a value Postgres cannot hold (a NUL character, a number out of range): the
+            # caller's input, refused and rolled back
+            message = str(exc).splitlines()[0] if str(exc) else "invalid value"
+            raise InvalidInput(f"invalid value: {message}") from exc
         except psycopg.Error as exc:
             log.exception("database error")
             raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
