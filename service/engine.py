@@ -77,6 +77,9 @@ from .vector_index import build_hnsw
 
 log = logging.getLogger("unidb.engine")
 
+# psycopg refuses NUL characters before sending (no SQLSTATE); 22021: bad byte sequence
+_UNSTORABLE_INPUT = (None, "22021")
+
 Connection = psycopg.Connection[Any]
 
 # how often a query may look at a collection's size to decide on an HNSW build
@@ -185,8 +188,11 @@ class Engine:
         except psycopg.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
         except psycopg.DataError as exc:
-            # a value Postgres cannot hold (a NUL character, a number out of range): the
-            # caller's input, refused and rolled back
+            if exc.sqlstate not in _UNSTORABLE_INPUT:
+                log.exception("database error")
+                raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
+            # text Postgres cannot hold (a NUL character, a bad encoding) sent by the caller:
+            # refused and rolled back, where a data error of our own statements is a 500
             message = str(exc).splitlines()[0] if str(exc) else "invalid value"
             raise InvalidInput(f"invalid value: {message}") from exc
         except psycopg.Error as exc:
