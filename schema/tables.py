@@ -117,7 +117,7 @@ prefixes = Table(
     "prefixes",
     metadata,
     Column("prefix_key", Text, primary_key=True),
-    Column("tenant", Text, nullable=False, server_default="default"),
+    Column("tenant", Text, nullable=False, server_default=text("unidb.row_tenant()")),
     Column("collection_id", Integer, nullable=False),
     # hash of what else decides the prefix's tokens: tokenizer, template, block size, salt
     Column("shape", Text, nullable=False),
@@ -135,7 +135,7 @@ prefixes = Table(
 context_sessions = Table(
     "context_sessions",
     metadata,
-    Column("tenant", Text, primary_key=True, server_default="default"),
+    Column("tenant", Text, primary_key=True, server_default=text("unidb.row_tenant()")),
     Column("session", Text, primary_key=True),
     Column("collection_id", Integer, nullable=False),
     Column("shape", Text, nullable=False),

@@ -187,15 +187,12 @@ class Engine:
             raise Unavailable("the statement timed out") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
-        except psycopg.DataError as exc:
-            if exc.sqlstate not in _UNSTORABLE_INPUT:
-                log.exception("database error")
-                raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
-            # text Postgres cannot hold (a NUL character, a bad encoding) sent by the caller:
-            # refused and rolled back, where a data error of our own statements is a 500
-            message = str(exc).splitlines()[0] if str(exc) else "invalid value"
-            raise InvalidInput(f"invalid value: {message}") from exc
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.DataError) and exc.sqlstate in _UNSTORABLE_INPUT:
+                # text Postgres cannot hold (a NUL character, a bad encoding) sent by the
+                # caller: refused and rolled back; other data errors are the service's own
+                message = str(exc).splitlines()[0] if str(exc) else "invalid value"
+                raise InvalidInput(f"invalid value: {message}") from exc
             log.exception("database error")
             raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
 

@@ -85,16 +85,21 @@ def finish(
     )
 
 
+# a queued job ends at once; a running one sees cancel_requested at its next step
+_CANCEL = (
+    "UPDATE unidb.jobs SET cancel_requested = true,"
+    " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
+    " finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END"
+)
+
+
 def cancel(conn: Connection, job_id: int) -> Job:
     """A queued job is cancelled at once; a running one stops at its next step."""
     job = get(conn, job_id)
     if job.status in ("done", "failed", "cancelled"):
         raise Conflict(f"job {job_id} already ended ({job.status})", field="id")
     conn.execute(
-        "UPDATE unidb.jobs SET cancel_requested = true,"
-        " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
-        " finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END"
-        " WHERE id = %s",
+        _CANCEL + " WHERE id = %s",
         (job_id,),
     )
     return get(conn, job_id)
@@ -103,10 +108,7 @@ def cancel(conn: Connection, job_id: int) -> Job:
 def cancel_for_collection(conn: Connection, collection_id: int) -> None:
     """Stop every job of a collection that is being dropped."""
     conn.execute(
-        "UPDATE unidb.jobs SET cancel_requested = true,"
-        " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
-        " finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END"
-        " WHERE collection_id = %s AND status IN ('queued', 'running')",
+        _CANCEL + " WHERE collection_id = %s AND status IN ('queued', 'running')",
         (collection_id,),
     )
 

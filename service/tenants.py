@@ -22,14 +22,14 @@ def grant_sql_role(conn: Connection, role: str, tenant: str) -> None:
     """Let the existing Postgres ``role`` read ``tenant``'s collections, documents and state
     (and call unidb.search_*) — whatever it sets unidb.tenant to."""
     check_tenant(tenant)
-    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
-        raise NotFound(
-            f"no Postgres role {role!r}; create it first (CREATE ROLE ...)", field="role"
-        )
     flags = conn.execute(
         "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)
     ).fetchone()
-    if flags and flags[0]:
+    if flags is None:
+        raise NotFound(
+            f"no Postgres role {role!r}; create it first (CREATE ROLE ...)", field="role"
+        )
+    if flags[0]:
         raise InvalidInput(
             f"role {role!r} is a superuser or bypasses row-level security", field="role"
         )

@@ -43,25 +43,28 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+TABLES = {
+    "collections",
+    "documents",
+    "chunks",
+    "changes",
+    "state",
+    "prefixes",
+    "context_sessions",
+    "outbox_followers",
+    "jobs",
+    "api_keys",
+    "tenant_roles",
+    "tenant_secrets",
+}
+
+
 def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
     engine = sqlalchemy_engine(scratch_database)
     try:
         with engine.begin() as connection:
             upgrade(connection)
-        assert _tables(scratch_database) == {
-            "collections",
-            "documents",
-            "chunks",
-            "changes",
-            "state",
-            "prefixes",
-            "context_sessions",
-            "outbox_followers",
-            "jobs",
-            "api_keys",
-            "tenant_roles",
-            "tenant_secrets",
-        }
+        assert _tables(scratch_database) == TABLES
         with engine.begin() as connection:
             version = connection.execute(
                 text("SELECT version_num FROM unidb.alembic_version")
@@ -74,20 +77,7 @@ def test_upgrade_downgrade_upgrade(scratch_database: str) -> None:
             connection.execute(
                 text("INSERT INTO unidb.collections (name, dim, metric) VALUES ('c', 3, 'cosine')")
             )
-        assert _tables(scratch_database) == {
-            "collections",
-            "documents",
-            "chunks",
-            "changes",
-            "state",
-            "prefixes",
-            "context_sessions",
-            "outbox_followers",
-            "jobs",
-            "api_keys",
-            "tenant_roles",
-            "tenant_secrets",
-        }
+        assert _tables(scratch_database) == TABLES
     finally:
         engine.dispose()
 

@@ -273,11 +273,14 @@ def tenant_salt(conn: Connection, salt: str | None) -> str | None:
     tenant = current_tenant.get()
     if tenant == DEFAULT_TENANT:
         return salt
-    conn.execute(
-        "INSERT INTO unidb.tenant_secrets (kv_salt) VALUES (%s) ON CONFLICT DO NOTHING",
-        (secrets.token_hex(16),),
-    )
-    row = conn.execute("SELECT kv_salt FROM unidb.tenant_secrets").fetchone()
-    assert row is not None
+    read = "SELECT kv_salt FROM unidb.tenant_secrets"  # row-level security: this tenant's
+    row = conn.execute(read).fetchone()
+    if row is None:  # the tenant's first context: make its secret (once, if two race)
+        conn.execute(
+            "INSERT INTO unidb.tenant_secrets (kv_salt) VALUES (%s) ON CONFLICT DO NOTHING",
+            (secrets.token_hex(16),),
+        )
+        row = conn.execute(read).fetchone()
+        assert row is not None
     secret: str = row[0]
     return f"{secret}:{salt}" if salt else secret
