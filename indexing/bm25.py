@@ -170,6 +170,15 @@ class Bm25Index:
         hits = searcher.search(query, limit).hits
         return [(int(searcher.doc(address)["key"][0]), float(score)) for score, address in hits]
 
+    def keys(self) -> set[int]:
+        """Every document key in the index as last committed (a consistency check's input)."""
+        self._index.reload()
+        searcher = self._index.searcher()
+        if not searcher.num_docs:
+            return set()
+        hits = searcher.search(tantivy.Query.all_query(), int(searcher.num_docs)).hits
+        return {int(searcher.doc(address)["key"][0]) for _, address in hits}
+
     def stats(self, terms: Iterable[str]) -> CorpusStats:
         searcher = self._index.searcher()
         documents = int(searcher.num_docs)

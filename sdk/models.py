@@ -62,6 +62,9 @@ Consistency = Literal["strong", "eventual"]
 
 MAX_DIM = 16000
 MAX_ID_CHARS = 512
+# ceilings of the server's configurable limits (its max_k, max_query_chars)
+MAX_K = 100_000
+MAX_QUERY_CHARS = 1_000_000
 
 
 def _no_nul(value: str) -> str:
@@ -296,9 +299,11 @@ class QueryRequest(_Model):
     filter language. ``consistency="strong"`` sees every write committed before the query.
     """
 
-    text: Text | None = Field(default=None, max_length=10_000)
+    text: Text | None = Field(
+        default=None, max_length=MAX_QUERY_CHARS, description="at most the server's max_query_chars"
+    )
     vector: list[float] | None = None
-    k: int = Field(default=10, ge=1, le=1000)
+    k: int = Field(default=10, ge=1, le=MAX_K, description="at most the server's max_k")
     mode: QueryMode = "hybrid"
     filter: dict[str, Any] | None = None
     fusion: Fusion = DEFAULT_FUSION
@@ -377,8 +382,10 @@ class ContextRequest(_Model):
     place and new ones are appended. ``salt`` becomes the engine's ``cache_salt``."""
 
     collection: CollectionName
-    query: Text = Field(min_length=1, max_length=10_000)
-    k: int = Field(default=5, ge=1, le=100)
+    query: Text = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, description="at most the server's max_query_chars"
+    )
+    k: int = Field(default=5, ge=1, le=MAX_K, description="at most the server's max_k")
     mode: QueryMode = "hybrid"
     filter: dict[str, Any] | None = None
     template: ContextTemplate = Field(default_factory=ContextTemplate)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     max_batch_documents: int = Field(default=10_000, ge=1, le=1 << 20)
     max_text_chars: int = Field(default=1_000_000, ge=1)
     max_filter_depth: int = Field(default=8, ge=1)
+    max_k: int = Field(default=1000, ge=1, le=100_000, description="hits one query may ask for")
+    max_query_chars: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="characters of one query's text"
+    )
     max_state_bytes: int = Field(default=1024 * 1024, ge=16, description="one state value, as JSON")
 
     hnsw_min_rows: int = Field(

@@ -29,8 +29,16 @@ _TUNING = {
 }
 
 
+_OWNER_FILE = "unidb.owner"
+
+
 class EmbeddedPostgres:
-    """A Postgres cluster under ``pgdata``: initialized on first use, stopped by whoever started it."""
+    """A Postgres cluster under ``pgdata``: initialized on first use, stopped by its owner.
+
+    The owner is the process that started the cluster, or one that found it running after
+    its owner died (a ``kill -9`` leaves the postmaster running); its pid is kept in
+    ``pgdata/unidb.owner``. Any other process attaches and leaves the cluster running.
+    """
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata.expanduser().resolve()
@@ -42,11 +50,18 @@ class EmbeddedPostgres:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         already_running = _postmaster_running(self.pgdata)
         self._server = get_server(self.pgdata, cleanup_mode=None)
-        self._started_here = not already_running
+        orphaned = already_running and not _process_alive(_read_pid(self.pgdata / _OWNER_FILE))
+        self._started_here = not already_running or orphaned
+        if self._started_here:
+            (self.pgdata / _OWNER_FILE).write_text(f"{os.getpid()}\n")
         uri: str = self._server.get_uri()
         log.info(
             "embedded Postgres %s at %s",
-            "started" if self._started_here else "attached",
+            "started"
+            if not already_running
+            else "adopted (its owner died)"
+            if orphaned
+            else "attached",
             self.pgdata,
         )
         return uri
@@ -88,6 +103,7 @@ class EmbeddedPostgres:
                     capture_output=True,
                     timeout=60,
                 )
+                (self.pgdata / _OWNER_FILE).unlink(missing_ok=True)
                 log.info("embedded Postgres stopped")
         except subprocess.CalledProcessError:
             log.warning("embedded Postgres at %s was not running at stop", self.pgdata)
@@ -98,11 +114,15 @@ class EmbeddedPostgres:
             atexit.unregister(server._cleanup)
 
 
-def _postmaster_running(pgdata: Path) -> bool:
-    pid_file = pgdata / "postmaster.pid"
+def _read_pid(pid_file: Path) -> int | None:
     try:
-        pid = int(pid_file.read_text().splitlines()[0])
+        return int(pid_file.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
         return False
     try:
         os.kill(pid, 0)
@@ -111,3 +131,7 @@ def _postmaster_running(pgdata: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _postmaster_running(pgdata: Path) -> bool:
+    return _process_alive(_read_pid(pgdata / "postmaster.pid"))

@@ -182,9 +182,15 @@ class Engine:
         except UnidbError:
             raise
         except PoolTimeout as exc:
-            raise Unavailable("no database connection free; retry shortly") from exc
+            raise Unavailable(
+                f"no database connection came free within {self.settings.pool_timeout_s} s "
+                f"(UNIDB_POOL_TIMEOUT_S, UNIDB_POOL_MAX_SIZE); retry shortly"
+            ) from exc
         except pg_errors.QueryCanceled as exc:
-            raise Unavailable("the statement timed out") from exc
+            raise Unavailable(
+                f"the statement ran past {self.settings.statement_timeout_ms} ms "
+                f"(UNIDB_STATEMENT_TIMEOUT_MS) and was cancelled; nothing was changed"
+            ) from exc
         except psycopg.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
         except psycopg.Error as exc:
@@ -345,7 +351,20 @@ class Engine:
         )
         return answer
 
+    def _check_limits(self, k: int, text: str | None, text_field: str) -> None:
+        if k > self.settings.max_k:
+            raise InvalidInput(
+                f"k is {k}, over the limit of {self.settings.max_k} (UNIDB_MAX_K)", field="k"
+            )
+        if text is not None and len(text) > self.settings.max_query_chars:
+            raise InvalidInput(
+                f"the query is {len(text)} characters, over the limit of "
+                f"{self.settings.max_query_chars} (UNIDB_MAX_QUERY_CHARS)",
+                field=text_field,
+            )
+
     def _query(self, collection: str, request: QueryRequest) -> QueryResponse:
+        self._check_limits(request.k, request.text, "text")
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
         where = (
@@ -459,6 +478,7 @@ class Engine:
     # -- context for LLM engines ---------------------------------------------------------
 
     def build_context(self, request: ContextRequest) -> ContextResponse:
+        self._check_limits(request.k, request.query, "query")
         self.context.tokenizers.get(request.tokenizer)  # refused before any search
         found = self.query(
             request.collection,

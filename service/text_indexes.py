@@ -52,12 +52,19 @@ class TextIndexes:
             if index is None:
                 index = Bm25Index(self.path(collection_id))
                 if index.watermark == 0:
-                    with self.pool.connection() as conn:
-                        conn.commit()
-                        count = rebuild(conn, collection_id, index)
-                    log.info(
-                        "BM25 index of collection %d built from %d documents", collection_id, count
-                    )
+                    try:
+                        with self.pool.connection() as conn:
+                            conn.commit()
+                            count = rebuild(conn, collection_id, index)
+                        log.info(
+                            "BM25 index of collection %d built from %d documents",
+                            collection_id,
+                            count,
+                        )
+                    except IndexBusy:
+                        # another process is building it; queries score what it has not
+                        # committed yet from Postgres meanwhile
+                        self._follow_writer(collection_id, index)
                 self._indexes[collection_id] = index
             return index
 
@@ -70,11 +77,14 @@ class TextIndexes:
             try:
                 return catch_up(conn, collection_id, index)
             except IndexBusy:
-                if collection_id not in self._followed:
-                    log.warning("another process writes %s; this one follows it", index.path)
-                    self._followed.add(collection_id)
-                index.follow()
+                self._follow_writer(collection_id, index)
                 return 0
+
+    def _follow_writer(self, collection_id: int, index: Bm25Index) -> None:
+        if collection_id not in self._followed:
+            log.warning("another process writes %s; this one follows it", index.path)
+            self._followed.add(collection_id)
+        index.follow()
 
     def drop(self, collection_id: int) -> None:
         with self._lock_for(collection_id):

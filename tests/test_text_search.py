@@ -210,3 +210,27 @@ def test_hybrid_fuses_both_lists(engine: Engine, collection: str) -> None:
     text_only = client.query(collection, text="mountain").hits  # hybrid with text alone
     assert {h.id for h in text_only} == {"vector_match", "both"}  # "mountains" stems to "mountain"
     assert all(h.scores.vector is None and h.scores.bm25 is not None for h in text_only)
+
+
+def test_opening_an_index_another_process_is_building(engine: Engine, collection: str) -> None:
+    """The opener follows the builder instead of failing, and BM25 still sees every row."""
+    from unidb.indexing.bm25 import Bm25Index
+    from unidb.service.text_indexes import TextIndexes
+
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(collection, [Document(id=f"d{i}", text=f"alpha {i}") for i in range(5)])
+    collection_id = _collection_id(engine, collection)
+    second = TextIndexes(engine.text_indexes.root, engine.pool, interval_s=60)
+    # another process has taken the writer and not yet committed its first build
+    builder = Bm25Index(second.path(collection_id))
+    try:
+        builder.apply([], [], watermark=0)
+        follower = second.get(collection_id)
+        assert follower.watermark == 0 and second.refresh(collection_id) == 0
+        # the session engine opens the same index and follows too: rows unindexed so far
+        # are scored from Postgres
+        assert sorted(_bm25(engine, collection, "alpha")) == [f"d{i}" for i in range(5)]
+    finally:
+        builder.close()
+        second.close()
