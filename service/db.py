@@ -57,8 +57,16 @@ def migrate(dsn: str) -> None:
         engine.dispose()
 
 
-def open_pool(dsn: str, settings: Settings) -> ConnectionPool[psycopg.Connection[Any]]:
-    """The process's pool; every connection knows the vector type and the statement timeout."""
+# the BM25 tailer, the prefix follower and one index build at a time
+BACKGROUND_CONNECTIONS = 3
+
+
+def open_pool(
+    dsn: str, settings: Settings, *, background: bool = False
+) -> ConnectionPool[psycopg.Connection[Any]]:
+    """The process's pool for requests, or with ``background`` the small one its own work
+    uses (index tailing, prefix invalidation, index builds), so that work never queues behind
+    requests; every connection knows the vector type and the statement timeout."""
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         register_vector(conn)
@@ -74,12 +82,14 @@ def open_pool(dsn: str, settings: Settings) -> ConnectionPool[psycopg.Connection
 
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
         dsn,
-        min_size=settings.pool_min_size,
-        max_size=max(settings.pool_max_size, settings.pool_min_size),
+        min_size=1 if background else settings.pool_min_size,
+        max_size=BACKGROUND_CONNECTIONS
+        if background
+        else max(settings.pool_max_size, settings.pool_min_size),
         timeout=settings.pool_timeout_s,
         configure=configure,
         open=False,
-        name="unidb",
+        name="unidb-background" if background else "unidb",
     )
     pool.open(wait=True, timeout=30)
     return pool

@@ -97,10 +97,13 @@ class Engine:
         pool: ConnectionPool[Connection],
         dsn: str,
         embedded: EmbeddedPostgres | None = None,
+        background_pool: ConnectionPool[Connection] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.dsn = dsn
+        self._owns_background_pool = background_pool is None
+        self.background_pool = background_pool or open_pool(dsn, settings, background=True)
         self._embedded = embedded
         self._limits = documents.Limits(
             max_batch_documents=settings.max_batch_documents,
@@ -111,16 +114,18 @@ class Engine:
         self._lock = threading.Lock()
         self._embedders: dict[int, Embedder] = {}
         self.text_indexes = TextIndexes(
-            settings.data_dir / "indexes", pool, interval_s=settings.tailer_interval_s
+            settings.data_dir / "indexes",
+            self.background_pool,
+            interval_s=settings.tailer_interval_s,
         )
         self.text_indexes.start()
-        self.context = ContextService(settings, pool)
+        self.context = ContextService(settings, self.background_pool)
         self.context.start()
         self.ann = AnnIndexes(settings.data_dir / "indexes")
         self.metrics = Metrics()
         self.keys = KeyChecker()
         self.metrics.watch(self)
-        self.jobs = JobRunner(pool, self.ann)
+        self.jobs = JobRunner(self.background_pool, self.ann)
         self.jobs.start()
         with self.transaction(service_wide=True) as conn:
             orphans = jobs.fail_orphans(conn, silent_for_s=settings.job_orphan_after_s)
@@ -163,6 +168,8 @@ class Engine:
         self.jobs.close()
         self.context.close()
         self.text_indexes.close()
+        if self._owns_background_pool:
+            self.background_pool.close()
         self.pool.close()
         if self._embedded is not None:
             self._embedded.stop()

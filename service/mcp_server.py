@@ -19,9 +19,16 @@ import unidb
 from unidb import Client
 from unidb.tools import TOOLS
 
+from .tenancy import current_tenant
 
-def build_server(client: Callable[[], Client]) -> Server[Any]:
-    """An MCP server whose tool calls go through the client ``client()`` returns."""
+
+def build_server(
+    client: Callable[[], Client], tenant_of: Callable[[Any], str] | None = None
+) -> Server[Any]:
+    """An MCP server whose tool calls go through the client ``client()`` returns.
+
+    With ``tenant_of`` each tool call runs as the tenant it names for the call's request
+    context (over HTTP: the tenant of the API key on the request that carried the call)."""
 
     async def list_tools(
         context: Any, params: types.PaginatedRequestParams | None
@@ -34,10 +41,19 @@ def build_server(client: Callable[[], Client]) -> Server[Any]:
         )
 
     async def call_tool(context: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tenant = tenant_of(context) if tenant_of is not None else None
+
+        def run() -> Any:
+            if tenant is None:
+                return client().call_tool(params.name, dict(params.arguments or {}))
+            token = current_tenant.set(tenant)
+            try:
+                return client().call_tool(params.name, dict(params.arguments or {}))
+            finally:
+                current_tenant.reset(token)
+
         # the engine is synchronous: run the call off the event loop
-        result = await anyio.to_thread.run_sync(
-            client().call_tool, params.name, dict(params.arguments or {})
-        )
+        result = await anyio.to_thread.run_sync(run)
         failed = isinstance(result, dict) and set(result) == {"error"}
         structured = result if isinstance(result, dict) else {"result": result}
         return types.CallToolResult(

@@ -47,6 +47,10 @@ class TextIndexes:
 
     def get(self, collection_id: int) -> Bm25Index:
         """The collection's index, built from the table if it has never been."""
+        # opened already: no lock, which the tailer holds while it applies changes
+        opened = self._indexes.get(collection_id)
+        if opened is not None:
+            return opened
         with self._lock_for(collection_id):
             index = self._indexes.get(collection_id)
             if index is None:
@@ -73,7 +77,8 @@ class TextIndexes:
 
         When another process writes this index, follow its commits instead."""
         index = self.get(collection_id)
-        with self._lock_for(collection_id), self.pool.connection() as conn:
+        # the connection before the lock: waiting for one must not hold up this index's opener
+        with self.pool.connection() as conn, self._lock_for(collection_id):
             try:
                 return catch_up(conn, collection_id, index)
             except IndexBusy:

@@ -258,7 +258,7 @@ def test_oversize_body_is_413_before_parsing(engine: Engine, loaded: str) -> Non
 
 def test_text_over_the_limit_is_413(engine: Engine, loaded: str) -> None:
     small = engine.settings.model_copy(update={"max_text_chars": 10})
-    limited = Engine(small, engine.pool, engine.dsn)
+    limited = Engine(small, engine.pool, engine.dsn, background_pool=engine.background_pool)
     # the session engine's tailer and prefix follower own the indexes and the registry
     limited.text_indexes.close()
     limited.context.close()

@@ -146,6 +146,7 @@ def engine_with_events(
         settings.model_copy(update={"kv_engines": [events], "data_dir": tmp_path}),
         engine.pool,
         engine.dsn,
+        background_pool=engine.background_pool,
     )
     own.text_indexes.close()  # the session engine follows the outbox; this one reads
     try:

@@ -28,7 +28,7 @@ def limited_api(engine: Engine, *, own_pool: bool = False, **limits: Any) -> Ite
     """The REST API over an engine with ``limits`` set (and its own pool, for pool limits)."""
     settings = engine.settings.model_copy(update=limits)
     pool = open_pool(engine.dsn, settings) if own_pool else engine.pool
-    limited = Engine(settings, pool, engine.dsn)
+    limited = Engine(settings, pool, engine.dsn, background_pool=engine.background_pool)
     # the session engine's tailer, prefix follower and job runner own the background work
     limited.text_indexes.close()
     limited.context.close()

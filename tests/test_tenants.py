@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -79,10 +80,6 @@ def test_tenants_cannot_reach_each_other(
     assert api.get("/v1/state/notes/plan", headers=a).json()["value"] == "a only"
     assert api.get("/v1/state/notes", headers=b).json()["entries"][0]["value"] == "b's"
 
-    # MCP sessions cannot carry a tenant yet: refused rather than served as another
-    mcp = api.post("/mcp", json={}, headers=a)
-    assert mcp.status_code == 403 and "default tenant" in mcp.json()["error"]["message"]
-
     # jobs
     job = api.post(f"{base}/index", json={}, headers=a).json()
     assert api.get(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
@@ -119,3 +116,57 @@ def test_tenants_cannot_reach_each_other(
     assert api.delete(base, headers=b).status_code == 200
     assert api.get(f"{base}/documents/secret", headers=a).status_code == 200
     assert api.delete(base, headers=a).status_code == 200
+
+
+@pytest.mark.usefixtures("auth_on")
+def test_mcp_tool_calls_run_as_the_keys_tenant(server_url: str, engine: Engine) -> None:
+    import anyio
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    a = _key(engine, "tenant-a", "read", "write", "admin")
+    b = _key(engine, "tenant-b", "read", "write", "admin")
+    name = f"mcp_{uuid.uuid4().hex[:8]}"
+    for key in (a, b):
+        made = httpx.post(
+            f"{server_url}/v1/collections", json={"name": name, "dim": 2}, headers=_bearer(key)
+        )
+        assert made.status_code == 201, made.text
+
+    async def calls(key: str, *tool_calls: tuple[str, dict[str, Any]]) -> list[Any]:
+        async with (
+            httpx2.AsyncClient(headers=_bearer(key)) as http,
+            streamable_http_client(f"{server_url}/mcp", http_client=http) as streams,
+            ClientSession(streams[0], streams[1]) as session,
+        ):
+            await session.initialize()
+            return [await session.call_tool(tool, arguments) for tool, arguments in tool_calls]
+
+    secret = {"id": "secret", "text": "alpha secret plan", "embedding": [1.0, 0.0]}
+    wrote, stored = anyio.run(
+        calls,
+        a,
+        ("upsert_documents", {"collection": name, "documents": [secret]}),
+        ("put_state", {"namespace": "plans", "key": "next", "value": "a only"}),
+    )
+    assert not wrote.is_error and not stored.is_error
+    read, searched, state, context = anyio.run(
+        calls,
+        b,
+        ("get_document", {"collection": name, "id": "secret"}),
+        ("search", {"collection": name, "text": "secret plan", "mode": "bm25"}),
+        ("get_state", {"namespace": "plans", "key": "next"}),
+        ("build_context", {"collection": name, "query": "secret plan", "mode": "bm25"}),
+    )
+    assert read.is_error and "secret" not in str(read.structured_content.get("text", ""))
+    assert searched.structured_content["hits"] == []
+    assert state.is_error
+    assert "alpha secret" not in context.structured_content["prompt"]
+    # the same calls with A's key see A's rows; the default tenant's collection list has neither
+    (own,) = anyio.run(calls, a, ("get_document", {"collection": name, "id": "secret"}))
+    assert own.structured_content["text"] == "alpha secret plan"
+    assert (
+        httpx.get(f"{server_url}/v1/collections/{name}", headers=_bearer(a)).json()["documents"]
+        == 1
+    )

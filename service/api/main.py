@@ -18,7 +18,7 @@ from . import errors
 from .limits import BodySizeLimit
 from .observe import RequestMetrics
 from .routes import collections, context, documents, health, jobs, state, transactions
-from .security import McpKeyGate
+from .security import McpKeyGate, mcp_tenant
 
 
 def create_app(
@@ -31,7 +31,7 @@ def create_app(
     """
     settings = settings or (engine.settings if engine else Settings())
     # MCP over streamable HTTP at /mcp: the same tools as `unidb mcp`, on this app's engine
-    mcp = build_server(lambda: Client(backend=app.state.engine))
+    mcp = build_server(lambda: Client(backend=app.state.engine), tenant_of=mcp_tenant)
     mcp_routes = mcp.streamable_http_app(streamable_http_path="/mcp", host=settings.host).routes
 
     @asynccontextmanager

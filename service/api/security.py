@@ -62,8 +62,10 @@ READ, WRITE, ADMIN = require("read"), require("write"), require("admin")
 
 
 class McpKeyGate:
-    """/mcp carries reading and writing tools alike: its key needs read and write, and
-    belongs to the default tenant."""
+    """/mcp carries reading and writing tools alike: its key needs read and write.
+
+    The key's principal rides in the request's scope state, where each tool call carried by
+    the request finds its tenant (`mcp_tenant`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -76,13 +78,6 @@ class McpKeyGate:
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
         try:
             principal = await authenticate(scope["app"].state.engine, authorization)
-            if principal.tenant != DEFAULT_TENANT:
-                # MCP sessions run their tool calls outside the request that opened them, so
-                # the caller's tenant cannot follow them there yet
-                raise Forbidden(
-                    "/mcp serves the default tenant only; other tenants use REST or the SDK",
-                    field="authorization",
-                )
             missing = {"read", "write"} - principal.scopes
             if missing:
                 raise Forbidden(
@@ -92,4 +87,19 @@ class McpKeyGate:
         except UnidbError as error:
             await render(error)(scope, receive, send)
             return
+        scope.setdefault("state", {})[_PRINCIPAL] = principal
         await self.app(scope, receive, send)
+
+
+_PRINCIPAL = "unidb_principal"
+
+
+def mcp_tenant(context: Any) -> str:
+    """The tenant of the key on the HTTP request that carried an MCP tool call."""
+    request = getattr(context, "request", None)
+    state = request.scope.get("state", {}) if request is not None else {}
+    principal = state.get(_PRINCIPAL)
+    if not isinstance(principal, Principal):
+        # every /mcp request passes McpKeyGate; a call without its principal is refused
+        raise Unauthorized("this MCP call carries no API key", field="authorization")
+    return principal.tenant
