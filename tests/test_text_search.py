@@ -234,3 +234,36 @@ def test_opening_an_index_another_process_is_building(engine: Engine, collection
     finally:
         builder.close()
         second.close()
+
+
+def test_queries_do_not_wait_for_a_tailer_waiting_for_a_connection(
+    engine: Engine, collection: str
+) -> None:
+    """The tailer takes its connection before the index's lock, so a query that needs the
+    index never queues behind a tailer pass stuck waiting for the pool."""
+    import threading
+    from contextlib import ExitStack
+
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(collection, [Document(id="d1", text="alpha one")])
+    collection_id = _collection_id(engine, collection)
+    engine.text_indexes.get(collection_id)
+    background = engine.background_pool
+    finished: list[str] = []
+
+    def tailer_pass() -> None:
+        try:
+            engine.text_indexes.refresh(collection_id)
+        finally:
+            finished.append("tailer")
+
+    with ExitStack() as held:
+        for _ in range(background.max_size):  # the tailer's pool, all taken
+            held.enter_context(background.connection())
+        stuck = threading.Thread(target=tailer_pass)
+        stuck.start()
+        assert _bm25(engine, collection, "alpha") == ["d1"]
+        finished.append("query")
+    stuck.join()
+    assert finished == ["query", "tailer"]  # answered while the tailer still waited
