@@ -300,6 +300,13 @@ def _merge(conn: Connection, collection: CollectionRow, batch: Batch, block: int
     return UpsertResult(written=written, unchanged=len(batch.ids) - written)
 
 
+def _float_list(vector: Any) -> list[float]:
+    """A pgvector value as floats: pgvector-python loads a `Vector` (0.4 on) or a numpy
+    array (before), and users' other packages decide which is installed."""
+    to_list = getattr(vector, "to_list", None)
+    return list(to_list()) if to_list is not None else np.asarray(vector, dtype=float).tolist()
+
+
 def get(conn: Connection, collection: CollectionRow, document_id: str) -> StoredDocument:
     row = conn.execute(
         "SELECT d.id, d.text, d.metadata, c.embedding, d.version, d.created_at, d.updated_at"
@@ -318,7 +325,7 @@ def get(conn: Connection, collection: CollectionRow, document_id: str) -> Stored
         id=doc_id,
         text=text,
         metadata=metadata,
-        embedding=embedding.to_list() if embedding is not None else None,
+        embedding=_float_list(embedding) if embedding is not None else None,
         version=version,
         created_at=created_at,
         updated_at=updated_at,

@@ -441,7 +441,7 @@ class Engine:
             bm25_hits = bm25_search(
                 conn, row, index, request.text, limit=depth, where=where, strong=strong
             )
-        ranked = fuse(request, bm25_hits, vector_hits)[: request.k]
+        ranked = fuse(request, bm25_hits, vector_hits, depth=depth)[: request.k]
         hits = hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
         return QueryResponse(hits=hits, exhaustive=exhaustive, vector_index=served_by)
 

@@ -31,16 +31,23 @@ def _scaled(scores: Mapping[int, float]) -> dict[int, float]:
 
 
 def weighted(
-    bm25: Mapping[int, float], vector: Mapping[int, float], *, alpha: float
+    bm25: Mapping[int, float],
+    vector: Mapping[int, float],
+    *,
+    alpha: float,
+    bm25_complete: bool = False,
 ) -> dict[int, float]:
     """``alpha`` · vector + (1 − alpha) · bm25, each divided by its list's best score.
 
     A key missing from one list takes that list's lowest scaled score: it ranked below
     every candidate the list returned. (Chosen on SciFact's train judgments over min-max
-    and z-score scaling and over zero for missing keys; see the README.)
+    and z-score scaling and over zero for missing keys; see the README.) When BM25 returned
+    fewer hits than it was asked for (``bm25_complete``), a key missing from it matched no
+    query term and takes zero: otherwise the only match of a rare term would score no
+    better than every document without it.
     """
     bm25_scaled, vector_scaled = _scaled(bm25), _scaled(vector)
-    bm25_floor = min(bm25_scaled.values(), default=0.0)
+    bm25_floor = 0.0 if bm25_complete else min(bm25_scaled.values(), default=0.0)
     vector_floor = min(vector_scaled.values(), default=0.0)
     return {
         key: alpha * vector_scaled.get(key, vector_floor)
@@ -53,9 +60,12 @@ def fuse(
     request: QueryRequest,
     bm25_hits: list[tuple[int, float]],
     vector_hits: list[tuple[int, float]],
+    *,
+    depth: int,
 ) -> list[tuple[int, float | None]]:
     """Keys best first with their fused score: the request's fusion when both retrievers
-    answered; one retriever's own scores when only one did (fused only in hybrid mode)."""
+    answered; one retriever's own scores when only one did (fused only in hybrid mode).
+    ``depth`` is how many hits each retriever was asked for."""
     if not bm25_hits or not vector_hits:
         single = bm25_hits or vector_hits
         fused = request.mode == "hybrid"
@@ -63,7 +73,12 @@ def fuse(
     if request.fusion == "rrf":
         scores = rrf([[k for k, _ in bm25_hits], [k for k, _ in vector_hits]])
     else:
-        scores = weighted(dict(bm25_hits), dict(vector_hits), alpha=request.alpha)
+        scores = weighted(
+            dict(bm25_hits),
+            dict(vector_hits),
+            alpha=request.alpha,
+            bm25_complete=len(bm25_hits) < depth,
+        )
     return [
         (key, score) for key, score in sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     ]

@@ -267,3 +267,22 @@ def test_queries_do_not_wait_for_a_tailer_waiting_for_a_connection(
         finished.append("query")
     stuck.join()
     assert finished == ["query", "tailer"]  # answered while the tailer still waited
+
+
+def test_weighted_fusion_ranks_the_only_bm25_match_first(engine: Engine, collection: str) -> None:
+    """A key BM25 did not return, when BM25 returned all it had, matched no query term: it
+    must not tie with the one document that did."""
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [
+            Document(id="a", text="ordinary words", embedding=[1.0, 0.0]),
+            Document(id="b", text="the rare insulin word", embedding=[0.0, 1.0]),
+        ],
+    )
+    for alpha in (0.0, 0.3):
+        hits = client.query(
+            collection, text="insulin", vector=[1.0, 0.0], fusion="weighted", alpha=alpha
+        ).hits
+        assert [hit.id for hit in hits] == ["b", "a"], alpha
