@@ -37,7 +37,9 @@ from .models import (
     ContextRequest,
     ContextResponse,
     ContextTemplate,
+    DeleteCount,
     DeleteResult,
+    DeleteWhere,
     Document,
     EmbedderSpec,
     Fusion,
@@ -81,6 +83,7 @@ class Backend(Protocol):
     def upsert_documents(self, collection: str, documents: list[Document]) -> UpsertResult: ...
     def get_document(self, collection: str, document_id: str) -> StoredDocument: ...
     def delete_document(self, collection: str, document_id: str) -> DeleteResult: ...
+    def delete_documents(self, collection: str, request: DeleteWhere) -> DeleteCount: ...
     def query(self, collection: str, request: QueryRequest) -> QueryResponse: ...
     def get_state(self, namespace: str, key: str) -> StateEntry: ...
     def put_state(self, namespace: str, key: str, body: StatePut) -> StateEntry: ...
@@ -319,6 +322,11 @@ class _HttpBackend:
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         body = self._send("DELETE", _document_path(collection, document_id))
         return DeleteResult.model_validate_json(body)
+
+    def delete_documents(self, collection: str, request: DeleteWhere) -> DeleteCount:
+        payload = request.model_dump_json(exclude_none=True).encode()
+        body = self._send("POST", f"{_collection_path(collection)}/documents/delete", payload)
+        return DeleteCount.model_validate_json(body)
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         payload = request.model_dump_json(exclude_none=True).encode()
@@ -658,6 +666,21 @@ class Client:
         except NotFound:
             return False
 
+    def delete_where(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> int:
+        """Delete the documents matching ``filter``, among ``ids``, or both, in one
+        transaction; returns how many were deleted."""
+        request = DeleteWhere(
+            filter=dict(filter) if filter is not None else None,
+            ids=list(ids) if ids is not None else None,
+        )
+        return self._backend.delete_documents(collection, request).deleted
+
     def query(
         self,
         collection: str,
@@ -892,6 +915,21 @@ class AsyncClient:
         except NotFound:
             return False
         return DeleteResult.model_validate_json(body).deleted
+
+    async def delete_where(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> int:
+        request = DeleteWhere(
+            filter=dict(filter) if filter is not None else None,
+            ids=list(ids) if ids is not None else None,
+        )
+        payload = request.model_dump_json(exclude_none=True).encode()
+        body = await self._send("POST", f"{_collection_path(collection)}/documents/delete", payload)
+        return DeleteCount.model_validate_json(body).deleted
 
     async def query(
         self,

@@ -212,6 +212,21 @@ class DeleteResult(_Model):
     deleted: bool
 
 
+class DeleteWhere(_Model):
+    """Documents to delete: those matching ``filter``, those among ``ids``, or (both given)
+    those among ``ids`` that match. One of the two is required; to empty a collection,
+    drop it."""
+
+    filter: dict[str, Any] | None = None
+    ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]] | None = Field(
+        default=None, max_length=100_000
+    )
+
+
+class DeleteCount(_Model):
+    deleted: int = Field(description="documents deleted")
+
+
 # measured on SciFact's train judgments (never the test ones): weighted at 0.5 beat RRF
 DEFAULT_FUSION: Fusion = "weighted"
 DEFAULT_ALPHA = 0.5

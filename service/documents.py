@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
 from unidb.models import Document, StoredDocument, UpsertResult
@@ -330,6 +331,30 @@ def get(conn: Connection, collection: CollectionRow, document_id: str) -> Stored
         created_at=created_at,
         updated_at=updated_at,
     )
+
+
+def delete_where(
+    conn: Connection,
+    collection: CollectionRow,
+    where: sql.Composable,
+    params: list[Any],
+) -> int:
+    """Delete the collection's documents matching ``where`` (on ``d``), their chunks, and
+    note each in the outbox; returns how many."""
+    statement = sql.SQL(
+        """
+        WITH gone AS (
+            DELETE FROM unidb.documents d WHERE d.collection_id = {collection} AND {where}
+            RETURNING d.key, d.version
+        ), gone_chunks AS (
+            DELETE FROM unidb.chunks c USING gone
+            WHERE c.collection_id = {collection} AND c.document_key = gone.key
+        )
+        INSERT INTO unidb.changes (collection_id, document_key, op, version)
+        SELECT {collection}, key, 'delete', version FROM gone
+        """
+    ).format(collection=sql.Literal(collection.id), where=where)
+    return conn.execute(statement, params).rowcount
 
 
 def delete(conn: Connection, collection: CollectionRow, document_id: str) -> bool:

@@ -30,9 +30,11 @@ from unidb.models import (
     CollectionCreate,
     ContextRequest,
     ContextResponse,
+    DeleteCount,
     DeleteDocumentOp,
     DeleteResult,
     DeleteStateOp,
+    DeleteWhere,
     Document,
     Health,
     IndexBuildRequest,
@@ -349,6 +351,30 @@ class Engine:
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         with self.transaction() as conn:
             return _delete_document(conn, collection, document_id)
+
+    def delete_documents(self, collection: str, request: DeleteWhere) -> DeleteCount:
+        if request.filter is None and request.ids is None:
+            raise InvalidInput(
+                "give a filter, ids or both; to delete every document, drop the collection",
+                field="filter",
+            )
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        if request.filter is not None:
+            compiled = compile_filter(
+                request.filter,
+                column=sql.SQL("d.metadata"),
+                max_depth=self.settings.max_filter_depth,
+            )
+            parts.append(compiled.expression)
+            params.extend(compiled.params)
+        if request.ids is not None:
+            parts.append(sql.SQL("d.id = ANY({})").format(sql.Placeholder()))
+            params.append(request.ids)
+        with self.transaction() as conn:
+            row = collections.get(conn, collection, lock=True)
+            where = sql.SQL(" AND ").join(parts)
+            return DeleteCount(deleted=documents.delete_where(conn, row, where, params))
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         began = time.perf_counter()

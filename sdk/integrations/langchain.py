@@ -155,11 +155,11 @@ class UnidbVectorStore(VectorStore):
         if ids is None:
             self.delete_collection()
             return True
-        for document_id in ids:
+        if ids:
             try:
-                self.client.delete(self.collection, document_id)
+                self.client.delete_where(self.collection, ids=ids)
             except NotFound:  # the collection itself is missing: nothing to delete
-                return True
+                pass
         return True
 
     def delete_collection(self) -> None:

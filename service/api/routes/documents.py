@@ -4,7 +4,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from unidb.models import (
+    DeleteCount,
     DeleteResult,
+    DeleteWhere,
     QueryRequest,
     QueryResponse,
     StoredDocument,
@@ -37,6 +39,12 @@ async def upsert_documents(name: str, request: Request, engine: EngineDep) -> Up
     # the hot ingest path: pydantic parses the raw JSON bytes in one pass
     body = UpsertRequest.model_validate_json(await request.body())
     return await run_in_threadpool(engine.upsert_documents, name, body.documents)
+
+
+@router.post("/documents/delete", dependencies=[WRITE])
+def delete_documents(name: str, body: DeleteWhere, engine: EngineDep) -> DeleteCount:
+    """Delete the documents matching ``filter``, among ``ids``, or both, in one transaction."""
+    return engine.delete_documents(name, body)
 
 
 @router.get("/documents/{document_id:path}", dependencies=[READ])

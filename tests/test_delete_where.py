@@ -1,0 +1,39 @@
+"""Deleting by filter and ids: one transaction, the outbox told, bad input refused."""
+
+from __future__ import annotations
+
+import pytest
+
+import unidb
+from unidb.service.engine import Engine
+
+from .conftest import snapshot
+
+
+@pytest.mark.parametrize("over", ["rest", "embedded"])
+def test_delete_where(server_url: str, engine: Engine, collection: str, over: str) -> None:
+    client = unidb.Client(server_url) if over == "rest" else unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [
+            {"id": f"d{i}", "text": f"note {i} shared", "metadata": {"source": f"s{i % 3}"}}
+            for i in range(9)
+        ],
+    )
+    assert client.delete_where(collection, filter={"source": "s0"}) == 3
+    assert client.delete_where(collection, ids=["d1", "d2", "missing"]) == 2
+    assert client.delete_where(collection, filter={"source": "s1"}, ids=["d4", "d5"]) == 1
+    left = {hit.id for hit in client.query(collection, text="shared", mode="bm25", k=20).hits}
+    assert left == {"d5", "d7", "d8"}  # strong BM25 reads see the deletes at once
+    assert client.get_collection(collection).documents == 3
+
+    before = snapshot(engine)
+    with pytest.raises(unidb.InvalidInput) as refused:
+        client.delete_where(collection)
+    assert refused.value.field == "filter"
+    with pytest.raises(unidb.InvalidInput):
+        client.delete_where(collection, filter={"source": {"$regex": "s"}})
+    with pytest.raises(unidb.NotFound):
+        client.delete_where("no_such_collection", ids=["d5"])
+    assert snapshot(engine) == before
