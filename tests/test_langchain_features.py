@@ -32,8 +32,9 @@ TEXTS = [
 @pytest.fixture
 def store(engine: Engine, collection: str) -> UnidbVectorStore:
     client = unidb.Client(backend=engine)
+    # the fake embedding's scores are noise: rank fusion keeps BM25's evidence whatever they are
     store = UnidbVectorStore(
-        client, collection, DeterministicFakeEmbedding(size=8), search_type="hybrid"
+        client, collection, DeterministicFakeEmbedding(size=8), search_type="hybrid", fusion="rrf"
     )
     store.add_texts(
         TEXTS,

@@ -35,7 +35,7 @@ from pydantic import ConfigDict, Field
 from .. import tools as _tools
 from .._client import Client
 from ..errors import NotFound
-from ..models import Fusion, Hit, QueryMode
+from ..models import DEFAULT_ALPHA, DEFAULT_FUSION, Fusion, Hit, QueryMode
 
 __all__ = [
     "UnidbCache",
@@ -69,8 +69,8 @@ class UnidbVectorStore(VectorStore):
     must have a server-side embedder (``create_collection(..., embedder={"kind": "minilm"})``).
     A missing collection is created on the first write with the embedding's dimension.
     ``search_type`` is what ``search()`` and ``as_retriever()`` do by default: similarity,
-    mmr or hybrid (BM25 and vectors fused by ``fusion``: rrf or weighted with ``alpha`` the
-    vector share).
+    mmr or hybrid (BM25 and vectors fused by ``fusion``: weighted with ``alpha`` the vector
+    share, unidb's default, or rrf).
     """
 
     def __init__(
@@ -80,8 +80,8 @@ class UnidbVectorStore(VectorStore):
         embedding: Embeddings | None = None,
         *,
         search_type: Literal["similarity", "mmr", "hybrid"] = "similarity",
-        fusion: Fusion = "rrf",
-        alpha: float = 0.5,
+        fusion: Fusion = DEFAULT_FUSION,
+        alpha: float = DEFAULT_ALPHA,
     ) -> None:
         self.client = client
         self.collection = collection
@@ -325,8 +325,8 @@ class UnidbRetriever(BaseRetriever):
     k: int = Field(default=4, ge=1)
     filter: dict[str, Any] | None = None
     mode: QueryMode = "hybrid"
-    fusion: Fusion = "rrf"
-    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    fusion: Fusion = DEFAULT_FUSION
+    alpha: float = Field(default=DEFAULT_ALPHA, ge=0.0, le=1.0)
     embedding: Embeddings | None = Field(
         default=None, description="embeds queries here; else the collection's embedder does"
     )
