@@ -42,6 +42,18 @@ class Settings(BaseSettings):
         description="API keys on /v1 and /mcp; auto: on unless the service binds loopback only",
     )
 
+    replica_urls: list[str] = Field(
+        default_factory=list,
+        description="streaming standbys of database_url that may serve reads (JSON list)",
+    )
+    replica_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        le=60_000,
+        description="how long a read with a commit token waits for a replica to replay it "
+        "before the primary answers",
+    )
+
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
     pool_timeout_s: float = Field(default=10.0, gt=0)

@@ -66,6 +66,15 @@ class EmbeddedPostgres:
         )
         return uri
 
+    @property
+    def system_user(self) -> str | None:
+        """The operating-system user the cluster runs as, when not this process's own (its
+        tools must run as it too)."""
+        if self._server is None:
+            raise RuntimeError("the cluster is not started")
+        user: str | None = self._server.system_user
+        return user
+
     def tune(self, conn: psycopg.Connection[Any]) -> None:
         """Apply `_TUNING` with ALTER SYSTEM where it differs (``conn`` in autocommit)."""
         changed = False

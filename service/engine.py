@@ -28,6 +28,7 @@ from unidb.indexing.vectors import count_vectors
 from unidb.models import (
     Collection,
     CollectionCreate,
+    Consistency,
     ContextRequest,
     ContextResponse,
     DeleteCount,
@@ -70,11 +71,12 @@ from .filters import CompiledFilter, compile_filter
 from .fusion import fuse
 from .hits import hydrate
 from .metrics import Metrics
+from .replicas import Replicas
 from .search import vector_search
 from .tenancy import SERVICE_WIDE, current_tenant
 from .text_indexes import TextIndexes
 from .text_search import bm25_search
-from .transactions import at_op, current_token, token_xid
+from .transactions import at_op, commit_token, current_xid, token_lsn, token_xid, wal_position
 from .vector_index import build_hnsw
 
 log = logging.getLogger("unidb.engine")
@@ -100,10 +102,12 @@ class Engine:
         dsn: str,
         embedded: EmbeddedPostgres | None = None,
         background_pool: ConnectionPool[Connection] | None = None,
+        replica_pools: list[ConnectionPool[Connection]] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.dsn = dsn
+        self.replicas = Replicas(replica_pools or [], wait_s=settings.replica_wait_ms / 1000)
         self._owns_background_pool = background_pool is None
         self.background_pool = background_pool or open_pool(dsn, settings, background=True)
         self._embedded = embedded
@@ -150,11 +154,12 @@ class Engine:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     embedded.tune(conn)
             pool = open_pool(dsn, settings)
+            replica_pools = [open_pool(url, settings) for url in settings.replica_urls]
         except BaseException:
             if embedded is not None:
                 embedded.stop()
             raise
-        return cls(settings, pool, dsn, embedded)
+        return cls(settings, pool, dsn, embedded, replica_pools=replica_pools)
 
     @classmethod
     def open_embedded(cls, path: Path, **overrides: Any) -> Engine:
@@ -172,20 +177,24 @@ class Engine:
         self.text_indexes.close()
         if self._owns_background_pool:
             self.background_pool.close()
+        self.replicas.close()
         self.pool.close()
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
 
     @contextmanager
-    def transaction(self, *, service_wide: bool = False) -> Iterator[Connection]:
+    def transaction(
+        self, *, service_wide: bool = False, pool: ConnectionPool[Connection] | None = None
+    ) -> Iterator[Connection]:
         """One pooled connection in one transaction: committed on success, rolled back on error.
 
         Row-level security shows it the current request's tenant only, or with
-        ``service_wide`` every tenant (for the service's own bookkeeping)."""
+        ``service_wide`` every tenant (for the service's own bookkeeping). ``pool`` is the
+        primary's unless a read replica's is given."""
         tenant = SERVICE_WIDE if service_wide else current_tenant.get()
         try:
-            with self.pool.connection() as conn:
+            with (pool or self.pool).connection() as conn:
                 conn.execute("SELECT set_config('unidb.tenant', %s, true)", (tenant,))
                 yield conn
         except UnidbError:
@@ -210,6 +219,25 @@ class Engine:
                 raise InvalidInput(f"invalid value: {message}") from exc
             log.exception("database error")
             raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
+
+    @contextmanager
+    def reading(self, *, consistency: Consistency, after: str | None) -> Iterator[Connection]:
+        """A transaction for a read. A read replica serves it when one is configured and the
+        read allows it: eventual consistency, or a commit token whose LSN the replica replays
+        within ``replica_wait_ms``. Otherwise, strong reads included, the primary does."""
+        lsn = token_lsn(after) if after is not None else None
+        eligible = lsn is not None or (after is None and consistency == "eventual")
+        replica = self.replicas.pick() if eligible else None
+        if replica is not None:
+            with self.transaction(pool=replica) as conn:
+                if lsn is None or self.replicas.wait_for(conn, lsn):
+                    self.metrics.reads.labels("replica").inc()
+                    yield conn
+                    return
+        # no replica, or it has not replayed the commit in time
+        self.metrics.reads.labels("primary").inc()
+        with self.transaction() as conn:
+            yield conn
 
     def database_gauges(self) -> dict[str, Any]:
         """Index lag per collection, jobs by status and pool use, read now for `/metrics`."""
@@ -409,7 +437,7 @@ class Engine:
             if request.filter
             else None
         )
-        with self.transaction() as conn:
+        with self.reading(consistency=request.consistency, after=request.after) as conn:
             row = collections.get(conn, collection)
             embedder = self.embedder(row)
             wants_embedding = (
@@ -423,7 +451,7 @@ class Engine:
         # embed outside a transaction: a model call must not hold a connection
         assert embedder is not None and request.text
         query_vector = self._embed(embedder, [request.text])[0]
-        with self.transaction() as conn:
+        with self.reading(consistency=request.consistency, after=request.after) as conn:
             return self._answer(conn, row, request, query_vector, where)
 
     def _answer(
@@ -602,8 +630,11 @@ class Engine:
                     results.append(self._apply(conn, op))
                 except UnidbError as exc:
                     raise at_op(exc, index) from exc
-            token = current_token(conn)
-        return TransactionResult(results=results, commit_token=token)
+            xid = current_xid(conn)
+        # read after the commit: the WAL position is then past its commit record
+        with self.pool.connection() as conn:
+            lsn = wal_position(conn)
+        return TransactionResult(results=results, commit_token=commit_token(xid, lsn))
 
     def _embedded_op(self, op: Any) -> Any:
         if not isinstance(op, UpsertDocumentsOp):

@@ -42,6 +42,12 @@ class Metrics:
             "unidb_ingest_rows", "documents written (upserted) by collection", ["collection"],
             registry=self.registry,
         )  # fmt: skip
+        self.reads = Counter(
+            "unidb_reads",
+            "searches served by a read replica or by the primary",
+            ["target"],
+            registry=self.registry,
+        )
         self.context_tokens = Counter(
             "unidb_context_prompt_tokens",
             "prompt tokens of built contexts",

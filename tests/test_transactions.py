@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,7 @@ def test_state_and_documents_commit_together(
             "StateEntry",
             "StateEntry",
         ]
-        assert tx.commit_token.startswith("1:")
+        assert re.fullmatch(r"2:\d+:[0-9A-F]+/[0-9A-F]+", tx.commit_token)
         assert client.get_state(namespace, "cursor").value == 1
         assert client.get(collection, "m1").text == "remember the milk"
         with client.transaction() as tx:
@@ -115,6 +116,12 @@ def test_commit_token_makes_eventual_reads_include_the_commit(
             collection, text="zanzibar", mode="bm25", consistency="eventual", after=tx.commit_token
         ).hits
         assert [h.id for h in seen] == ["fresh"]
+        # a token of the first form (no LSN) still works
+        xid = tx.commit_token.split(":")[1]
+        old_form = reader.query(
+            collection, text="zanzibar", mode="bm25", consistency="eventual", after=f"1:{xid}"
+        ).hits
+        assert [h.id for h in old_form] == ["fresh"]
     with pytest.raises(unidb.InvalidInput) as error:
         reader.query(collection, text="x", after="not-a-token")
     assert error.value.field == "after"
