@@ -14,6 +14,8 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,6 +174,11 @@ class AnnIndexes:
         }
 
 
+# advisory lock key space for collection builds: (BUILD_LOCK, collection id)
+BUILD_LOCK = 0x756E6964
+LOCK_POLL_S = 0.5
+
+
 class JobRunner:
     """Runs this process's build jobs one at a time, beating their heartbeats."""
 
@@ -220,12 +227,44 @@ class JobRunner:
                 with self._lock:
                     self._mine.discard(task.job_id)
 
+    @contextmanager
+    def _sole_builder(self, task: BuildTask) -> Iterator[None]:
+        """Hold the collection's build lock: one process at a time builds a collection's
+        index. It is a session advisory lock, so a builder that dies (its connection
+        closes) frees it; while another holds it this job waits, beating its heartbeat."""
+        key = (BUILD_LOCK, task.collection.id)
+        with self.pool.connection() as conn:
+            waited = False
+            while True:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
+                conn.commit()
+                if row is not None and row[0]:
+                    break
+                if not waited:
+                    log.info(
+                        "job %d waits for another build of collection %d",
+                        task.job_id,
+                        task.collection.id,
+                    )
+                    waited = True
+                with self.pool.connection() as beat:
+                    if jobs.report(beat, task.job_id, 0.0):
+                        raise Cancelled
+                if self._stop.wait(LOCK_POLL_S):
+                    raise Cancelled
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+                conn.commit()
+
     def _run(self, task: BuildTask) -> None:
         try:
             with self.pool.connection() as conn:
                 if not jobs.start(conn, task.job_id):
                     return  # cancelled while queued
-            stats = self.indexes.build(self.pool, task)
+            with self._sole_builder(task):
+                stats = self.indexes.build(self.pool, task)
             status, error = "done", None
         except Cancelled:
             stats, status, error = {}, "cancelled", None

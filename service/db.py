@@ -57,8 +57,9 @@ def migrate(dsn: str) -> None:
         engine.dispose()
 
 
-# the BM25 tailer, the prefix follower and one index build at a time
-BACKGROUND_CONNECTIONS = 3
+# the BM25 tailer, the prefix follower, and an index build (its read, its progress
+# reports, its build lock)
+BACKGROUND_CONNECTIONS = 5
 
 
 def open_pool(

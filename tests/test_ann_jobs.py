@@ -214,3 +214,27 @@ def test_cli_index_build(
     assert printed["params"]["params"]["m"] == 16
     assert main(["index", "build", collection, "--url", server_url, "--device", "gpu"]) == 2
     assert "FAISS sees no GPU" in capsys.readouterr().err
+
+
+def test_one_builder_per_collection_and_a_dead_builder_frees_it(
+    api: TestClient, engine: Engine, collection: str
+) -> None:
+    """Another process's build (its advisory lock) holds this one back; when that process's
+    connection dies, this build goes ahead."""
+    import psycopg
+
+    from unidb.service.ann import BUILD_LOCK
+
+    _load(engine, collection, 300)
+    other_builder = psycopg.connect(engine.dsn, autocommit=True)
+    other_builder.execute(
+        "SELECT pg_advisory_lock(%s, %s)", (BUILD_LOCK, _row(engine, collection).id)
+    )
+    try:
+        job = api.post(f"/v1/collections/{collection}/index", json={}).json()
+        time.sleep(1.5)  # three lock polls
+        waiting = api.get(f"/v1/jobs/{job['id']}").json()
+        assert waiting["status"] == "running" and waiting["progress"] == 0.0
+    finally:
+        other_builder.close()  # the other process dies; its lock goes with its connection
+    assert _wait(api, job["id"])["status"] == "done"
