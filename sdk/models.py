@@ -120,10 +120,10 @@ class EmbedderSpec(_Model):
     ``openai`` (any OpenAI-compatible ``/v1/embeddings`` endpoint: vLLM, TEI, ...)."""
 
     kind: Literal["minilm", "openai"]
-    url: str | None = Field(
+    url: Text | None = Field(
         default=None, description="base URL ending in /v1, for kind openai", max_length=2048
     )
-    model: str | None = Field(default=None, max_length=256)
+    model: Text | None = Field(default=None, max_length=256)
 
 
 class CollectionCreate(_Model):

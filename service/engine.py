@@ -81,8 +81,9 @@ from .vector_index import build_hnsw
 
 log = logging.getLogger("unidb.engine")
 
-# psycopg refuses NUL characters before sending (no SQLSTATE); 22021: bad byte sequence
-_UNSTORABLE_INPUT = (None, "22021")
+# psycopg refuses NUL characters before sending (no SQLSTATE); 22021: bad byte sequence;
+# 22P05: a character jsonb cannot hold (\u0000 inside a JSON value)
+_UNSTORABLE_INPUT = (None, "22021", "22P05")
 
 Connection = psycopg.Connection[Any]
 

@@ -224,6 +224,15 @@ def test_duplicate_and_invalid_collections(api: TestClient, engine: Engine, load
         ({"name": "ok_name", "dim": 3, "metric": "hamming"}, "metric"),
         ({"name": "bad name; DROP TABLE unidb.documents", "dim": 3}, "name"),
         ({"name": "", "dim": 3}, "name"),
+        # jsonb cannot hold \u0000 (found by schemathesis): a 400, not a 500
+        (
+            {
+                "name": "ok_name",
+                "dim": 3,
+                "embedder": {"kind": "openai", "url": "http://e/v1", "model": "a\u0000b"},
+            },
+            "embedder.model",
+        ),
         ({"dim": 3}, "name"),
     ):
         _expect_error(api.post("/v1/collections", json=body), 400, field)
