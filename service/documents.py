@@ -358,20 +358,4 @@ def delete_where(
 
 
 def delete(conn: Connection, collection: CollectionRow, document_id: str) -> bool:
-    row = conn.execute(
-        "DELETE FROM unidb.documents WHERE collection_id = %s AND id = %s RETURNING key, version",
-        (collection.id, document_id),
-    ).fetchone()
-    if row is None:
-        return False
-    key, version = row
-    conn.execute(
-        "DELETE FROM unidb.chunks WHERE collection_id = %s AND document_key = %s",
-        (collection.id, key),
-    )
-    conn.execute(
-        "INSERT INTO unidb.changes (collection_id, document_key, op, version)"
-        " VALUES (%s, %s, 'delete', %s)",
-        (collection.id, key, version),
-    )
-    return True
+    return delete_where(conn, collection, sql.SQL("d.id = %s"), [document_id]) == 1

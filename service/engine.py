@@ -194,10 +194,16 @@ class Engine:
         ``service_wide`` every tenant (for the service's own bookkeeping). ``pool`` is the
         primary's unless a read replica's is given."""
         tenant = SERVICE_WIDE if service_wide else current_tenant.get()
+        with self._database_errors(), (pool or self.pool).connection() as conn:
+            conn.execute("SELECT set_config('unidb.tenant', %s, true)", (tenant,))
+            yield conn
+
+    @contextmanager
+    def _database_errors(self) -> Iterator[None]:
+        """Database failures as the service's errors: 503 when busy or unreachable, 400 for
+        text Postgres cannot hold, 500 for the rest."""
         try:
-            with (pool or self.pool).connection() as conn:
-                conn.execute("SELECT set_config('unidb.tenant', %s, true)", (tenant,))
-                yield conn
+            yield
         except UnidbError:
             raise
         except PoolTimeout as exc:
@@ -390,11 +396,7 @@ class Engine:
         parts: list[sql.Composable] = []
         params: list[Any] = []
         if request.filter is not None:
-            compiled = compile_filter(
-                request.filter,
-                column=sql.SQL("d.metadata"),
-                max_depth=self.settings.max_filter_depth,
-            )
+            compiled = self._compiled_filter(request.filter)
             parts.append(compiled.expression)
             params.extend(compiled.params)
         if request.ids is not None:
@@ -413,6 +415,12 @@ class Engine:
         )
         return answer
 
+    def _compiled_filter(self, spec: dict[str, Any]) -> CompiledFilter:
+        """A metadata filter as SQL on the documents alias ``d``."""
+        return compile_filter(
+            spec, column=sql.SQL("d.metadata"), max_depth=self.settings.max_filter_depth
+        )
+
     def _check_limits(self, k: int, text: str | None, text_field: str) -> None:
         if k > self.settings.max_k:
             raise InvalidInput(
@@ -429,15 +437,7 @@ class Engine:
         self._check_limits(request.k, request.text, "text")
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
-        where = (
-            compile_filter(
-                request.filter,
-                column=sql.SQL("d.metadata"),
-                max_depth=self.settings.max_filter_depth,
-            )
-            if request.filter
-            else None
-        )
+        where = self._compiled_filter(request.filter) if request.filter else None
         with self.reading(consistency=request.consistency, after=request.after) as conn:
             row = collections.get(conn, collection)
             embedder = self.embedder(row)
@@ -633,7 +633,7 @@ class Engine:
                     raise at_op(exc, index) from exc
             xid = current_xid(conn)
         # read after the commit: the WAL position is then past its commit record
-        with self.pool.connection() as conn:
+        with self._database_errors(), self.pool.connection() as conn:
             lsn = wal_position(conn)
         return TransactionResult(results=results, commit_token=commit_token(xid, lsn))
 
