@@ -273,6 +273,15 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise error_from_response(response.status_code, body)
 
 
+def _delete_where_request(
+    filter: Mapping[str, Any] | None, ids: Sequence[str] | None
+) -> DeleteWhere:
+    return DeleteWhere(
+        filter=dict(filter) if filter is not None else None,
+        ids=list(ids) if ids is not None else None,
+    )
+
+
 def _auth_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
     """The caller's headers, with ``Authorization: Bearer`` from ``api_key`` or, failing
     that, the ``UNIDB_API_KEY`` environment variable."""
@@ -675,10 +684,7 @@ class Client:
     ) -> int:
         """Delete the documents matching ``filter``, among ``ids``, or both, in one
         transaction; returns how many were deleted."""
-        request = DeleteWhere(
-            filter=dict(filter) if filter is not None else None,
-            ids=list(ids) if ids is not None else None,
-        )
+        request = _delete_where_request(filter, ids)
         return self._backend.delete_documents(collection, request).deleted
 
     def query(
@@ -923,10 +929,7 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,
         ids: Sequence[str] | None = None,
     ) -> int:
-        request = DeleteWhere(
-            filter=dict(filter) if filter is not None else None,
-            ids=list(ids) if ids is not None else None,
-        )
+        request = _delete_where_request(filter, ids)
         payload = request.model_dump_json(exclude_none=True).encode()
         body = await self._send("POST", f"{_collection_path(collection)}/documents/delete", payload)
         return DeleteCount.model_validate_json(body).deleted

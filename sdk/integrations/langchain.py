@@ -36,6 +36,7 @@ from .. import tools as _tools
 from .._client import Client
 from ..errors import NotFound
 from ..models import DEFAULT_ALPHA, DEFAULT_FUSION, Fusion, Hit, QueryMode
+from . import write_documents
 
 __all__ = [
     "UnidbCache",
@@ -45,7 +46,6 @@ __all__ = [
     "unidb_tools",
 ]
 
-_BATCH = 500  # documents per upsert request
 # what a cached answer may revive as: another writer of the cache namespace cannot make a
 # lookup construct anything else (a model with its own base_url, say)
 _CACHED_TYPES: list[type[Serializable]] = [
@@ -129,8 +129,6 @@ class UnidbVectorStore(VectorStore):
             raise ValueError("texts, metadatas and ids must have the same length")
         assigned = [i if i else str(uuid.uuid4()) for i in given]
         vectors = self.embedding.embed_documents(texts) if self.embedding else None
-        if vectors is not None and texts:
-            self._ensure_collection(len(vectors[0]))
         documents = [
             {
                 "id": assigned[n],
@@ -140,15 +138,8 @@ class UnidbVectorStore(VectorStore):
             }
             for n, text in enumerate(texts)
         ]
-        for start in range(0, len(documents), _BATCH):
-            self.client.upsert(self.collection, documents[start : start + _BATCH])
+        write_documents(self.client, self.collection, documents)
         return assigned
-
-    def _ensure_collection(self, dim: int) -> None:
-        try:
-            self.client.get_collection(self.collection)
-        except NotFound:
-            self.client.create_collection(self.collection, dim=dim)
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete by id (missing ids are fine); without ids, drop the whole collection."""
@@ -484,13 +475,12 @@ class UnidbCache(BaseCache):
 
     def clear(self, **kwargs: Any) -> None:
         keys = list(UnidbStore(self.client, self.namespace).yield_keys())
-        for key in keys:
-            self.client.delete_state(self.namespace, key)
-            if self.collection is not None:
-                try:
-                    self.client.delete(self.collection, key)
-                except NotFound:
-                    pass
+        UnidbStore(self.client, self.namespace).mdelete(keys)
+        if self.collection is not None and keys:
+            try:
+                self.client.delete_where(self.collection, ids=keys)
+            except NotFound:
+                pass
 
 
 def unidb_tools(client: Client) -> list[BaseTool]:

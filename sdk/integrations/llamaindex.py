@@ -34,10 +34,10 @@ from pydantic import PrivateAttr
 from .._client import Client
 from ..errors import NotFound
 from ..models import QueryMode
+from . import write_documents
 
 __all__ = ["UnidbVectorStore", "to_unidb_filter"]
 
-_BATCH = 500
 _OPERATORS = {
     FilterOperator.NE: "$ne",
     FilterOperator.GT: "$gt",
@@ -120,16 +120,7 @@ class UnidbVectorStore(BasePydanticVectorStore):
                     **({"embedding": embedding} if embedding is not None else {}),
                 }
             )
-        if not documents:
-            return []
-        first = documents[0].get("embedding")
-        if first is not None:
-            try:
-                self._client.get_collection(self.collection)
-            except NotFound:
-                self._client.create_collection(self.collection, dim=len(first))
-        for start in range(0, len(documents), _BATCH):
-            self._client.upsert(self.collection, documents[start : start + _BATCH])
+        write_documents(self._client, self.collection, documents)
         return [node.node_id for node in nodes]
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
