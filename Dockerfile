@@ -10,7 +10,9 @@ COPY sdk ./sdk
 COPY schema ./schema
 COPY indexing ./indexing
 COPY service ./service
-RUN pip install ".[server]"
+# docker-compose's scale profile builds it with EXTRAS=server,embed,ray for its Ray head
+ARG EXTRAS=server
+RUN pip install ".[${EXTRAS}]"
 
 RUN useradd --create-home --uid 10001 unidb && mkdir -p /data && chown unidb /data
 USER unidb

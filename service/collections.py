@@ -96,6 +96,13 @@ def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
     return _row(row)
 
 
+def get_by_id(conn: Connection, collection_id: int) -> CollectionRow:
+    row = conn.execute(_COLUMNS + " WHERE id = %s", (collection_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no collection with id {collection_id}", field="collection")
+    return _row(row)
+
+
 def list_all(conn: Connection) -> list[CollectionRow]:
     rows = conn.execute(_COLUMNS + " ORDER BY name").fetchall()
     return [_row(row) for row in rows]

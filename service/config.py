@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     job_orphan_after_s: float = Field(
         default=30.0,
         gt=0,
-        description="a job whose process has not beaten its heartbeat this long is failed",
+        description="a job whose process has not beaten its heartbeat this long is taken over by"
+        " another live service process (or by this one when it restarts)",
     )
 
     @property

@@ -144,3 +144,41 @@ def _process_alive(pid: int | None) -> bool:
 
 def _postmaster_running(pgdata: Path) -> bool:
     return _process_alive(_read_pid(pgdata / "postmaster.pid"))
+
+
+class EmbeddedStandby:
+    """A streaming read replica of an embedded primary, on this machine: a base backup
+    taken with ``pg_basebackup -R`` (so it follows the primary's WAL) and started on
+    ``port`` with its socket in its own directory. For trying read replicas on one
+    machine, and for the tests and benchmarks that do."""
+
+    def __init__(self, primary: EmbeddedPostgres, pgdata: Path, port: int) -> None:
+        self.primary = primary
+        self.pgdata = pgdata.expanduser().resolve()
+        self.port = port
+        self._user: str | None = None
+
+    def start(self) -> str:
+        """Copy the primary and start following it; returns the standby's connection URI."""
+        self._user = self.primary.system_user
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_basebackup"), "-h", str(self.primary.pgdata),
+             "-U", "postgres", "-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast"],
+            user=self._user, check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        options = (
+            f"-c port={self.port} -c unix_socket_directories={self.pgdata} -c listen_addresses=''"
+        )
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w",
+             "-l", str(self.pgdata / "log"), "-o", options, "start"],
+            user=self._user, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        return f"postgresql://postgres@/postgres?host={self.pgdata}&port={self.port}"
+
+    def stop(self) -> None:
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast",
+             "stop"],
+            user=self._user, capture_output=True, timeout=60,
+        )  # fmt: skip

@@ -23,8 +23,7 @@ from unidb.errors import InvalidInput, NotFound, ServerError, Unavailable, Unidb
 from unidb.indexing import outbox
 from unidb.indexing.bm25 import document_body
 from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
-from unidb.indexing.faiss_index import BuildRefused, plan
-from unidb.indexing.vectors import count_vectors
+from unidb.indexing.faiss_index import BuildRefused
 from unidb.models import (
     Collection,
     CollectionCreate,
@@ -58,7 +57,7 @@ from unidb.models import (
 )
 
 from . import collections, documents, jobs, state
-from .ann import AnnIndexes, BuildTask, JobRunner
+from .ann import INDEX_BUILD, AnnIndexes, BuildTask, JobRunner, plan_build
 from .ann_search import ann_search
 from .auth import KeyChecker
 from .config import Settings
@@ -132,12 +131,10 @@ class Engine:
         self.metrics = Metrics()
         self.keys = KeyChecker()
         self.metrics.watch(self)
-        self.jobs = JobRunner(self.background_pool, self.ann)
+        self.jobs = JobRunner(
+            self.background_pool, self.ann, orphan_after_s=settings.job_orphan_after_s
+        )
         self.jobs.start()
-        with self.transaction(service_wide=True) as conn:
-            orphans = jobs.fail_orphans(conn, silent_for_s=settings.job_orphan_after_s)
-        if orphans:
-            log.warning("%d jobs of a stopped process were marked failed", orphans)
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -590,18 +587,18 @@ class Engine:
         """Queue a FAISS build of the collection's vectors; answers the job at once."""
         with self.transaction() as conn:
             row = collections.get(conn, collection)
-            count = count_vectors(conn, row.id)
             try:
-                chosen = plan(request.kind, request.device, count, request.params.model_dump())
+                chosen = plan_build(conn, row, request)
             except BuildRefused as exc:
                 raise InvalidInput(str(exc), field=exc.field) from exc
             job = jobs.create(
                 conn,
                 collection_id=row.id,
                 collection=row.name,
-                kind="index_build",
+                kind=INDEX_BUILD,
                 params={**request.model_dump(mode="json"), "planned": chosen.kind,
                         "planned_device": chosen.device, "note": chosen.note},
+                owner=self.jobs.owner,
             )  # fmt: skip
         self.jobs.submit(BuildTask(job.id, row, chosen))
         return job

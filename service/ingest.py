@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -48,26 +48,20 @@ def parse_line(line: bytes, number: int) -> Document:
         raise InvalidInput(f"{where}: {location}: {first['msg']}", field=where) from exc
 
 
-def _documents(
+EmbedGroups = Callable[[Iterator[list[Document]]], Iterator[list[Document]]]
+"""Fills in the embeddings of documents that carry none, group by group, in order."""
+
+
+def _groups(
     stream: IO[bytes],
     progress: tqdm[Any],
     line_numbers: list[int],
     *,
     limit: int | None,
-    embedder: Embedder | None,
-    embed_batch: int,
-) -> Iterator[Document]:
-    """Parsed documents in file order, embedded in groups when an embedder is given."""
+    size: int,
+) -> Iterator[list[Document]]:
+    """Parsed documents in file order, in groups of ``size``."""
     pending: list[Document] = []
-
-    def embedded(group: list[Document]) -> list[Document]:
-        missing = [d for d in group if d.embedding is None]
-        if embedder is not None and missing:
-            vectors = embedder.embed_documents([document_body(d.text, d.metadata) for d in missing])
-            for document, vector in zip(missing, vectors, strict=True):
-                document.embedding = vector
-        return group
-
     for number, line in enumerate(stream, start=1):
         # with a limit the bar counts documents, otherwise bytes of the file
         progress.update(len(line) if limit is None else 0)
@@ -79,10 +73,31 @@ def _documents(
             progress.update(1)
         line_numbers.append(number)
         pending.append(parse_line(line, number))
-        if len(pending) >= embed_batch:
-            yield from embedded(pending)
+        if len(pending) >= size:
+            yield pending
             pending = []
-    yield from embedded(pending)
+    if pending:
+        yield pending
+
+
+def texts_to_embed(group: list[Document]) -> list[str]:
+    """What the embedder reads for each document without an embedding, in group order."""
+    return [document_body(d.text, d.metadata) for d in group if d.embedding is None]
+
+
+def fill_embeddings(group: list[Document], vectors: Iterable[Any]) -> list[Document]:
+    for document, vector in zip((d for d in group if d.embedding is None), vectors, strict=True):
+        document.embedding = vector
+    return group
+
+
+def embed_in_process(embedder: Embedder) -> EmbedGroups:
+    def embed(groups: Iterator[list[Document]]) -> Iterator[list[Document]]:
+        for group in groups:
+            texts = texts_to_embed(group)
+            yield fill_embeddings(group, embedder.embed_documents(texts) if texts else [])
+
+    return embed
 
 
 def ingest_file(
@@ -92,16 +107,21 @@ def ingest_file(
     collection: str,
     batch_size: int,
     embedder: Embedder | None = None,
+    embed_groups: EmbedGroups | None = None,
     dim: int | None = None,
     limit: int | None = None,
     show_progress: bool = True,
 ) -> IngestReport:
     """Load ``path`` into ``collection`` (created when missing), one transaction per batch.
 
+    Texts without an embedding are embedded by ``embedder`` in this process, or by
+    ``embed_groups`` (on Ray workers, say), which must give the groups back in order.
     Re-running the same file changes nothing: ids are upserted, identical content is skipped.
     A bad document stops the load with an error naming its line; batches before it stay.
     """
     _ensure_collection(backend, collection, dim or (embedder.dim if embedder else None), path)
+    if embed_groups is None and embedder is not None:
+        embed_groups = embed_in_process(embedder)
     report = IngestReport()
     line_numbers: list[int] = []
 
@@ -121,14 +141,10 @@ def ingest_file(
             disable=not show_progress,
         ) as progress,
     ):
-        documents = _documents(
-            stream,
-            progress,
-            line_numbers,
-            limit=limit,
-            embedder=embedder,
-            embed_batch=min(batch_size, 256),
-        )
+        groups = _groups(stream, progress, line_numbers, limit=limit, size=min(batch_size, 256))
+        if embed_groups is not None:
+            groups = embed_groups(groups)
+        documents = (document for group in groups for document in group)
         try:
             Client(backend=backend).ingest(
                 collection, documents, batch_size=batch_size, on_batch=on_batch

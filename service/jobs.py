@@ -1,10 +1,14 @@
 """Jobs in `unidb.jobs`: queued, running (with a heartbeat), done, failed or cancelled.
 
+Each job has an owner, the service process that beats its heartbeat. When the owner goes
+silent, another process claims the job (`claim_orphans`) and runs it again.
+
 Library code: every function takes the caller's connection and never commits.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -17,7 +21,7 @@ Connection = psycopg.Connection[Any]
 
 _COLUMNS = (
     "id, collection, kind, status, progress, error, params, stats, created_at, started_at,"
-    " finished_at"
+    " finished_at, owner"
 )
 
 _FIELDS = [column.strip() for column in _COLUMNS.split(",")]
@@ -28,12 +32,18 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 def create(
-    conn: Connection, *, collection_id: int, collection: str, kind: str, params: dict[str, Any]
+    conn: Connection,
+    *,
+    collection_id: int,
+    collection: str,
+    kind: str,
+    params: dict[str, Any],
+    owner: str,
 ) -> Job:
     row = conn.execute(
-        f"INSERT INTO unidb.jobs (collection_id, collection, kind, params, heartbeat_at)"  # noqa: S608
-        f" VALUES (%s, %s, %s, %s, now()) RETURNING {_COLUMNS}",
-        (collection_id, collection, kind, Jsonb(params)),
+        f"INSERT INTO unidb.jobs (collection_id, collection, kind, params, heartbeat_at, owner)"  # noqa: S608
+        f" VALUES (%s, %s, %s, %s, now(), %s) RETURNING {_COLUMNS}",
+        (collection_id, collection, kind, Jsonb(params), owner),
     ).fetchone()
     assert row is not None
     return _job(row)
@@ -49,24 +59,32 @@ def get(conn: Connection, job_id: int) -> Job:
     return _job(row)
 
 
-def start(conn: Connection, job_id: int) -> bool:
-    """queued → running; False when it was cancelled meanwhile."""
+def start(conn: Connection, job_id: int, owner: str) -> bool:
+    """queued → running; False when it was cancelled (or taken over) meanwhile."""
     cursor = conn.execute(
-        "UPDATE unidb.jobs SET status = 'running', started_at = now(), heartbeat_at = now()"
-        " WHERE id = %s AND status = 'queued'",
-        (job_id,),
+        "UPDATE unidb.jobs SET status = 'running', started_at = coalesce(started_at, now()),"
+        " heartbeat_at = now() WHERE id = %s AND status = 'queued' AND owner = %s",
+        (job_id, owner),
     )
     return cursor.rowcount == 1
 
 
-def report(conn: Connection, job_id: int, progress: float) -> bool:
-    """Record progress (and that the process lives); True when a cancel was asked for."""
+def report(conn: Connection, job_id: int, progress: float, owner: str) -> bool:
+    """Record progress (and that the process lives); True when the job should stop: a
+    cancel was asked for, or another process took it over."""
     row = conn.execute(
-        "UPDATE unidb.jobs SET progress = %s, heartbeat_at = now() WHERE id = %s"
+        "UPDATE unidb.jobs SET progress = %s, heartbeat_at = now() WHERE id = %s AND owner = %s"
         " RETURNING cancel_requested",
-        (min(max(progress, 0.0), 1.0), job_id),
+        (min(max(progress, 0.0), 1.0), job_id, owner),
     ).fetchone()
-    return bool(row and row[0])
+    return row is None or bool(row[0])
+
+
+def beat(conn: Connection, job_ids: list[int], owner: str) -> None:
+    conn.execute(
+        "UPDATE unidb.jobs SET heartbeat_at = now() WHERE id = ANY(%s) AND owner = %s",
+        (job_ids, owner),
+    )
 
 
 def finish(
@@ -74,14 +92,15 @@ def finish(
     job_id: int,
     status: str,
     *,
+    owner: str,
     error: str | None = None,
     stats: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
         "UPDATE unidb.jobs SET status = %s, error = %s, stats = stats || %s,"
         " progress = CASE WHEN %s = 'done' THEN 1 ELSE progress END,"
-        " finished_at = now(), heartbeat_at = now() WHERE id = %s",
-        (status, error, Jsonb(stats or {}), status, job_id),
+        " finished_at = now(), heartbeat_at = now() WHERE id = %s AND owner = %s",
+        (status, error, Jsonb(stats or {}), status, job_id, owner),
     )
 
 
@@ -113,13 +132,40 @@ def cancel_for_collection(conn: Connection, collection_id: int) -> None:
     )
 
 
-def fail_orphans(conn: Connection, *, silent_for_s: float) -> int:
-    """Fail jobs whose process stopped beating: none stays "running" forever."""
-    cursor = conn.execute(
-        "UPDATE unidb.jobs SET status = 'failed', finished_at = now(),"
-        " error = 'the process running this job stopped before it finished'"
-        " WHERE status IN ('queued', 'running')"
-        " AND heartbeat_at < now() - make_interval(secs => %s)",
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    id: int
+    collection_id: int
+    params: dict[str, Any]
+    previous_owner: str | None
+
+
+def claim_orphans(
+    conn: Connection, *, kind: str, owner: str, silent_for_s: float, limit: int = 8
+) -> list[Orphan]:
+    """Take over ``kind`` jobs whose owner has not beaten their heartbeat for
+    ``silent_for_s``: they become this owner's, queued again at progress 0.
+
+    Rows another process is claiming at the same moment are skipped, not waited for, so
+    two live processes never claim one job. A job whose cancel was asked for, or whose
+    collection is gone, is cancelled instead."""
+    conn.execute(
+        "UPDATE unidb.jobs SET status = 'cancelled', cancel_requested = true,"
+        " finished_at = now() WHERE status IN ('queued', 'running')"
+        " AND heartbeat_at < now() - make_interval(secs => %s) AND (cancel_requested"
+        " OR NOT EXISTS (SELECT 1 FROM unidb.collections c WHERE c.id = collection_id))",
         (silent_for_s,),
     )
-    return cursor.rowcount
+    rows = conn.execute(
+        "WITH silent AS (SELECT id, owner FROM unidb.jobs WHERE kind = %s"
+        "  AND status IN ('queued', 'running')"
+        "  AND heartbeat_at < now() - make_interval(secs => %s)"
+        "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " UPDATE unidb.jobs j SET owner = %s, status = 'queued', progress = 0,"
+        "  heartbeat_at = now(), stats = j.stats || jsonb_build_object('takeovers',"
+        "   coalesce((j.stats ->> 'takeovers')::int, 0) + 1)"
+        " FROM silent WHERE j.id = silent.id"
+        " RETURNING j.id, j.collection_id, j.params, silent.owner",
+        (kind, silent_for_s, limit, owner),
+    ).fetchall()
+    return [Orphan(*row) for row in rows]

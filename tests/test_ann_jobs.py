@@ -117,13 +117,13 @@ def test_cancel_queued_and_running(api: TestClient, engine: Engine, collection: 
     # cancelled while queued: never starts
     with engine.transaction() as conn:
         queued = jobs.create(conn, collection_id=row.id, collection=row.name,
-                             kind="index_build", params={})  # fmt: skip
+                             kind="index_build", params={}, owner=engine.jobs.owner)  # fmt: skip
         assert jobs.cancel(conn, queued.id).status == "cancelled"
     engine.jobs.submit(BuildTask(queued.id, row, task_plan))
     # asked to stop once it runs: stops at its first step, no snapshot swapped in
     with engine.transaction() as conn:
         running = jobs.create(conn, collection_id=row.id, collection=row.name,
-                              kind="index_build", params={})  # fmt: skip
+                              kind="index_build", params={}, owner=engine.jobs.owner)  # fmt: skip
         conn.execute("UPDATE unidb.jobs SET cancel_requested = true WHERE id = %s", (running.id,))
     engine.jobs.submit(BuildTask(running.id, row, task_plan))
     assert _wait(api, running.id)["status"] == "cancelled"
@@ -139,20 +139,21 @@ def test_dropping_a_collection_stops_its_builds(
     row = _row(engine, collection)
     with engine.transaction() as conn:
         queued = jobs.create(conn, collection_id=row.id, collection=row.name,
-                             kind="index_build", params={})  # fmt: skip
+                             kind="index_build", params={}, owner=engine.jobs.owner)  # fmt: skip
     assert api.delete(f"/v1/collections/{collection}").status_code == 200
     assert _wait(api, queued.id)["status"] == "cancelled"
     # a build that was past its read when the drop landed leaves no snapshot behind
     with engine.transaction() as conn:
         late = jobs.create(conn, collection_id=row.id, collection=row.name,
-                           kind="index_build", params={})  # fmt: skip
+                           kind="index_build", params={}, owner=engine.jobs.owner)  # fmt: skip
     with pytest.raises(Cancelled):
-        engine.ann.build(engine.pool, BuildTask(late.id, row, plan("auto", "auto", 300, {})))
+        task = BuildTask(late.id, row, plan("auto", "auto", 300, {}))
+        engine.ann.build(engine.pool, task, engine.jobs.owner)
     assert not engine.ann.path(row.id).exists()
 
 
 @pytest.mark.slow
-def test_killed_build_leaves_the_old_snapshot(
+def test_killed_build_keeps_the_old_snapshot_and_is_resumed(
     database_url: str, engine: Engine, collection: str, tmp_path: Path
 ) -> None:
     _load(engine, collection, 60_000, dim=64)
@@ -172,6 +173,7 @@ def test_killed_build_leaves_the_old_snapshot(
             while (job := client.get_job(slow.id)).progress <= 0.1:
                 assert job.status in ("queued", "running") and time.monotonic() < deadline
                 time.sleep(0.02)
+            killed_owner = job.owner
             server.send_signal(signal.SIGKILL)
             server.wait(30)
     finally:
@@ -189,8 +191,15 @@ def test_killed_build_leaves_the_old_snapshot(
     try:
         _wait_healthy(url, server)
         with unidb.Client(url) as client:
-            failed = client.get_job(slow.id)
-            assert failed.status == "failed" and "stopped" in (failed.error or "")
+            # the restarted process takes the dead one's job over and runs it again
+            resumed = client.get_job(slow.id)
+            assert resumed.owner != killed_owner and resumed.stats["takeovers"] == 1
+            assert resumed.status in ("queued", "running")
+            client.cancel_job(slow.id)
+            deadline = time.monotonic() + 60
+            while client.get_job(slow.id).status != "cancelled":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
             again = client.build_index(collection, params={"m": 8, "ef_construction": 16})
             assert again.status == "done" and again.stats["vectors"] == 60_000
     finally:

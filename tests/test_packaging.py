@@ -93,10 +93,38 @@ def test_docker_compose_vllm_profile_matches_unidb_settings() -> None:
     assert "./models:/models:ro" in service["volumes"] and "./models:/models:ro" in vllm["volumes"]
 
 
+def test_docker_compose_scale_profile() -> None:
+    """A streaming replica of the primary, a second unidb process reading from it and sharing
+    the first one's data volume, and a Ray head that can embed and build."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    scale = {name for name, spec in services.items() if spec.get("profiles") == ["scale"]}
+    assert scale == {"postgres-replica", "unidb-2", "ray-head"}
+    primary, replica = services["postgres"], services["postgres-replica"]
+    assert replica["image"] == primary["image"]
+    assert (
+        "./docker/replication.sh:/docker-entrypoint-initdb.d/replication.sh:ro"
+        in (primary["volumes"])
+    )
+    assert (REPO / "docker" / "replica.sh").stat().st_mode & 0o111
+    assert "pg_basebackup -h postgres" in (REPO / "docker" / "replica.sh").read_text()
+    second = services["unidb-2"]
+    replicas = json.loads(second["environment"]["UNIDB_REPLICA_URLS"])
+    assert replicas == ["postgresql://unidb:unidb@postgres-replica:5432/unidb"]
+    assert (
+        second["environment"]["UNIDB_DATABASE_URL"]
+        == (services["unidb"]["environment"]["UNIDB_DATABASE_URL"])
+    )
+    assert "unidata:/data" in second["volumes"] and "unidata:/data" in services["unidb"]["volumes"]
+    ray_head = services["ray-head"]
+    assert "ray" in ray_head["build"]["args"]["EXTRAS"].split(",")
+    assert ray_head["command"][:3] == ["ray", "start", "--head"]
+
+
 def test_dockerfile_serves_on_the_composed_port() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.1[1-9]", dockerfile, re.M)
-    assert 'pip install ".[server]"' in dockerfile
+    assert "ARG EXTRAS=server" in dockerfile and 'pip install ".[${EXTRAS}]"' in dockerfile
     assert "EXPOSE 8000" in dockerfile
     assert 'CMD ["unidb", "serve"]' in dockerfile
     for folder in ("sdk", "schema", "indexing", "service"):

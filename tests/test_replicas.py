@@ -5,7 +5,6 @@ replay before it may answer."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 import unidb
 from unidb.service.config import Settings
-from unidb.service.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres
+from unidb.service.embedded import EmbeddedPostgres, EmbeddedStandby
 from unidb.service.engine import Engine
 
 pytestmark = pytest.mark.slow
@@ -33,25 +32,14 @@ def primary_and_standby(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     os.chmod(root, 0o777)  # the Postgres system user writes the standby's directory here
     primary = EmbeddedPostgres(root / "primary")
     primary_url = primary.start()
-    user = primary.system_user
     # migrate first, so the standby starts with the schema and roles
     Engine.start(Settings(database_url=primary_url, data_dir=root / "seed")).close()
-    standby = root / "standby"
-    subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_basebackup"), "-h", str(root / "primary"), "-U", "postgres",
-         "-D", str(standby), "-R", "-X", "stream", "-c", "fast"],
-        user=user, check=True, capture_output=True,
-    )  # fmt: skip
-    pg_ctl = str(POSTGRES_BIN_PATH / "pg_ctl")
-    options = f"-c port={STANDBY_PORT} -c unix_socket_directories={standby} -c listen_addresses=''"
-    subprocess.run(
-        [pg_ctl, "-D", str(standby), "-w", "-l", str(standby / "log"), "-o", options, "start"],
-        user=user, check=True, capture_output=True,
-    )  # fmt: skip
+    standby = EmbeddedStandby(primary, root / "standby", STANDBY_PORT)
+    standby_url = standby.start()
     try:
-        yield primary_url, f"postgresql://postgres@/postgres?host={standby}&port={STANDBY_PORT}"
+        yield primary_url, standby_url
     finally:
-        subprocess.run([pg_ctl, "-D", str(standby), "-w", "-m", "fast", "stop"], user=user)
+        standby.stop()
         primary.stop()
 
 
