@@ -123,3 +123,12 @@ def test_two_processes_share_writes_indexes_and_builds(
         assert b.get_collection(collection).ann.job_id == slow.id  # type: ignore[union-attr]
         answer = b.query(collection, vector=vectors[7], mode="vector", k=1)
         assert answer.vector_index == "faiss" and answer.hits[0].id == "v7"
+
+        # B now keeps the shared BM25 index itself: an eventual search, which reads only
+        # the index, finds a write through B within a few tailer passes
+        b.upsert(collection, [{"id": "late", "text": "zeppelin written after the takeover",
+                               "embedding": rng.standard_normal(DIM)}])  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not b.query(collection, text="zeppelin", mode="bm25", consistency="eventual").hits:
+            assert time.monotonic() < deadline, "B's BM25 index never caught up"
+            time.sleep(0.1)
