@@ -16,7 +16,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,13 +29,14 @@ from psycopg_pool import ConnectionPool
 from unidb.indexing import outbox, snapshots
 from unidb.indexing.faiss_index import Builder, BuildRefused, Plan, plan
 from unidb.indexing.vectors import count_vectors, stream_vectors
-from unidb.models import AnnStatus, IndexBuildRequest
+from unidb.models import AnnStatus, IndexBuildRequest, Job
 
 from . import collections, jobs
 
 log = logging.getLogger("unidb.ann")
 
 HEARTBEAT_S = 5.0
+INDEX_BUILD = "index_build"
 _CHUNK_ROWS = 10_000
 
 
@@ -54,6 +55,41 @@ class BuildTask:
     job_id: int
     collection: collections.CollectionRow
     plan: Plan
+
+
+def progress_reporter(
+    pool: ConnectionPool[psycopg.Connection[Any]], job_id: int, owner: str
+) -> Callable[[float], None]:
+    """Records a job's progress (and heartbeat); raises `Cancelled` when it should stop."""
+
+    def report(progress: float) -> None:
+        # its own short transaction, committed at once, beside a build's long read
+        with pool.connection() as conn:
+            if jobs.report(conn, job_id, progress, owner):
+                raise Cancelled
+
+    return report
+
+
+def create_build_job(
+    conn: psycopg.Connection[Any],
+    row: collections.CollectionRow,
+    request: IndexBuildRequest,
+    chosen: Plan,
+    *,
+    owner: str,
+    **extra: Any,
+) -> Job:
+    """The job row of a build of ``row`` as ``request`` asked and ``chosen`` plans it."""
+    return jobs.create(
+        conn,
+        collection_id=row.id,
+        collection=row.name,
+        kind=INDEX_BUILD,
+        params={**request.model_dump(mode="json"), "planned": chosen.kind,
+                "planned_device": chosen.device, "note": chosen.note, **extra},
+        owner=owner,
+    )  # fmt: skip
 
 
 class AnnIndexes:
@@ -111,12 +147,7 @@ class AnnIndexes:
         if root.exists():
             snapshots.clean_partial(root)
 
-        def report(progress: float) -> None:
-            # its own short transaction, committed at once, beside the long read
-            with pool.connection() as conn:
-                if jobs.report(conn, task.job_id, progress, owner):
-                    raise Cancelled
-
+        report = progress_reporter(pool, task.job_id, owner)
         with pool.connection() as reader:
             reader.commit()
             with reader.transaction():
@@ -204,7 +235,6 @@ class AnnIndexes:
 # advisory lock key space for collection builds: (BUILD_LOCK, collection id)
 BUILD_LOCK = 0x756E6964
 LOCK_POLL_S = 0.5
-INDEX_BUILD = "index_build"
 
 
 def plan_build(
@@ -231,10 +261,12 @@ class JobRunner:
         indexes: AnnIndexes,
         *,
         orphan_after_s: float,
+        take_over: bool = True,
     ) -> None:
         self.pool = pool
         self.indexes = indexes
         self.orphan_after_s = orphan_after_s
+        self.take_over = take_over
         self.owner = process_name()
         self._tasks: queue.Queue[BuildTask | None] = queue.Queue()
         self._mine: set[int] = set()
@@ -267,7 +299,8 @@ class JobRunner:
                 if mine:
                     with self.pool.connection() as conn:
                         jobs.beat(conn, mine, self.owner)
-                self.take_over_orphans()
+                if self.take_over:
+                    self.take_over_orphans()
             except Exception:
                 log.exception("job heartbeat failed; retrying")
 

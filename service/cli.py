@@ -34,7 +34,7 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, Any]:
         return client.backend, client
     from .engine import Engine
 
-    engine = Engine.start(_settings(args))
+    engine = Engine.start(_settings(args), take_over_jobs=False)
     return engine, engine
 
 
@@ -78,7 +78,7 @@ def _administration(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The engine and one service-wide transaction, for commands that manage the service."""
     from .engine import Engine
 
-    engine = Engine.start(_settings(args))
+    engine = Engine.start(_settings(args), take_over_jobs=False)
     try:
         with engine.transaction(service_wide=True) as conn:
             yield engine, conn
@@ -120,7 +120,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .engine import Engine
 
-    engine = Engine.start(_settings(args))
+    engine = Engine.start(_settings(args), take_over_jobs=False)
     engine.close()
     print("schema unidb is at the head revision")
     return 0
@@ -222,7 +222,7 @@ def _index_build_on_ray(args: argparse.Namespace, params: dict[str, Any] | None)
     request = IndexBuildRequest.model_validate(
         {"kind": args.kind, "device": args.device, "params": params or {}}
     )
-    engine = Engine.start(_settings(args))
+    engine = Engine.start(_settings(args), take_over_jobs=False)
     try:
         job = build_index_on_ray(
             engine, args.collection, request, address=args.ray or None, shards=args.shards

@@ -44,7 +44,7 @@ from unidb.indexing.vectors import count_vectors, stream_vectors
 from unidb.models import Document, IndexBuildRequest, Job
 
 from . import collections, jobs
-from .ann import INDEX_BUILD, Cancelled
+from .ann import Cancelled, create_build_job, progress_reporter
 from .ingest import EmbedGroups, fill_embeddings, texts_to_embed
 
 if TYPE_CHECKING:
@@ -192,15 +192,9 @@ def build_index_on_ray(
     with engine.transaction() as conn:
         row = collections.get(conn, collection)
         chosen = ray_plan(request, count_vectors(conn, row.id))
-        job = jobs.create(
-            conn,
-            collection_id=row.id,
-            collection=row.name,
-            kind=INDEX_BUILD,
-            params={**request.model_dump(mode="json"), "planned": chosen.kind,
-                    "planned_device": chosen.device, "ray": address or "local"},
-            owner=engine.jobs.owner,
-        )  # fmt: skip
+        job = create_build_job(
+            conn, row, request, chosen, owner=engine.jobs.owner, ray=address or "local"
+        )
     runner, pool = engine.jobs, engine.background_pool
     with pool.connection() as conn:
         jobs.start(conn, job.id, runner.owner)
@@ -233,11 +227,7 @@ def _build(
     gpus = _gpus(ray)
     shard_count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def report(fraction: float) -> None:
-        with pool.connection() as conn:
-            if jobs.report(conn, job_id, fraction, owner):
-                raise Cancelled
-
+    report = progress_reporter(pool, job_id, owner)
     # One snapshot for every worker: the exporting transaction stays open until they finish.
     with pool.connection() as exporter:
         exporter.commit()

@@ -57,7 +57,7 @@ from unidb.models import (
 )
 
 from . import collections, documents, jobs, state
-from .ann import INDEX_BUILD, AnnIndexes, BuildTask, JobRunner, plan_build
+from .ann import AnnIndexes, BuildTask, JobRunner, create_build_job, plan_build
 from .ann_search import ann_search
 from .auth import KeyChecker
 from .config import Settings
@@ -103,6 +103,8 @@ class Engine:
         embedded: EmbeddedPostgres | None = None,
         background_pool: ConnectionPool[Connection] | None = None,
         replica_pools: list[ConnectionPool[Connection]] | None = None,
+        *,
+        take_over_jobs: bool = True,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -132,13 +134,19 @@ class Engine:
         self.keys = KeyChecker()
         self.metrics.watch(self)
         self.jobs = JobRunner(
-            self.background_pool, self.ann, orphan_after_s=settings.job_orphan_after_s
+            self.background_pool,
+            self.ann,
+            orphan_after_s=settings.job_orphan_after_s,
+            take_over=take_over_jobs,
         )
         self.jobs.start()
 
     @classmethod
-    def start(cls, settings: Settings) -> Engine:
-        """Connect (starting embedded Postgres if no URL is set), migrate, open the pool."""
+    def start(cls, settings: Settings, *, take_over_jobs: bool = True) -> Engine:
+        """Connect (starting embedded Postgres if no URL is set), migrate, open the pool.
+
+        ``take_over_jobs``: also run the jobs of service processes that went silent; one-shot
+        commands leave them to the processes that serve."""
         embedded: EmbeddedPostgres | None = None
         if settings.database_url:
             dsn = settings.database_url
@@ -157,7 +165,14 @@ class Engine:
             if embedded is not None:
                 embedded.stop()
             raise
-        return cls(settings, pool, dsn, embedded, replica_pools=replica_pools)
+        return cls(
+            settings,
+            pool,
+            dsn,
+            embedded,
+            replica_pools=replica_pools,
+            take_over_jobs=take_over_jobs,
+        )
 
     @classmethod
     def open_embedded(cls, path: Path, **overrides: Any) -> Engine:
@@ -591,15 +606,7 @@ class Engine:
                 chosen = plan_build(conn, row, request)
             except BuildRefused as exc:
                 raise InvalidInput(str(exc), field=exc.field) from exc
-            job = jobs.create(
-                conn,
-                collection_id=row.id,
-                collection=row.name,
-                kind=INDEX_BUILD,
-                params={**request.model_dump(mode="json"), "planned": chosen.kind,
-                        "planned_device": chosen.device, "note": chosen.note},
-                owner=self.jobs.owner,
-            )  # fmt: skip
+            job = create_build_job(conn, row, request, chosen, owner=self.jobs.owner)
         self.jobs.submit(BuildTask(job.id, row, chosen))
         return job
 

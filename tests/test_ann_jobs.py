@@ -247,3 +247,36 @@ def test_one_builder_per_collection_and_a_dead_builder_frees_it(
     finally:
         other_builder.close()  # the other process dies; its lock goes with its connection
     assert _wait(api, job["id"])["status"] == "done"
+
+
+def test_a_silent_owners_jobs_are_taken_over(
+    api: TestClient, engine: Engine, collection: str
+) -> None:
+    """Jobs whose owner stopped beating: a live process resumes the build, cancels the one
+    asked to stop, and cancels the one whose collection is gone."""
+    _load(engine, collection, 500)
+    row = _row(engine, collection)
+    params = {"kind": "hnsw", "device": "auto", "params": {"m": 8}}
+    with engine.transaction() as conn:
+        made = [
+            jobs.create(conn, collection_id=row.id, collection=row.name, kind="index_build",
+                        params=params, owner="gone:1:abc")
+            for _ in range(3)
+        ]  # fmt: skip
+        resumed, asked_to_stop, orphaned = (job.id for job in made)
+        conn.execute("UPDATE unidb.jobs SET cancel_requested = true WHERE id = %s",
+                     (asked_to_stop,))  # fmt: skip
+        conn.execute("UPDATE unidb.jobs SET collection_id = -1 WHERE id = %s", (orphaned,))
+        conn.execute(
+            "UPDATE unidb.jobs SET status = 'running', heartbeat_at = now() - interval '1 hour'"
+            " WHERE id = ANY(%s)",
+            ([job.id for job in made],),
+        )
+    engine.jobs.take_over_orphans()  # the heartbeat thread would, within seconds
+    done = _wait(api, resumed)
+    assert done["status"] == "done" and done["owner"] == engine.jobs.owner
+    assert done["stats"]["takeovers"] == 1 and done["stats"]["vectors"] == 500
+    assert done["stats"]["params"] == {"m": 8}
+    for job_id in (asked_to_stop, orphaned):
+        assert _wait(api, job_id)["status"] == "cancelled"
+    assert engine.jobs.take_over_orphans() == []
