@@ -36,13 +36,17 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Ray head with two CPUs on loopback, as `ray start` runs one on a cluster's head."""
     port = free_port()
     temp = tmp_path_factory.mktemp("ray")
+    # loopback only: no cluster token, whatever an earlier local Ray left in ~/.ray
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_AUTH_MODE", "disabled")
+    patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     executable = shutil.which("ray", path=str(Path(sys.executable).parent))
     assert executable is not None, "the ray command ships with the ray package"
     head = subprocess.Popen(
         [executable, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
          "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
          "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp)],
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -68,6 +72,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(30)
+        patch.undo()
 
 
 def _corpus(tmp_path: Path, lines: int) -> Path:

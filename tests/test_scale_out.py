@@ -102,10 +102,10 @@ def test_two_processes_share_writes_indexes_and_builds(
         vectors = rng.standard_normal((40_000, DIM)).astype(np.float32)
         a.ingest(collection, ({"id": f"v{i}", "embedding": v} for i, v in enumerate(vectors)),
                  batch_size=2000)  # fmt: skip
-        built = a.build_index(collection, params={"m": 8, "ef_construction": 16})
+        built = a.build_index(collection)
         assert built.status == "done" and built.owner is not None
-        served = b.query(collection, vector=vectors[123], mode="vector", k=1)
-        assert served.vector_index == "faiss" and served.hits[0].id == "v123"
+        served = b.query(collection, vector=vectors[123], mode="vector", k=5)
+        assert served.vector_index == "faiss" and "v123" in [hit.id for hit in served.hits]
         assert b.get_collection(collection).ann.job_id == built.id  # type: ignore[union-attr]
 
         # A dies mid-build: B takes the job over once A's heartbeat is silent, and finishes it
@@ -121,8 +121,8 @@ def test_two_processes_share_writes_indexes_and_builds(
         assert taken_over.owner != job.owner and taken_over.stats["takeovers"] == 1
         assert taken_over.stats["vectors"] == 40_020
         assert b.get_collection(collection).ann.job_id == slow.id  # type: ignore[union-attr]
-        answer = b.query(collection, vector=vectors[7], mode="vector", k=1)
-        assert answer.vector_index == "faiss" and answer.hits[0].id == "v7"
+        answer = b.query(collection, vector=vectors[7], mode="vector", k=5)
+        assert answer.vector_index == "faiss" and "v7" in [hit.id for hit in answer.hits]
 
         # B now keeps the shared BM25 index itself: an eventual search, which reads only
         # the index, finds a write through B within a few tailer passes
