@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from unidb.indexing import outbox, snapshots
 from unidb.indexing.faiss_index import Builder, BuildRefused, Plan, plan
@@ -301,6 +301,8 @@ class JobRunner:
                         jobs.beat(conn, mine, self.owner)
                 if self.take_over:
                     self.take_over_orphans()
+            except PoolClosed:
+                return  # an engine never closed, its pool finalized at exit: nothing to beat
             except Exception:
                 log.exception("job heartbeat failed; retrying")
 
