@@ -113,7 +113,7 @@ class Builder:
     def search_params(self) -> dict[str, Any]:
         p = self.plan.params
         if self.plan.kind == "ivf":
-            return {"nprobe": p.get("nprobe", max(1, self._nlist() // 16))}
+            return ivf_search_params(p, self._nlist())
         return {"ef_search": p.get("ef_search", DEFAULT_EF_SEARCH)}
 
     def _nlist(self) -> int:
@@ -165,6 +165,10 @@ class Builder:
 
 def ivf_lists(params: dict[str, Any], expected: int) -> int:
     return int(params.get("nlist", max(1, int(4 * np.sqrt(max(expected, 1))))))
+
+
+def ivf_search_params(params: dict[str, Any], nlist: int) -> dict[str, Any]:
+    return {"nprobe": params.get("nprobe", max(1, nlist // 16))}
 
 
 def ivf_training_size(nlist: int) -> int:

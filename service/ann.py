@@ -378,19 +378,29 @@ class JobRunner:
                 conn.commit()
 
     def _run(self, task: BuildTask) -> None:
+        self.run(
+            task.job_id,
+            task.collection.id,
+            lambda: self.indexes.build(self.pool, task, self.owner),
+        )
+
+    def run(self, job_id: int, collection_id: int, build: Callable[[], dict[str, Any]]) -> None:
+        """Run a queued build job of this process's in this thread: start it, hold the
+        collection's build lock while ``build`` runs, and record how it ended (``build``
+        returns the job's stats, raises `Cancelled` when told to stop)."""
         try:
             with self.pool.connection() as conn:
-                if not jobs.start(conn, task.job_id, self.owner):
+                if not jobs.start(conn, job_id, self.owner):
                     return  # cancelled while queued, or no longer this process's
-            with self.sole_builder(task.job_id, task.collection.id):
-                stats = self.indexes.build(self.pool, task, self.owner)
+            with self.sole_builder(job_id, collection_id):
+                stats = build()
             status, error = "done", None
         except Cancelled:
             stats, status, error = {}, "cancelled", None
         except Exception as exc:
-            log.exception("index build job %d failed", task.job_id)
+            log.exception("index build job %d failed", job_id)
             stats, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
-        self._finish(task.job_id, status, error=error, stats=stats)
+        self._finish(job_id, status, error=error, stats=stats)
 
     def _finish(
         self,

@@ -35,6 +35,7 @@ from unidb.indexing.faiss_index import (
     Plan,
     faiss,
     ivf_lists,
+    ivf_search_params,
     ivf_training_size,
     plan,
     prepare,
@@ -43,7 +44,7 @@ from unidb.indexing.faiss_index import (
 from unidb.indexing.vectors import count_vectors, stream_vectors
 from unidb.models import Document, IndexBuildRequest, Job
 
-from . import collections, jobs
+from . import collections
 from .ann import Cancelled, create_build_job, progress_reporter
 from .ingest import EmbedGroups, fill_embeddings, texts_to_embed
 
@@ -195,22 +196,10 @@ def build_index_on_ray(
         job = create_build_job(
             conn, row, request, chosen, owner=engine.jobs.owner, ray=address or "local"
         )
-    runner, pool = engine.jobs, engine.background_pool
-    with pool.connection() as conn:
-        jobs.start(conn, job.id, runner.owner)
-    status, error, stats = "failed", None, {}
-    try:
-        with runner.sole_builder(job.id, row.id):
-            stats = _build(ray, engine, row, chosen, job.id, shards, progress)
-        status = "done"
-    except Cancelled:
-        status = "cancelled"
-    except Exception as exc:
-        log.exception("Ray index build job %d failed", job.id)
-        error = f"{type(exc).__name__}: {exc}"
-    with pool.connection() as conn:
-        jobs.finish(conn, job.id, status, owner=runner.owner, error=error, stats=stats)
-        return jobs.get(conn, job.id)
+    engine.jobs.run(
+        job.id, row.id, lambda: _build(ray, engine, row, chosen, job.id, shards, progress)
+    )
+    return engine.get_job(job.id)
 
 
 def _build(
@@ -281,7 +270,6 @@ def _build(
         merged.merge_from(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), 0)
     report(0.97)
     built = Plan("ivf", device, chosen.params, chosen.note)
-    nprobe = chosen.params.get("nprobe", max(1, nlist // 16))
     stats = engine.ann.swap_in(
         pool,
         row,
@@ -289,7 +277,7 @@ def _build(
         built,
         job_id=job_id,
         watermark=watermark,
-        search={"nprobe": nprobe},
+        search=ivf_search_params(chosen.params, nlist),
         seconds=time.monotonic() - began,
     )
     stats["ray"] = {"shards": shard_count, "shard_vectors": [n for _, n in parts], "gpus": gpus}
