@@ -408,13 +408,20 @@ class ContextRequest(_Model):
         default="minilm",
         min_length=1,
         max_length=1024,
-        description="a tokenizer name the server knows, or a path to a tokenizer.json",
+        description="a tokenizer name the server knows, or, where the server allows it "
+        "(UNIDB_TOKENIZER_PATHS), the path of a tokenizer.json under UNIDB_TOKENIZER_DIRS",
     )
     block_size: int = Field(default=16, ge=1, le=1024, description="the engine's KV block size")
     salt: Text | None = Field(default=None, max_length=256, description="the engine cache_salt")
     order: ContextOrder = "reuse"
     session: StateName | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="the prompt's token budget, at most the server's context_max_tokens_limit; "
+        "unset: the server's context_max_tokens (8192 by default)",
+    )
     consistency: Consistency = "strong"
     after: str | None = Field(default=None, max_length=128, description="a commit token")
 
@@ -428,6 +435,11 @@ class ContextSegment(_Model):
     block_hashes: list[str] = Field(
         description="hashes of the segment's own full blocks, chained from the segment's start "
         "(position-independent chunk keys, for engines that reuse a chunk anywhere)"
+    )
+    truncated: bool = Field(
+        default=False,
+        description="the document was longer than the budget leaves for segments: text and "
+        "tokens are its beginning, cut at a word boundary",
     )
 
 

@@ -94,7 +94,37 @@ class Settings(BaseSettings):
         description="tokenizer names for /v1/context, each the path of a tokenizer.json",
     )
     tokenizer_paths: bool = Field(
-        default=True, description="requests may name a tokenizer.json by its path"
+        default=False,
+        description="requests may name a tokenizer.json by its path, under tokenizer_dirs only",
+    )
+    tokenizer_dirs: list[Path] = Field(
+        default_factory=list,
+        description="directories whose tokenizer.json files requests may name by path (JSON "
+        "list; symlinks and .. are resolved before the check)",
+    )
+    tokenizer_cache_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="tokenizers kept loaded; past it the least recently used is dropped",
+    )
+    context_max_tokens: int = Field(
+        default=8192,
+        ge=1,
+        le=10_000_000,
+        description="the prompt budget of a /v1/context request that names no max_tokens",
+    )
+    context_max_tokens_limit: int = Field(
+        default=131_072,
+        ge=1,
+        le=10_000_000,
+        description="the largest max_tokens a /v1/context request may ask for",
+    )
+    prefix_max_per_tenant: int = Field(
+        default=10_000,
+        ge=1,
+        description="prefixes the registry keeps per tenant; a new one past it drops the least "
+        "recently used",
     )
     kv_hash_algo: Literal["sha256", "sha256_cbor"] = Field(
         default="sha256", description="the engine's --prefix-caching-hash-algo"

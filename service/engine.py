@@ -553,7 +553,9 @@ class Engine:
 
     def build_context(self, request: ContextRequest) -> ContextResponse:
         self._check_limits(request.k, request.query, "query")
-        self.context.tokenizers.get(request.tokenizer)  # refused before any search
+        # refused before any search
+        self.context.tokenizers.get(request.tokenizer)
+        self.context.builder.max_tokens(request)
         found = self.query(
             request.collection,
             QueryRequest(

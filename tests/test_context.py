@@ -3,6 +3,9 @@ the prefix registry and its invalidation, bad input."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from tokenizers import Tokenizer
 
+from unidb.errors import InvalidInput
+from unidb.models import CollectionCreate, ContextRequest, Document
+from unidb.service.api.main import create_app
+from unidb.service.config import Settings
 from unidb.service.context.hashing import BlockHasher, event_key
-from unidb.service.context.tokenizer import Tokenizers
+from unidb.service.context.tokenizer import UNUSABLE, Tokenizers
 from unidb.service.engine import Engine
+from unidb.service.tenancy import current_tenant
 
 from .conftest import snapshot
 
@@ -226,7 +234,7 @@ def test_tokenizer_by_path(tmp_path: Path) -> None:
     source = Tokenizers({}, allow_paths=False).get("minilm")
     path = tmp_path / "tokenizer.json"
     source.save(str(path))
-    by_path = Tokenizers({}, allow_paths=True).get(str(path))
+    by_path = Tokenizers({}, allow_paths=True, dirs=[tmp_path]).get(str(path))
     by_name = Tokenizers({"mine": path}, allow_paths=False).get("mine")
     text = "Autophagy declines with age."
     assert by_path.encode(text).ids == by_name.encode(text).ids
@@ -234,8 +242,210 @@ def test_tokenizer_by_path(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not allowed"):
         Tokenizers({}, allow_paths=False).get(str(path))
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(Exception, match="not a Hugging Face"):
-        Tokenizers({}, allow_paths=True).get(str(tmp_path / "bad.json"))
+    with pytest.raises(InvalidInput, match=UNUSABLE):
+        Tokenizers({}, allow_paths=True, dirs=[tmp_path]).get(str(tmp_path / "bad.json"))
+
+
+@contextmanager
+def _configured(engine: Engine, **settings: Any) -> Iterator[tuple[Engine, TestClient]]:
+    """An engine (and its REST API) on the session's database with ``settings`` changed;
+    the session engine keeps doing the background work."""
+    own = Engine(
+        engine.settings.model_copy(update=settings),
+        engine.pool,
+        engine.dsn,
+        background_pool=engine.background_pool,
+    )
+    own.text_indexes.close()
+    own.context.close()
+    own.jobs.close()
+    app = create_app(own.settings, engine=own)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as api:
+        yield own, api
+
+
+def _minilm_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Tokenizers({}, allow_paths=False).get("minilm").save(str(path))
+    return path
+
+
+def test_tokenizer_paths_are_off_by_default(
+    api: TestClient, collection: str, tmp_path: Path
+) -> None:
+    assert Settings.model_fields["tokenizer_paths"].default is False
+    _load(api, collection, DOCS[:1])
+    path = _minilm_file(tmp_path / "tokenizer.json")
+    answer = api.post(
+        "/v1/context", json={"collection": collection, "query": "alpha", "tokenizer": str(path)}
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["field"] == "tokenizer"
+    assert "not allowed" in answer.json()["error"]["message"]
+
+
+def test_tokenizer_paths_stay_under_the_allowed_dirs(tmp_path: Path) -> None:
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    inside = _minilm_file(allowed / "tokenizer.json")
+    elsewhere = _minilm_file(outside / "tokenizer.json")
+    (allowed / "link.json").symlink_to(elsewhere)
+    (allowed / "sub").symlink_to(outside, target_is_directory=True)
+    tokenizers = Tokenizers({}, allow_paths=True, dirs=[allowed])
+    assert isinstance(tokenizers.get(str(inside)), Tokenizer)
+    for name in (
+        str(elsewhere),
+        f"{allowed}/../outside/tokenizer.json",
+        str(allowed / "link.json"),
+        str(allowed / "sub" / "tokenizer.json"),
+    ):
+        with pytest.raises(InvalidInput, match="UNIDB_TOKENIZER_DIRS") as refused:
+            tokenizers.get(name)
+        assert refused.value.field == "tokenizer"
+    # allowed, but no directory at all: every path is refused
+    with pytest.raises(InvalidInput, match="UNIDB_TOKENIZER_DIRS"):
+        Tokenizers({}, allow_paths=True).get(str(inside))
+
+
+def test_missing_and_unusable_tokenizer_files_answer_alike(
+    engine: Engine, collection: str, tmp_path: Path
+) -> None:
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "data.json").write_text('{"rows": [1, 2, 3]}')
+    (tmp_path / "folder.json").mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}_outside.json"
+    outside.write_text("{}")
+    with _configured(engine, tokenizer_paths=True, tokenizer_dirs=[tmp_path]) as (_, api):
+        _load(api, collection, DOCS[:1])
+
+        def refusal(name: str) -> tuple[int, Any]:
+            body = {"collection": collection, "query": "alpha", "tokenizer": name}
+            answer = api.post("/v1/context", json=body)
+            return answer.status_code, answer.json()
+
+        expected = {"error": {"code": "invalid_input", "message": UNUSABLE, "field": "tokenizer"}}
+        names = ("missing.json", "empty.json", "data.json", "folder.json")
+        assert [refusal(str(tmp_path / name)) for name in names] == [(400, expected)] * 4
+        # outside the directories, an existing file and a missing one answer alike too
+        assert refusal(str(outside)) == refusal(str(tmp_path.parent / "missing_outside.json"))
+        assert refusal(str(outside))[0] == 400
+
+
+def test_tokenizer_cache_is_bounded(tmp_path: Path) -> None:
+    files = [_minilm_file(tmp_path / f"t{i}.json").resolve() for i in range(3)]
+    tokenizers = Tokenizers({}, allow_paths=True, dirs=[tmp_path], cache_size=2)
+    first = tokenizers.get(str(files[0]))
+    for path in files[1:]:
+        tokenizers.get(str(path))
+    assert tokenizers.loaded_paths() == files[1:]
+    tokenizers.get(str(files[1]))  # used again: the other one is now the oldest
+    assert tokenizers.get(str(files[0])) is not first  # dropped, so loaded again
+    assert tokenizers.loaded_paths() == [files[1], files[0]]
+
+
+# a document's words: ordinary English, about five characters a token
+_WORDS = "autophagy declines with age in many cells and the protein turnover slows".split()
+
+
+def _long_text(i: int, chars: int) -> str:
+    words: list[str] = []
+    length = 0
+    while length < chars:
+        word = _WORDS[(i + len(words)) % len(_WORDS)]
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)
+
+
+def test_context_stays_within_its_token_budget(
+    api: TestClient, engine: Engine, collection: str
+) -> None:
+    budget = 8192  # the default UNIDB_CONTEXT_MAX_TOKENS
+    # 20 documents of 100k characters (about 17k tokens each, twice the budget), k=20
+    docs = [{"id": f"big{i:02d}", "text": _long_text(i, 100_000)} for i in range(20)]
+    _load(api, collection, docs)
+    answer = api.post("/v1/context", json={"collection": collection, "query": "autophagy", "k": 20})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.content) < 1_000_000
+    built = answer.json()
+    assert len(built["token_ids"]) <= budget
+    assert engine.settings.context_max_tokens == budget
+
+    tokenizer = Tokenizers({}, allow_paths=False).get("minilm")
+    head = tokenizer.encode(
+        "Answer the question using the context below.", add_special_tokens=False
+    )
+    tail = tokenizer.encode("\n\nQuestion: autophagy\nAnswer:", add_special_tokens=False)
+    room = budget - len(head.ids) - len(tail.ids)
+    # the best-ranked document, cut at the last word that fits; the others no longer fit
+    [segment] = built["segments"]
+    assert segment["truncated"] is True
+    rendered = f"\n\n[{segment['id']}] {next(d['text'] for d in docs if d['id'] == segment['id'])}"
+    assert rendered.startswith(segment["text"]) and rendered[len(segment["text"])] == " "
+    kept = segment["end_token"] - segment["start_token"]
+    assert kept == len(tokenizer.encode(segment["text"], add_special_tokens=False).ids) <= room
+    one_more_word = rendered[: rendered.index(" ", len(segment["text"]) + 1)]
+    assert len(tokenizer.encode(one_more_word, add_special_tokens=False).ids) > room
+    assert tokenizer.encode(built["prompt"], add_special_tokens=False).ids == built["token_ids"]
+
+    listed = api.get("/v1/prefixes", params={"collection": collection}).json()["prefixes"]
+    [registered] = [p for p in listed if p["prefix_key"] == built["prefix_key"]]
+    assert registered["token_count"] == built["prefix_tokens"] == len(head.ids) + kept
+
+    # a session's turn is held to the budget the same way
+    turn = api.post(
+        "/v1/context",
+        json={"collection": collection, "query": "autophagy", "k": 20, "session": collection},
+    ).json()
+    assert len(turn["token_ids"]) <= budget
+    assert [s["truncated"] for s in turn["segments"]] == [True]
+
+    over = api.post(
+        "/v1/context",
+        json={
+            "collection": collection,
+            "query": "autophagy",
+            "max_tokens": engine.settings.context_max_tokens_limit + 1,
+        },
+    )
+    assert over.status_code == 400 and over.json()["error"]["field"] == "max_tokens"
+    assert "UNIDB_CONTEXT_MAX_TOKENS_LIMIT" in over.json()["error"]["message"]
+
+
+def test_prefix_registry_keeps_the_most_recent_per_tenant(engine: Engine) -> None:
+    cap = 5
+    tenant = f"cap_{uuid.uuid4().hex[:8]}"
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with _configured(engine, prefix_max_per_tenant=cap) as (own, _):
+        token = current_tenant.set(tenant)
+        try:
+            own.create_collection(CollectionCreate(name=name, dim=2))
+            own.upsert_documents(name, [Document(id="d1", text="alpha prefix")])
+
+            def send(salt: str) -> str:
+                request = ContextRequest(collection=name, query="alpha", k=1, salt=salt)
+                return own.build_context(request).prefix_key
+
+            def registered() -> set[str]:
+                with own.transaction() as conn:
+                    rows = conn.execute(
+                        "SELECT prefix_key FROM unidb.prefixes WHERE tenant = %s", (tenant,)
+                    ).fetchall()
+                return {key for (key,) in rows}
+
+            keys = {f"s{i}": send(f"s{i}") for i in range(cap)}
+            assert registered() == set(keys.values())
+            send("s0")  # used again: s1 is now the least recently used
+            keys["s5"] = send("s5")
+            assert registered() == {keys[s] for s in ("s0", "s2", "s3", "s4", "s5")}
+            for i in range(6, cap + 10):  # cap + 10 salts in all
+                keys[f"s{i}"] = send(f"s{i}")
+            assert registered() == {keys[f"s{i}"] for i in range(10, cap + 10)}
+        finally:
+            own.delete_collection(name)
+            with own.transaction() as conn:
+                conn.execute("DELETE FROM unidb.prefixes WHERE tenant = %s", (tenant,))
+                conn.execute("DELETE FROM unidb.tenant_secrets")
+            current_tenant.reset(token)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from unidb.errors import InvalidInput
 from unidb.models import (
     ContextRequest,
     ContextResponse,
@@ -75,12 +76,44 @@ def reuse_order(chosen: Sequence[Piece], sent: Sequence[Sent], resident: set[byt
 
 
 class ContextBuilder:
-    """Turns ranked document ids into a `ContextResponse` (see `ContextRequest`)."""
+    """Turns ranked document ids into a `ContextResponse` (see `ContextRequest`).
 
-    def __init__(self, tokenizers: Tokenizers, hasher: BlockHasher, residency: Residency) -> None:
+    A request without ``max_tokens`` gets ``default_max_tokens``; none may ask for more than
+    ``max_tokens_limit``. The registry keeps ``prefixes_per_tenant`` prefixes per tenant."""
+
+    def __init__(
+        self,
+        tokenizers: Tokenizers,
+        hasher: BlockHasher,
+        residency: Residency,
+        *,
+        default_max_tokens: int = 8192,
+        max_tokens_limit: int = 131_072,
+        prefixes_per_tenant: int = 10_000,
+    ) -> None:
+        if default_max_tokens > max_tokens_limit:
+            raise ValueError(
+                f"the default max_tokens {default_max_tokens} (UNIDB_CONTEXT_MAX_TOKENS) is "
+                f"over the limit {max_tokens_limit} (UNIDB_CONTEXT_MAX_TOKENS_LIMIT)"
+            )
         self.tokenizers = tokenizers
         self.hasher = hasher
         self.residency = residency
+        self.default_max_tokens = default_max_tokens
+        self.max_tokens_limit = max_tokens_limit
+        self.prefixes_per_tenant = prefixes_per_tenant
+
+    def max_tokens(self, request: ContextRequest) -> int:
+        """The request's prompt budget; a 400 past the limit."""
+        if request.max_tokens is None:
+            return self.default_max_tokens
+        if request.max_tokens > self.max_tokens_limit:
+            raise InvalidInput(
+                f"max_tokens is {request.max_tokens}, over the limit of {self.max_tokens_limit}"
+                " (UNIDB_CONTEXT_MAX_TOKENS_LIMIT)",
+                field="max_tokens",
+            )
+        return request.max_tokens
 
     def shape(self, row: collections.CollectionRow, request: ContextRequest) -> str:
         return _digest(
@@ -104,7 +137,7 @@ class ContextBuilder:
     ) -> ContextResponse:
         tokenizer = self.tokenizers.get(request.tokenizer)
         head_text, head, tail_text, tail = frame(tokenizer, request.template, request.query)
-        room = budget(request.max_tokens, head, tail)
+        room = budget(self.max_tokens(request), head, tail)
         shape = self.shape(row, request)
 
         previous: list[int] = []
@@ -120,14 +153,21 @@ class ContextBuilder:
         found = load_chunks(conn, row.id, keys=previous, ids=ranked_ids)
         current = {chunk.key: chunk for chunk in found}
         by_id = {chunk.id: chunk for chunk in found}
-        ranked = pieces(tokenizer, request.template, [by_id[i] for i in ranked_ids if i in by_id])
+        ranked = [by_id[i] for i in ranked_ids if i in by_id]
 
         turn: SessionTurn | None = None
         if request.session is not None:
-            turn = self._grow(tokenizer, request, previous, current, ranked, room)
+            turn = self._grow(
+                tokenizer,
+                request,
+                previous,
+                current,
+                pieces(tokenizer, request.template, ranked, room),
+                room,
+            )
             ordered = turn.ordered
         else:
-            chosen = fit(ranked, room)
+            chosen = fit(tokenizer, request.template, ranked, room)
             if request.order == "relevance":
                 ordered = chosen
             else:
@@ -154,7 +194,7 @@ class ContextBuilder:
         previous: list[int],
         current: dict[int, Chunk],
         ranked: list[Piece],
-        room: int | None,
+        room: int,
     ) -> SessionTurn:
         """Earlier chunks keep their place (at their current version; deleted ones leave),
         new ones are appended in rank order. Past the budget the session starts a new
@@ -164,13 +204,14 @@ class ContextBuilder:
         # chunks this turn retrieved again are tokenized already
         tokenized = {p.chunk.key: p for p in ranked}
         missing = [current[k] for k in previous if k in current and k not in tokenized]
-        tokenized |= {p.chunk.key: p for p in pieces(tokenizer, request.template, missing)}
-        kept = [tokenized[k] for k in previous if k in current]
+        tokenized |= {p.chunk.key: p for p in pieces(tokenizer, request.template, missing, room)}
+        kept = [tokenized[k] for k in previous if k in tokenized]
         known = {p.chunk.key for p in kept}
         ordered = kept + [p for p in ranked if p.chunk.key not in known]
-        dropped: list[str] = []
+        # earlier chunks past what one request tokenizes (see prompt.TOKENIZED_ROOMS) leave
+        dropped = [current[k].id for k in previous if k in current and k not in tokenized]
         total = sum(len(p.token_ids) for p in ordered)
-        if room is not None and total > room:
+        if total > room:
             retrieved = {p.chunk.key for p in ranked}
             for piece in list(ordered):
                 if total <= room // 2:
@@ -200,7 +241,16 @@ class ContextBuilder:
         block_hashes = self.hasher.chain(token_ids, block_size=request.block_size, salt=salt)
         prefix_blocks = len(prefix_tokens) // request.block_size
         members = [(p.chunk.key, p.chunk.id, p.chunk.version) for p in layout.pieces]
-        prefix_key = _digest(shape, [(k, v) for k, _, v in members])
+        # a cut segment's tokens depend on where it was cut, so its length names it too
+        prefix_key = _digest(
+            shape,
+            [
+                (p.chunk.key, p.chunk.version, len(p.token_ids))
+                if p.truncated
+                else (p.chunk.key, p.chunk.version)
+                for p in layout.pieces
+            ],
+        )
         register(
             conn,
             prefix_key=prefix_key,
@@ -211,6 +261,7 @@ class ContextBuilder:
             token_ids=prefix_tokens,
             block_hashes=block_hashes[:prefix_blocks],
             cache_salt=salt,
+            max_per_tenant=self.prefixes_per_tenant,
         )
 
         segments = []
@@ -226,6 +277,7 @@ class ContextBuilder:
                     start_token=position,
                     end_token=end,
                     block_hashes=[h.hex() for h in own],
+                    truncated=piece.truncated,
                 )
             )
             position = end

@@ -5,6 +5,13 @@ question. Each piece is tokenized on its own and the token ids are concatenated,
 segment's tokens are the same wherever it sits: a shared prefix of pieces is a shared
 prefix of tokens, which is what an engine's prefix cache needs. Callers send
 ``token_ids`` to the engine as the prompt.
+
+A segment never holds more tokens than the budget leaves for segments (``room``): a longer
+one is cut at a word boundary and marked ``truncated``. Its text is cut to
+``CHARS_PER_TOKEN`` characters per token of room before it is tokenized, and a request
+tokenizes at most ``TOKENIZED_ROOMS`` rooms' worth of characters, so a huge document is
+never tokenized whole. Both assume ordinary text, whose tokens average far fewer
+characters; a segment that fits the budget whole is laid out exactly as without them.
 """
 
 from __future__ import annotations
@@ -12,10 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from unidb.errors import InvalidInput
 from unidb.models import ContextTemplate
+
+# English averages about four characters a token; a segment's text is cut at this many
+# characters per token it may hold before it is tokenized
+CHARS_PER_TOKEN = 8
+# characters one request tokenizes at most, in rooms (room * CHARS_PER_TOKEN characters each)
+TOKENIZED_ROOMS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +47,7 @@ class Piece:
     chunk: Chunk
     text: str
     token_ids: list[int]
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +81,65 @@ def render(template: ContextTemplate, chunk: Chunk) -> str:
     return template.delimiter + body
 
 
-def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def _encodings(tokenizer: Tokenizer, texts: Sequence[str]) -> list[Encoding]:
     if not texts:
         return []
-    return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    return list(tokenizer.encode_batch(list(texts), add_special_tokens=False))
 
 
-def pieces(tokenizer: Tokenizer, template: ContextTemplate, chunks: Sequence[Chunk]) -> list[Piece]:
-    texts = [render(template, c) for c in chunks]
-    return [
-        Piece(c, text, ids)
-        for c, text, ids in zip(chunks, texts, encode(tokenizer, texts), strict=True)
-    ]
+def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in _encodings(tokenizer, texts)]
+
+
+def _clip(text: str, room: int) -> str:
+    return text[: room * CHARS_PER_TOKEN]
+
+
+def _piece(chunk: Chunk, text: str, clipped: str, encoding: Encoding, room: int) -> Piece:
+    """The segment of ``chunk`` whose rendered ``text`` was tokenized as ``clipped``: whole,
+    or cut to at most ``room`` tokens at a word boundary (a word cut in two may tokenize
+    differently on its own, so the prompt would not tokenize as its pieces do)."""
+    ids = encoding.ids
+    if len(clipped) == len(text) and len(ids) <= room:
+        return Piece(chunk, text, ids)
+    words = encoding.word_ids
+    kept = min(room, len(ids))
+    # the word that the token cap or the character clip cut into: none of it is kept
+    cut_word = words[kept] if kept < len(ids) else (words[-1] if ids else None)
+    end = kept
+    while cut_word is not None and end > 0 and words[end - 1] == cut_word:
+        end -= 1
+    if end == 0:  # one word longer than the room: cut inside it
+        end = kept
+    stop = encoding.offsets[end - 1][1] if end else 0
+    return Piece(chunk, clipped[:stop], ids[:end], truncated=True)
+
+
+def pieces(
+    tokenizer: Tokenizer, template: ContextTemplate, chunks: Sequence[Chunk], room: int
+) -> list[Piece]:
+    """Every chunk's segment, each at most ``room`` tokens, while the characters tokenized
+    stay within ``TOKENIZED_ROOMS`` rooms (the later chunks are left out past that)."""
+    texts: list[tuple[Chunk, str, str]] = []
+    spent, allowed = 0, TOKENIZED_ROOMS * room * CHARS_PER_TOKEN
+    for chunk in chunks:
+        text = render(template, chunk)
+        clipped = _clip(text, room)
+        spent += len(clipped)
+        if spent > allowed:
+            break
+        texts.append((chunk, text, clipped))
+    encodings = _encodings(tokenizer, [clipped for _, _, clipped in texts])
+    made = (
+        _piece(chunk, text, clipped, encoding, room)
+        for (chunk, text, clipped), encoding in zip(texts, encodings, strict=True)
+    )
+    return [piece for piece in made if _worth_sending(piece)]
+
+
+def _worth_sending(piece: Piece) -> bool:
+    # a chunk cut to nothing (no room at all) is no segment
+    return bool(piece.token_ids) or not piece.truncated
 
 
 def frame(
@@ -90,10 +151,8 @@ def frame(
     return template.system, head, tail_text, tail
 
 
-def budget(max_tokens: int | None, head: list[int], tail: list[int]) -> int | None:
+def budget(max_tokens: int, head: list[int], tail: list[int]) -> int:
     """Tokens left for segments under ``max_tokens``; a 400 if the frame alone overflows."""
-    if max_tokens is None:
-        return None
     left = max_tokens - len(head) - len(tail)
     if left < 0:
         raise InvalidInput(
@@ -104,15 +163,27 @@ def budget(max_tokens: int | None, head: list[int], tail: list[int]) -> int | No
     return left
 
 
-def fit(ranked: Sequence[Piece], room: int | None) -> list[Piece]:
-    """The best-ranked pieces that fit in ``room`` tokens, in rank order."""
-    if room is None:
-        return list(ranked)
+def fit(
+    tokenizer: Tokenizer, template: ContextTemplate, ranked: Sequence[Chunk], room: int
+) -> list[Piece]:
+    """The best-ranked chunks whose segments fit in ``room`` tokens, in rank order.
+
+    A chunk is tokenized only if its text could fit in what is left, and only while the
+    characters tokenized stay within ``TOKENIZED_ROOMS`` rooms."""
     kept: list[Piece] = []
-    for piece in ranked:
-        if len(piece.token_ids) <= room:
+    left = room
+    spent, allowed = 0, TOKENIZED_ROOMS * room * CHARS_PER_TOKEN
+    for chunk in ranked:
+        text = render(template, chunk)
+        clipped = _clip(text, room)
+        if len(clipped) > left * CHARS_PER_TOKEN or spent + len(clipped) > allowed:
+            continue
+        spent += len(clipped)
+        (encoding,) = _encodings(tokenizer, [clipped])
+        piece = _piece(chunk, text, clipped, encoding, room)
+        if _worth_sending(piece) and len(piece.token_ids) <= left:
             kept.append(piece)
-            room -= len(piece.token_ids)
+            left -= len(piece.token_ids)
     return kept
 
 

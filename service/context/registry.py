@@ -4,8 +4,9 @@ Every context built is registered as a prefix: the sequence of (document, versio
 out after the fixed head. Together they form a trie of chunk sequences already sent to
 engines; `order="reuse"` follows its longest path made only of chunks in a new result set.
 A prefix whose member document changes is stale: `invalidate` drops it, following the
-outbox like any other derived index. Library code: every function takes the caller's
-connection and never commits.
+outbox like any other derived index. A tenant keeps at most a set number of prefixes: a
+new one past it drops that tenant's least recently used (sent) ones. Library code: every
+function takes the caller's connection and never commits.
 """
 
 from __future__ import annotations
@@ -75,8 +76,11 @@ def register(
     token_ids: Sequence[int],
     block_hashes: Sequence[bytes],
     cache_salt: str | None,
+    max_per_tenant: int,
 ) -> int:
-    """Record that this prefix was sent; returns its hit count (0 the first time)."""
+    """Record that this prefix was sent; returns its hit count (0 the first time). A new
+    prefix makes room for itself: the tenant's least recently used past ``max_per_tenant``
+    are dropped."""
     row = conn.execute(
         "INSERT INTO unidb.prefixes (prefix_key, tenant, collection_id, shape, document_keys,"
         " document_ids, versions, token_ids, block_hashes, cache_salt)"
@@ -98,7 +102,17 @@ def register(
         ),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    hits = int(row[0])
+    if hits == 0:
+        # requests in flight at once may each keep the newest rows they see: the cap can be
+        # passed by as many, until the next new prefix trims it
+        conn.execute(
+            "DELETE FROM unidb.prefixes WHERE prefix_key IN ("
+            " SELECT prefix_key FROM unidb.prefixes WHERE tenant = %s AND prefix_key <> %s"
+            " ORDER BY last_used_at DESC, prefix_key DESC OFFSET %s)",
+            (tenant, prefix_key, max_per_tenant - 1),
+        )
+    return hits
 
 
 def get(conn: Connection, prefix_key: str) -> Registered | None:

@@ -24,14 +24,26 @@ class ContextService:
     def __init__(self, settings: Settings, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
         self.pool = pool
         self.interval_s = settings.tailer_interval_s
-        self.tokenizers = Tokenizers(settings.tokenizers, allow_paths=settings.tokenizer_paths)
+        self.tokenizers = Tokenizers(
+            settings.tokenizers,
+            allow_paths=settings.tokenizer_paths,
+            dirs=settings.tokenizer_dirs,
+            cache_size=settings.tokenizer_cache_size,
+        )
         self.hasher = BlockHasher(
             algo=settings.kv_hash_algo,
             seed=settings.kv_hash_seed,
             salt_style=settings.kv_salt_style,
         )
         self.residency = Residency()
-        self.builder = ContextBuilder(self.tokenizers, self.hasher, self.residency)
+        self.builder = ContextBuilder(
+            self.tokenizers,
+            self.hasher,
+            self.residency,
+            default_max_tokens=settings.context_max_tokens,
+            max_tokens_limit=settings.context_max_tokens_limit,
+            prefixes_per_tenant=settings.prefix_max_per_tenant,
+        )
         self.subscribers = [
             Subscriber(
                 engine.name,
