@@ -69,20 +69,86 @@ class MiniLM:
         return vector
 
 
+class EmbedderError(RuntimeError):
+    """The embedder could not embed: its server failed, or answered badly."""
+
+
+class EmbedderTimeout(EmbedderError):
+    """The embedder's server did not answer in time."""
+
+
+class EmbedderBusy(EmbedderError):
+    """Every slot of the embedder's server stayed taken for the whole wait."""
+
+
+class EmbeddingEndpoint:
+    """One server's OpenAI-compatible ``/v1/embeddings``: one HTTP client, which follows no
+    redirect, and a bound on the calls in flight, shared by every collection that uses it.
+
+    A stalled server then holds at most ``concurrency`` callers, each for at most
+    ``timeout_s``; the rest give up after ``wait_s``. Errors name the endpoint, never echo
+    what it sent."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+        wait_s: float = 1.0,
+    ) -> None:
+        import httpx
+
+        self.name = name
+        self.url = url
+        self.timeout_s = timeout_s
+        self.concurrency = concurrency
+        self.wait_s = wait_s
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False)
+
+    def post(self, body: dict[str, Any]) -> Any:
+        """POST ``body`` and return the JSON answer."""
+        import httpx
+
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise EmbedderBusy(
+                f"the embedder {self.name!r} has {self.concurrency} calls in flight and none "
+                f"finished within {self.wait_s:g} s"
+            )
+        try:
+            response = self._http.post(self.url, json=body)
+        except httpx.TimeoutException as exc:
+            raise EmbedderTimeout(
+                f"the embedder {self.name!r} did not answer within {self.timeout_s:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise EmbedderError(f"the embedder {self.name!r} could not be reached") from exc
+        finally:
+            self._slots.release()
+        if response.status_code != 200:
+            raise EmbedderError(f"the embedder {self.name!r} answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise EmbedderError(
+                f"the embedder {self.name!r} sent an answer that is not JSON"
+            ) from exc
+
+    def close(self) -> None:
+        self._http.close()
+
+
 class OpenAICompatible:
     """Any server speaking OpenAI's ``POST /v1/embeddings`` (vLLM, TEI, ...)."""
 
     name = "openai"
 
-    def __init__(
-        self, url: str, *, dim: int, model: str | None = None, timeout_s: float = 60.0
-    ) -> None:
-        import httpx
-
-        self.url = url.rstrip("/") + "/embeddings"
+    def __init__(self, endpoint: EmbeddingEndpoint, *, dim: int, model: str | None = None) -> None:
+        self.endpoint = endpoint
         self.dim = dim
         self.model = model
-        self._http = httpx.Client(timeout=timeout_s)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -90,20 +156,15 @@ class OpenAICompatible:
         body: dict[str, Any] = {"input": list(texts)}
         if self.model:
             body["model"] = self.model
-        response = self._http.post(self.url, json=body)
-        if response.status_code != 200:
-            raise EmbedderError(
-                f"embedding endpoint {self.url} answered {response.status_code}: "
-                f"{response.text[:300]}"
-            )
+        answer = self.endpoint.post(body)
         try:
-            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            data = sorted(answer["data"], key=lambda item: item["index"])
             vectors = np.asarray([item["embedding"] for item in data], dtype=np.float32)
         except (ValueError, KeyError, TypeError) as exc:
-            raise EmbedderError(f"embedding endpoint {self.url} sent no embeddings") from exc
+            raise EmbedderError(f"the embedder {self.endpoint.name!r} sent no embeddings") from exc
         if vectors.shape != (len(texts), self.dim):
             raise EmbedderError(
-                f"embedding endpoint {self.url} sent shape {vectors.shape}, "
+                f"the embedder {self.endpoint.name!r} sent shape {vectors.shape}, "
                 f"expected ({len(texts)}, {self.dim})"
             )
         return vectors
@@ -113,21 +174,21 @@ class OpenAICompatible:
         return vector
 
 
-class EmbedderError(RuntimeError):
-    """The embedder could not embed (endpoint down, wrong answer)."""
-
-
 _MINILM = MiniLM()
 
 
 def get_embedder(
-    kind: str, *, dim: int = 384, url: str | None = None, model: str | None = None
+    kind: str,
+    *,
+    dim: int = 384,
+    endpoint: EmbeddingEndpoint | None = None,
+    model: str | None = None,
 ) -> Embedder:
-    """The embedder of ``kind``: ``minilm`` (shared, in-process) or ``openai`` at ``url``."""
+    """The embedder of ``kind``: ``minilm`` (shared, in-process) or ``openai`` at ``endpoint``."""
     if kind == "minilm":
         return _MINILM
     if kind == "openai":
-        if not url:
-            raise ValueError("the openai embedder needs a url")
-        return OpenAICompatible(url, dim=dim, model=model)
+        if endpoint is None:
+            raise ValueError("the openai embedder needs an endpoint")
+        return OpenAICompatible(endpoint, dim=dim, model=model)
     raise ValueError(f"unknown embedder {kind!r}; known: minilm, openai")

@@ -7,8 +7,10 @@
 
 from ._client import AsyncClient, Backend, Client, Transaction
 from .errors import (
+    BadGateway,
     Conflict,
     Forbidden,
+    GatewayTimeout,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -31,11 +33,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "Backend",
+    "BadGateway",
     "Client",
     "Collection",
     "Conflict",
     "Document",
     "Forbidden",
+    "GatewayTimeout",
     "Hit",
     "InvalidInput",
     "NotFound",

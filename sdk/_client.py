@@ -226,9 +226,11 @@ def _warm_path(prefix_key: str) -> str:
     return f"/v1/prefixes/{quote(prefix_key, safe='')}/warm"
 
 
-def _warm_request(engine_url: str, model: str | None) -> WarmRequest:
+def _warm_request(engine: str, model: str | None) -> WarmRequest:
     try:
-        return WarmRequest(engine_url=engine_url, model=model)
+        if engine.startswith(("http://", "https://")):
+            return WarmRequest(engine_url=engine, model=model)
+        return WarmRequest(engine=engine, model=model)
     except ValidationError as exc:
         raise _invalid_from(exc) from exc
 
@@ -748,7 +750,10 @@ class Client:
     def warm_prefix(
         self, prefix_key: str, engine_url: str, *, model: str | None = None
     ) -> WarmResult:
-        """Prefill a registered prefix on an OpenAI-compatible engine (``max_tokens=1``)."""
+        """Prefill a registered prefix on an OpenAI-compatible engine (``max_tokens=1``).
+
+        ``engine_url``: the engine's name in the server's UNIDB_KV_ENGINES or
+        UNIDB_OUTBOUND_URLS, or the URL listed there."""
         return self._backend.warm_prefix(prefix_key, _warm_request(engine_url, model))
 
     def build_index(

@@ -7,7 +7,9 @@
     ├── NotFound                404  unknown collection or document
     ├── Conflict                409  already exists, or a version check failed
     ├── PayloadTooLarge         413  request body or batch over the configured limit
-    ├── Unavailable             503  database unreachable or pool exhausted
+    ├── Unavailable             503  database unreachable, pool or embedder slots exhausted
+    │   ├── BadGateway          502  an upstream (embedder, LLM engine) failed or answered badly
+    │   └── GatewayTimeout      504  an upstream did not answer in time
     └── ServerError             500  anything unexpected
 
 The server renders each as ``{"error": {"code", "message", "field"}}`` with its status;
@@ -28,6 +30,8 @@ __all__ = [
     "Conflict",
     "PayloadTooLarge",
     "Unavailable",
+    "BadGateway",
+    "GatewayTimeout",
     "ServerError",
     "error_from_response",
     "field_from_location",
@@ -88,6 +92,16 @@ class Unavailable(UnidbError):
     code = "unavailable"
 
 
+class BadGateway(Unavailable):
+    status = 502
+    code = "bad_gateway"
+
+
+class GatewayTimeout(Unavailable):
+    status = 504
+    code = "gateway_timeout"
+
+
 class ServerError(UnidbError):
     status = 500
     code = "server_error"
@@ -103,6 +117,8 @@ _BY_CODE: dict[str, type[UnidbError]] = {
         Conflict,
         PayloadTooLarge,
         Unavailable,
+        BadGateway,
+        GatewayTimeout,
         ServerError,
     )
 }

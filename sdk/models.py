@@ -121,7 +121,10 @@ class EmbedderSpec(_Model):
 
     kind: Literal["minilm", "openai"]
     url: Text | None = Field(
-        default=None, description="base URL ending in /v1, for kind openai", max_length=2048
+        default=None,
+        description="for kind openai: the name of a server the operator lists "
+        "(UNIDB_OUTBOUND_URLS), or its listed URL",
+        max_length=2048,
     )
     model: Text | None = Field(default=None, max_length=256)
 
@@ -486,15 +489,22 @@ class PrefixList(_Model):
 
 
 class WarmRequest(_Model):
-    """Send a prefix to an OpenAI-compatible completions endpoint so the engine caches it."""
+    """Send a prefix to an OpenAI-compatible completions endpoint so the engine caches it.
 
-    engine_url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    Give one of ``engine`` (a server's name in UNIDB_KV_ENGINES or UNIDB_OUTBOUND_URLS) or
+    ``engine_url`` (the URL listed there, repeated exactly)."""
+
+    engine: str | None = Field(default=None, min_length=1, max_length=128)
+    engine_url: str | None = Field(
+        default=None, min_length=1, max_length=2048, pattern=r"^https?://"
+    )
     model: str | None = Field(default=None, max_length=256)
 
 
 class WarmResult(_Model):
     prefix_key: str
-    engine_url: str
+    engine: str | None = Field(default=None, description="the listed server that was warmed")
+    engine_url: str | None = Field(default=None, description="as the request gave it")
     model: str
     prompt_tokens: int
     cached_tokens: int | None = Field(description="what the engine reported as already cached")

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("unidb", appauthor=False))
+
+
+def _outbound_url(value: str) -> str:
+    """An operator-listed base URL: http(s), a host, and nothing a request could bend
+    (no userinfo, query or fragment)."""
+    if any(ch in value for ch in "?#@\\") or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ValueError("an outbound URL has no userinfo, query, fragment, backslash or space")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an outbound URL is http:// or https:// and names a host")
+    return value.rstrip("/")
+
+
+OutboundUrl = Annotated[str, Field(max_length=2048), AfterValidator(_outbound_url)]
+OutboundName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
 
 
 class KvEngine(BaseModel):
@@ -25,6 +41,11 @@ class KvEngine(BaseModel):
     replay: str | None = Field(default=None, description="its replay ROUTER, e.g. tcp://vllm:5558")
     topic: str = ""
     data_parallel_size: int = Field(default=1, ge=1, le=256)
+    url: OutboundUrl | None = Field(
+        default=None,
+        description="its OpenAI-compatible HTTP API, e.g. http://vllm:8000: prefix warm-up "
+        "may call it, by the engine's name",
+    )
 
 
 class Settings(BaseSettings):
@@ -138,6 +159,27 @@ class Settings(BaseSettings):
     )
     kv_engines: list[KvEngine] = Field(
         default_factory=list, description="engines whose KV events drive cached_tokens"
+    )
+    outbound_urls: dict[OutboundName, OutboundUrl] = Field(
+        default_factory=dict,
+        description="the only servers unidb calls for a request (OpenAI-compatible embedders "
+        "and LLM engines), by name → base URL; kv_engines with a url are listed too",
+    )
+    embedder_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="how long one call to an embedding server may take"
+    )
+    embedder_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=32,
+        description="calls in flight to one embedding server; kept well below the 40 threads "
+        "that serve requests, so a stalled embedder cannot hold them all",
+    )
+    embedder_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="how long a call waits for a free slot at its embedding server before 503",
     )
 
     ann_exact_below: int = Field(

@@ -19,10 +19,24 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from unidb.errors import InvalidInput, NotFound, ServerError, Unavailable, UnidbError
+from unidb.errors import (
+    BadGateway,
+    GatewayTimeout,
+    InvalidInput,
+    NotFound,
+    ServerError,
+    Unavailable,
+    UnidbError,
+)
 from unidb.indexing import outbox
 from unidb.indexing.bm25 import document_body
-from unidb.indexing.embedders import Embedder, EmbedderError, get_embedder
+from unidb.indexing.embedders import (
+    Embedder,
+    EmbedderBusy,
+    EmbedderError,
+    EmbedderTimeout,
+    get_embedder,
+)
 from unidb.indexing.faiss_index import BuildRefused
 from unidb.models import (
     Collection,
@@ -70,6 +84,7 @@ from .filters import CompiledFilter, compile_filter
 from .fusion import fuse
 from .hits import hydrate
 from .metrics import Metrics
+from .outbound import Outbound
 from .replicas import Replicas
 from .search import vector_search
 from .tenancy import SERVICE_WIDE, current_tenant
@@ -121,6 +136,7 @@ class Engine:
         self._index_builds: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
         self._embedders: dict[int, Embedder] = {}
+        self.outbound = Outbound.from_settings(settings)
         self.text_indexes = TextIndexes(
             settings.data_dir / "indexes",
             self.background_pool,
@@ -192,6 +208,7 @@ class Engine:
             self.background_pool.close()
         self.replicas.close()
         self.pool.close()
+        self.outbound.close()
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
@@ -298,6 +315,8 @@ class Engine:
         return Health(status="ok")
 
     def create_collection(self, spec: CollectionCreate) -> Collection:
+        if spec.embedder is not None and spec.embedder.kind == "openai" and spec.embedder.url:
+            self.outbound.resolve(spec.embedder.url, field="embedder.url")
         with self.transaction() as conn:
             row = collections.create(conn, spec)
             return collections.describe(conn, row)
@@ -350,15 +369,25 @@ class Engine:
         with self._lock:
             embedder = self._embedders.get(row.id)
             if embedder is None:
-                embedder = get_embedder(spec.kind, dim=row.dim, url=spec.url, model=spec.model)
+                # the operator's list may have changed since the collection was made
+                endpoint = (
+                    self.outbound.embedding_endpoint(spec.url or "", field="embedder.url")
+                    if spec.kind == "openai"
+                    else None
+                )
+                embedder = get_embedder(spec.kind, dim=row.dim, endpoint=endpoint, model=spec.model)
                 self._embedders[row.id] = embedder
             return embedder
 
     def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
         try:
             return embedder.embed_documents(texts)
+        except EmbedderBusy as exc:
+            raise Unavailable(f"{exc} (UNIDB_EMBEDDER_CONCURRENCY)", field="embedder") from exc
+        except EmbedderTimeout as exc:
+            raise GatewayTimeout(f"{exc} (UNIDB_EMBEDDER_TIMEOUT_S)", field="embedder") from exc
         except EmbedderError as exc:
-            raise Unavailable(f"the collection's embedder failed: {exc}", field="embedder") from exc
+            raise BadGateway(str(exc), field="embedder") from exc
 
     def _with_embeddings(self, collection: str, documents_: list[Document]) -> list[Document]:
         """Documents without an embedding get one from the collection's embedder, if any.
@@ -366,9 +395,9 @@ class Engine:
         Called outside any transaction: a model call must not hold a connection."""
         with self.transaction() as conn:
             row = collections.get(conn, collection)
-        embedder = self.embedder(row)
-        missing = [d for d in documents_ if d.embedding is None] if embedder else []
-        if embedder is None or not missing:
+        missing = [d for d in documents_ if d.embedding is None] if row.embedder else []
+        embedder = self.embedder(row) if missing else None
+        if embedder is None:
             return documents_
         vectors = self._embed(embedder, [document_body(d.text, d.metadata) for d in missing])
         filled = {id(d): v for d, v in zip(missing, vectors, strict=True)}
@@ -452,15 +481,15 @@ class Engine:
         where = self._compiled_filter(request.filter) if request.filter else None
         with self.reading(consistency=request.consistency, after=request.after) as conn:
             row = collections.get(conn, collection)
-            embedder = self.embedder(row)
             wants_embedding = (
                 request.vector is None
                 and request.mode in ("vector", "hybrid")
                 and bool(request.text)
-                and embedder is not None
+                and row.embedder is not None
             )
             if not wants_embedding:
                 return self._answer(conn, row, request, request.vector, where)
+            embedder = self.embedder(row)
         # embed outside a transaction: a model call must not hold a connection
         assert embedder is not None and request.text
         query_vector = self._embed(embedder, [request.text])[0]
@@ -582,16 +611,26 @@ class Engine:
             )
 
     def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
+        if (request.engine is None) == (request.engine_url is None):
+            raise InvalidInput("give one of engine (a name) or engine_url", field="engine")
+        field = "engine" if request.engine is not None else "engine_url"
+        # only a listed server, checked before anything else is done
+        upstream = self.outbound.resolve(request.engine or request.engine_url or "", field=field)
         with self.transaction() as conn:
             found = registry.get(conn, prefix_key)
         if found is None:
             raise NotFound(f"no prefix {prefix_key!r}", field="prefix_key")
         # the engine call holds no database connection
         model, prompt_tokens, cached = warm(
-            request.engine_url, found.token_ids, model=request.model, cache_salt=found.cache_salt
+            upstream,
+            found.token_ids,
+            model=request.model,
+            cache_salt=found.cache_salt,
+            field=field,
         )
         return WarmResult(
             prefix_key=prefix_key,
+            engine=upstream.name,
             engine_url=request.engine_url,
             model=model,
             prompt_tokens=prompt_tokens,

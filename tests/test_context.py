@@ -485,8 +485,9 @@ def test_bad_context_requests(
 def test_context_on_a_missing_collection_or_prefix(api: TestClient) -> None:
     missing = api.post("/v1/context", json={"collection": "no_such_collection", "query": "x"})
     assert missing.status_code == 404
+    # an engine the operator does not list is refused first (tests/test_outbound.py)
     warm = api.post("/v1/prefixes/abc123/warm", json={"engine_url": "http://127.0.0.1:1"})
-    assert warm.status_code == 404 and warm.json()["error"]["field"] == "prefix_key"
+    assert warm.status_code == 400 and warm.json()["error"]["field"] == "engine_url"
     bad_url = api.post("/v1/prefixes/abc123/warm", json={"engine_url": "file:///etc/passwd"})
     assert bad_url.status_code == 400 and bad_url.json()["error"]["field"] == "engine_url"
 

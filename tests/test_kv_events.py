@@ -3,12 +3,9 @@ reaches a real HTTP completions server."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import msgpack
@@ -203,74 +200,6 @@ def test_kv_events_drive_cached_tokens(
         _wait(lambda: subscriber.batches > seen)
         cleared = context()
         assert cleared["cached_tokens"] == 0 and cleared["engine_hint"] is None
-
-
-class Completions(BaseHTTPRequestHandler):
-    """A small OpenAI-compatible engine: lists one model, answers completions, records."""
-
-    received: list[dict[str, Any]] = []
-
-    def _answer(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._answer({"object": "list", "data": [{"id": "tiny-model", "object": "model"}]})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        Completions.received.append({"path": self.path, **body})
-        self._answer({
-            "choices": [{"text": "x", "index": 0}],
-            "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 1,
-                      "prompt_tokens_details": {"cached_tokens": 16}},
-        })  # fmt: skip
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_warm_sends_the_prefix(api: TestClient, collection: str) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Completions)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        api.post("/v1/collections", json={"name": collection, "dim": 2})
-        docs = [{"id": "w1", "text": "warm the cache before the first request " * 5}]
-        api.post(f"/v1/collections/{collection}/documents", json={"documents": docs})
-        salt = uuid.uuid4().hex
-        built = api.post(
-            "/v1/context", json={"collection": collection, "query": "warm", "salt": salt}
-        ).json()
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        warmed = api.post(f"/v1/prefixes/{built['prefix_key']}/warm", json={"engine_url": url})
-        assert warmed.status_code == 200, warmed.text
-        assert warmed.json() == {
-            "prefix_key": built["prefix_key"],
-            "engine_url": url,
-            "model": "tiny-model",
-            "prompt_tokens": built["prefix_tokens"],
-            "cached_tokens": 16,
-        }
-        sent = Completions.received[-1]
-        assert sent["path"] == "/v1/completions" and sent["max_tokens"] == 1
-        assert sent["prompt"] == built["token_ids"][: built["prefix_tokens"]]
-        assert sent["cache_salt"] == salt and sent["model"] == "tiny-model"
-
-        down = api.post(
-            f"/v1/prefixes/{built['prefix_key']}/warm",
-            json={"engine_url": f"http://127.0.0.1:{server.server_address[1] + 0}/v1"},
-        )
-        assert down.status_code == 200  # a base URL ending in /v1 works too
-    finally:
-        server.shutdown()
-        server.server_close()
-    gone = api.post(f"/v1/prefixes/{built['prefix_key']}/warm", json={"engine_url": url})
-    assert gone.status_code == 503 and gone.json()["error"]["field"] == "engine_url"
 
 
 def test_data_parallel_ranks_offset_the_port() -> None:

@@ -19,11 +19,13 @@ def test_public_surface_is_what_we_say() -> None:
         [
             "AsyncClient",
             "Backend",
+            "BadGateway",
             "Client",
             "Collection",
             "Conflict",
             "Document",
             "Forbidden",
+            "GatewayTimeout",
             "Hit",
             "InvalidInput",
             "NotFound",
