@@ -5,17 +5,25 @@ analyzed by one English analyzer: simple tokens, long ones dropped, lowercased, 
 stop words removed, Snowball-stemmed. The index remembers the outbox watermark it holds
 everything below (``watermark.json``, written after each tantivy commit), so a restart
 resumes where it stopped; re-applying a change is harmless.
+
+An index costs nothing while idle: its tantivy handle (a reader and a file-watcher thread)
+opens on first use and `release` closes it; a writer (six threads and a heap) is held only
+inside `writing`. A pass that finds nothing of the collection changed moves the watermark
+in memory (`advance`), with no commit and no file write: the one on disk stays older, which
+is still true, so a restart re-reads a little more of the outbox and skips nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,19 @@ K1 = 1.2  # tantivy's BM25 constants, used again when scoring rows not yet index
 B = 0.75
 _WATERMARK_FILE = "watermark.json"
 _WRITER_HEAP_BYTES = 64 * 1024 * 1024
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no C library to load this way (Windows)
+        return None
+    return trim  # None where the C library is not glibc
+
+
+# A writer's threads allocate from glibc's per-thread arenas, which keep what they free:
+# without a trim, writers opened and closed one after another leave up to ~100 MB behind.
+_MALLOC_TRIM = _malloc_trim()
 
 
 def english_analyzer() -> tantivy.TextAnalyzer:
@@ -76,17 +97,24 @@ class Bm25Index:
         self.path = path
         self.analyzer = english_analyzer()
         self._schema = _schema()
-        path.mkdir(parents=True, exist_ok=True)
-        self._index = tantivy.Index(self._schema, path=str(path))
-        self._index.register_tokenizer(ANALYZER, self.analyzer)
+        self._index: Any = None  # tantivy.Index, opened on first use
+        self._open_lock = threading.Lock()  # opening and releasing the handle
         self._writer: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the writer's, held by `writing` and each `apply`
         self._watermark = self._read_watermark()
+        self._persisted = self._watermark
+        # a seam for tests: runs after a commit, before the searcher reloads and the
+        # watermark moves
+        self.after_commit: Callable[[], None] | None = None
 
     @property
     def watermark(self) -> int:
         """Every change from a transaction below this id is in the index."""
         return self._watermark
+
+    @property
+    def is_open(self) -> bool:
+        return self._index is not None
 
     def _read_watermark(self) -> int:
         try:
@@ -98,25 +126,61 @@ class Bm25Index:
         staged = self.path / (_WATERMARK_FILE + ".tmp")
         staged.write_text(json.dumps({"watermark": watermark}))
         os.replace(staged, self.path / _WATERMARK_FILE)
-        self._watermark = watermark
+        self._persisted = watermark
+
+    def _handle(self) -> Any:
+        with self._open_lock:
+            if self._index is None:
+                self.path.mkdir(parents=True, exist_ok=True)
+                index = tantivy.Index(self._schema, path=str(self.path))
+                index.register_tokenizer(ANALYZER, self.analyzer)
+                # the searcher moves only when `apply` or `follow` reloads it, after which
+                # they publish the watermark: never a watermark ahead of the searcher
+                index.config_reader("manual", 0)
+                self._index = index
+            return self._index
 
     def analyze(self, text: str) -> list[str]:
         tokens: list[str] = self.analyzer.analyze(text)
         return tokens
 
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold this index's writer (`IndexBusy` if another process does) and close it at
+        the end; every `apply` inside commits through it."""
+        with self._lock:
+            self._open_writer()
+            try:
+                yield
+            finally:
+                self._close_writer()
+
+    def _open_writer(self) -> Any:
+        if self._writer is None:
+            try:
+                self._writer = self._handle().writer(heap_size=_WRITER_HEAP_BYTES, num_threads=1)
+            except ValueError as exc:
+                if "LockBusy" in str(exc):
+                    raise IndexBusy(str(self.path)) from exc
+                raise
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.wait_merging_threads()
+            del writer
+            if _MALLOC_TRIM is not None:
+                _MALLOC_TRIM(0)
+
     def apply(
         self, upserts: Iterable[tuple[int, str]], deletes: Iterable[int], *, watermark: int
     ) -> None:
-        """Replace ``upserts`` (key, body), remove ``deletes``, commit, then move the watermark."""
+        """Replace ``upserts`` (key, body), remove ``deletes``, commit, then move the watermark.
+
+        Outside `writing` the writer stays open until `close`."""
         with self._lock:
-            if self._writer is None:
-                try:
-                    self._writer = self._index.writer(heap_size=_WRITER_HEAP_BYTES, num_threads=1)
-                except ValueError as exc:
-                    if "LockBusy" in str(exc):
-                        raise IndexBusy(str(self.path)) from exc
-                    raise
-            writer = self._writer
+            writer = self._open_writer()
             for key in deletes:
                 writer.delete_documents_by_term("key", key)
             for key, body in upserts:
@@ -128,18 +192,46 @@ class Bm25Index:
                 writer.add_document(document)
             writer.commit()
             self._write_watermark(watermark)
-        self._index.reload()
+            if self.after_commit is not None:
+                self.after_commit()
+            # a query trusts the watermark to mean the searcher holds everything below it
+            self._handle().reload()
+            self._watermark = watermark
+
+    def advance(self, watermark: int) -> None:
+        """Nothing of this collection changed below ``watermark``: move it, in memory only."""
+        self._watermark = max(self._watermark, watermark)
+
+    def persist_watermark(self) -> None:
+        """Write a watermark `advance` moved (at shutdown), so a restart reads less outbox."""
+        with self._lock:
+            if self._watermark > self._persisted and (self.path / "meta.json").exists():
+                self._write_watermark(self._watermark)
 
     def follow(self) -> None:
         """Pick up what another process's writer committed (and its watermark)."""
-        self._index.reload()
-        self._watermark = self._read_watermark()
+        # read before reloading: that process writes the file after its commit
+        watermark = self._read_watermark()
+        self._handle().reload()
+        self._watermark = watermark
+
+    def release(self) -> bool:
+        """Close the tantivy handle (reopened on next use) unless it is writing now."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._close_writer()
+            with self._open_lock:
+                self._index = None
+            return True
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
-            if self._writer is not None:
-                self._writer.wait_merging_threads()
-                self._writer = None
+            self._close_writer()
+            with self._open_lock:
+                self._index = None
 
     def destroy(self) -> None:
         self.close()
@@ -166,21 +258,22 @@ class Bm25Index:
             query = tantivy.Query.boolean_query(
                 [(tantivy.Occur.Must, query), (tantivy.Occur.Must, allowed)]
             )
-        searcher = self._index.searcher()
+        searcher = self._handle().searcher()
         hits = searcher.search(query, limit).hits
         return [(int(searcher.doc(address)["key"][0]), float(score)) for score, address in hits]
 
     def keys(self) -> set[int]:
         """Every document key in the index as last committed (a consistency check's input)."""
-        self._index.reload()
-        searcher = self._index.searcher()
+        index = self._handle()
+        index.reload()
+        searcher = index.searcher()
         if not searcher.num_docs:
             return set()
         hits = searcher.search(tantivy.Query.all_query(), int(searcher.num_docs)).hits
         return {int(searcher.doc(address)["key"][0]) for _, address in hits}
 
     def stats(self, terms: Iterable[str]) -> CorpusStats:
-        searcher = self._index.searcher()
+        searcher = self._handle().searcher()
         documents = int(searcher.num_docs)
         total = 0.0
         if documents:

@@ -20,7 +20,7 @@ def rebuild(conn: psycopg.Connection[Any], collection_id: int, index: Bm25Index)
     later changes that the snapshot also saw are applied again by `catch_up`, harmlessly.
     """
     count = 0
-    with conn.transaction():
+    with index.writing(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         watermark = safe_watermark(conn)
         with conn.cursor(name="unidb_bm25_rebuild") as cursor:
@@ -36,26 +36,33 @@ def rebuild(conn: psycopg.Connection[Any], collection_id: int, index: Bm25Index)
                     watermark=index.watermark,
                 )
                 count += len(rows)
-    index.apply([], [], watermark=watermark)
+        index.apply([], [], watermark=watermark)
     return count
 
 
 def catch_up(conn: psycopg.Connection[Any], collection_id: int, index: Bm25Index) -> int:
-    """Apply the outbox from the index's watermark to the safe watermark; returns changes read."""
+    """Apply the outbox from the index's watermark to the safe watermark; returns changes read.
+
+    When none of them is this collection's, the watermark moves in memory only: no commit,
+    no file written."""
     upto = safe_watermark(conn)
     if upto <= index.watermark:
         return 0
     changes = read_changes(conn, collection_id, since=index.watermark, upto=upto)
     if not changes:
-        index.apply([], [], watermark=upto)
+        index.advance(upto)
         return 0
     touched = {c.document_key for c in changes if c.document_key is not None}
-    # the document's current row decides: a key without one was deleted
-    rows = conn.execute(
-        "SELECT key, text, metadata FROM unidb.documents WHERE collection_id = %s AND key = ANY(%s)",
-        (collection_id, list(touched)),
-    ).fetchall()
-    upserts = [(key, document_body(text, metadata)) for key, text, metadata in rows]
-    deletes = touched - {key for key, _ in upserts}
-    index.apply(upserts, deletes, watermark=upto)
+    # the writer before the rows: of two processes taking turns at this index, the one that
+    # reads later commits later, so no key goes back to an older row
+    with index.writing():
+        # the document's current row decides: a key without one was deleted
+        rows = conn.execute(
+            "SELECT key, text, metadata FROM unidb.documents"
+            " WHERE collection_id = %s AND key = ANY(%s)",
+            (collection_id, list(touched)),
+        ).fetchall()
+        upserts = [(key, document_body(text, metadata)) for key, text, metadata in rows]
+        deletes = touched - {key for key, _ in upserts}
+        index.apply(upserts, deletes, watermark=upto)
     return len(changes)

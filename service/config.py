@@ -106,6 +106,23 @@ class Settings(BaseSettings):
     tailer_interval_s: float = Field(
         default=0.25, gt=0, description="how often the BM25 indexes follow the outbox"
     )
+    bm25_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="threads that apply the outbox to BM25 indexes, shared by every collection; "
+        "each holds a tantivy writer (six threads, a 64 MB heap budget) only while it applies",
+    )
+    bm25_open_indexes: int = Field(
+        default=16,
+        ge=1,
+        le=100_000,
+        description="BM25 indexes kept open at once (a reader and a file-watcher thread each); "
+        "past it the least recently used is closed, and reopens on its next use",
+    )
+    bm25_idle_s: float = Field(
+        default=30.0, gt=0, description="a BM25 index unused this long is closed until next use"
+    )
     hybrid_candidates: int = Field(
         default=100, ge=1, le=10_000, description="hits taken from each retriever before fusion"
     )

@@ -141,6 +141,9 @@ class Engine:
             settings.data_dir / "indexes",
             self.background_pool,
             interval_s=settings.tailer_interval_s,
+            workers=settings.bm25_workers,
+            open_indexes=settings.bm25_open_indexes,
+            idle_s=settings.bm25_idle_s,
         )
         self.text_indexes.start()
         self.context = ContextService(settings, self.background_pool)

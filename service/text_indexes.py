@@ -1,10 +1,22 @@
-"""The process's BM25 indexes, one per collection, and the thread that keeps them current."""
+"""The process's BM25 indexes, one per collection, and the tailer that keeps them current.
+
+An idle collection costs a small object and nothing else. One tailer pass reads the safe
+watermark and, in one query, which collections the outbox changed since the lowest
+watermark; only those are caught up, by one bounded pool of workers shared by every
+collection (each holding a tantivy writer just while it applies). Every other index's
+watermark moves in memory, with no commit and no file written. An index's tantivy handle is
+closed when it has not been used for ``idle_s`` or when more than ``open_indexes`` are open
+(least recently used first); it reopens on next use.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing.bm25 import Bm25Index, IndexBusy
+from unidb.indexing.outbox import safe_watermark
 from unidb.indexing.tailer import catch_up, rebuild
 
 log = logging.getLogger("unidb.text_indexes")
@@ -21,15 +34,32 @@ class TextIndexes:
     """Opens indexes on first use, builds empty ones from Postgres, follows the outbox."""
 
     def __init__(
-        self, root: Path, pool: ConnectionPool[psycopg.Connection[Any]], *, interval_s: float
+        self,
+        root: Path,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        *,
+        interval_s: float,
+        workers: int = 2,
+        open_indexes: int = 16,
+        idle_s: float = 30.0,
     ) -> None:
+        if workers < 1 or open_indexes < 1 or idle_s <= 0:
+            raise ValueError("workers and open_indexes must be >= 1 and idle_s > 0")
         self.root = root
         self.pool = pool
         self.interval_s = interval_s
+        self.idle_s = idle_s
+        self.open_indexes = open_indexes
         self._indexes: dict[int, Bm25Index] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._registry_lock = threading.Lock()
         self._followed: set[int] = set()
+        self._used: OrderedDict[int, float] = OrderedDict()  # least recently used first
+        self._seen: set[int] = set()  # collections the tailer has looked at
+        self._scanned_upto: int | None = None  # the tailer has looked at every change below
+        # one writer per worker at most, whoever writes: the tailer's pool or a first query
+        self._writers = threading.BoundedSemaphore(workers)
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unidb-bm25")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -48,29 +78,45 @@ class TextIndexes:
     def get(self, collection_id: int) -> Bm25Index:
         """The collection's index, built from the table if it has never been."""
         # opened already: no lock, which the tailer holds while it applies changes
-        opened = self._indexes.get(collection_id)
-        if opened is not None:
-            return opened
-        with self._lock_for(collection_id):
-            index = self._indexes.get(collection_id)
-            if index is None:
-                index = Bm25Index(self.path(collection_id))
-                if index.watermark == 0:
-                    try:
-                        with self.pool.connection() as conn:
-                            conn.commit()
-                            count = rebuild(conn, collection_id, index)
-                        log.info(
-                            "BM25 index of collection %d built from %d documents",
-                            collection_id,
-                            count,
-                        )
-                    except IndexBusy:
-                        # another process is building it; queries score what it has not
-                        # committed yet from Postgres meanwhile
-                        self._follow_writer(collection_id, index)
-                self._indexes[collection_id] = index
-            return index
+        index = self._indexes.get(collection_id)
+        if index is None:
+            with self._lock_for(collection_id):
+                index = self._indexes.get(collection_id)
+                if index is None:
+                    index = Bm25Index(self.path(collection_id))
+                    if index.watermark == 0:
+                        self._build(collection_id, index)
+                    self._indexes[collection_id] = index
+        self._used_now(collection_id)
+        return index
+
+    def _build(self, collection_id: int, index: Bm25Index) -> None:
+        try:
+            with self.pool.connection() as conn, self._writers:
+                conn.commit()
+                count = rebuild(conn, collection_id, index)
+            log.info("BM25 index of collection %d built from %d documents", collection_id, count)
+        except IndexBusy:
+            # another process is building it; queries score what it has not committed yet
+            # from Postgres meanwhile
+            self._follow_writer(collection_id, index)
+
+    def _used_now(self, collection_id: int) -> None:
+        """Mark the index used; close the least recently used ones beyond ``open_indexes``."""
+        with self._registry_lock:
+            self._used[collection_id] = time.monotonic()
+            self._used.move_to_end(collection_id)
+            excess = len(self._used) - self.open_indexes
+            oldest = list(self._used)[:excess] if excess > 0 else []
+        for old in oldest:
+            self._release(old)
+
+    def _release(self, collection_id: int) -> None:
+        index = self._indexes.get(collection_id)
+        # one writing now stays open; the next pass's sweep closes it
+        if index is None or index.release():
+            with self._registry_lock:
+                self._used.pop(collection_id, None)
 
     def refresh(self, collection_id: int) -> int:
         """Apply the collection's outbox up to the safe watermark now; returns changes read.
@@ -78,7 +124,7 @@ class TextIndexes:
         When another process writes this index, follow its commits instead."""
         index = self.get(collection_id)
         # the connection before the lock: waiting for one must not hold up this index's opener
-        with self.pool.connection() as conn, self._lock_for(collection_id):
+        with self.pool.connection() as conn, self._lock_for(collection_id), self._writers:
             try:
                 return catch_up(conn, collection_id, index)
             except IndexBusy:
@@ -97,6 +143,9 @@ class TextIndexes:
             if index is not None:
                 index.destroy()
             shutil.rmtree(self.root / f"c{collection_id}", ignore_errors=True)
+        with self._registry_lock:
+            self._used.pop(collection_id, None)
+            self._seen.discard(collection_id)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name="unidb-tailer", daemon=True)
@@ -105,22 +154,124 @@ class TextIndexes:
     def _follow(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                with self.pool.connection() as conn:
-                    ids = [
-                        r[0] for r in conn.execute("SELECT id FROM unidb.collections").fetchall()
-                    ]
-                for collection_id in ids:
-                    if self._stop.is_set():
-                        return
-                    self.refresh(collection_id)
+                self.follow_once()
             except Exception:
+                if self._stop.is_set():
+                    return
                 log.exception("BM25 tailer pass failed; retrying")
+
+    def follow_once(self) -> None:
+        """One tailer pass: catch up the indexes whose collections changed, move the others'
+        watermarks in memory, close the handles idle for ``idle_s``."""
+        with self.pool.connection() as conn:
+            upto = safe_watermark(conn)
+            ids = {row[0] for row in conn.execute("SELECT id FROM unidb.collections")}
+            unbuilt = self._look_at(conn, ids)
+            ready = dict(self._indexes)
+            marks = [index.watermark for index in ready.values() if index.watermark > 0]
+            floor = min([*marks, self._scanned_upto if self._scanned_upto is not None else upto])
+            changed: set[int] = set()
+            if floor < upto:
+                changed = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT DISTINCT collection_id FROM unidb.changes"
+                        " WHERE xid >= %s::text::xid8 AND xid < %s::text::xid8",
+                        (floor, upto),
+                    ).fetchall()
+                }
+        # a collection created or dropped since the listing waits for the next pass;
+        # an index another process has not finished building is looked at every pass
+        due = (changed & ids) | unbuilt
+        due |= {c for c, index in ready.items() if index.watermark == 0 and c in ids}
+        futures: dict[int, Future[int]] = {
+            c: self._workers.submit(self.refresh, c) for c in sorted(due)
+        }
+        wait(futures.values())
+        failed = set()
+        for collection_id, future in futures.items():
+            if future.cancelled():  # closing
+                failed.add(collection_id)
+            elif (error := future.exception()) is not None:
+                failed.add(collection_id)
+                log.error(
+                    "BM25 tailer pass failed for collection %d; retrying",
+                    collection_id,
+                    exc_info=error,
+                )
+        for collection_id, index in ready.items():
+            # nothing of it in [floor, upto), and it holds everything below its watermark
+            if collection_id not in changed and collection_id not in due:
+                if index.watermark >= floor and index.watermark > 0:
+                    index.advance(upto)
+        with self._registry_lock:
+            self._seen -= failed & unbuilt  # looked at again next pass
+            gone = self._seen - ids  # dropped by another process
+            self._seen -= gone
+        if not failed:
+            self._scanned_upto = upto
+        for collection_id in gone:
+            dropped = self._indexes.pop(collection_id, None)
+            if dropped is not None:
+                dropped.close()
+        self._sweep()
+
+    def _look_at(self, conn: psycopg.Connection[Any], ids: set[int]) -> set[int]:
+        """Take in collections the tailer has not looked at: an index built before (on disk)
+        joins the ones it follows; returns those never built that have documents."""
+        with self._registry_lock:
+            new = sorted(ids - self._seen)
+        unbuilt = []
+        for collection_id in new:
+            lock = self._lock_for(collection_id)
+            if not lock.acquire(blocking=False):  # being opened now: next pass
+                continue
+            try:
+                if collection_id not in self._indexes:
+                    index = Bm25Index(self.path(collection_id))
+                    if index.watermark > 0:
+                        self._indexes[collection_id] = index
+                    else:
+                        unbuilt.append(collection_id)
+                with self._registry_lock:
+                    self._seen.add(collection_id)
+            finally:
+                lock.release()
+        if not unbuilt:
+            return set()
+        # read after the safe watermark: whatever wrote below it has committed, so a
+        # collection found empty here gets its documents from changes the next pass reads
+        return {
+            row[0]
+            for row in conn.execute(
+                "SELECT c FROM unnest(%s::bigint[]) AS c WHERE EXISTS"
+                " (SELECT 1 FROM unidb.documents d WHERE d.collection_id = c)",
+                (unbuilt,),
+            ).fetchall()
+        }
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        with self._registry_lock:
+            idle = [c for c, used in self._used.items() if now - used >= self.idle_s]
+            untracked = [
+                c for c, index in self._indexes.items() if index.is_open and c not in self._used
+            ]
+        for collection_id in idle:
+            self._release(collection_id)
+        for collection_id in untracked:
+            index = self._indexes.get(collection_id)
+            if index is not None:
+                index.release()
 
     def close(self) -> None:
         self._stop.set()
+        self._workers.shutdown(wait=False, cancel_futures=True)  # a pass ends with what runs
         if self._thread is not None:
             self._thread.join()
+        self._workers.shutdown(wait=True)
         with self._registry_lock:
             indexes, self._indexes = list(self._indexes.values()), {}
         for index in indexes:
+            index.persist_watermark()
             index.close()

@@ -286,3 +286,59 @@ def test_weighted_fusion_ranks_the_only_bm25_match_first(engine: Engine, collect
             collection, text="insulin", vector=[1.0, 0.0], fusion="weighted", alpha=alpha
         ).hits
         assert [hit.id for hit in hits] == ["b", "a"], alpha
+
+
+def _caught_up(engine: Engine, name: str) -> None:
+    """Wait (bounded) until the BM25 index holds every committed change of ``name``."""
+    import time
+
+    collection_id = _collection_id(engine, name)
+    deadline = time.monotonic() + 30
+    while unidb.Client(backend=engine).get_collection(name).bm25.lag:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the BM25 index did not catch up"
+        engine.text_indexes.refresh(collection_id)
+
+
+def test_watermark_moves_only_after_the_searcher_reloads(engine: Engine, collection: str) -> None:
+    """Between a commit and the searcher's reload the index must not claim the write: a
+    strong query in that window trusts the watermark to mask what the searcher lacks."""
+    import threading
+
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(collection, [Document(id="old", text="walrus old", embedding=[1, 0])])
+    collection_id = _collection_id(engine, collection)
+    _caught_up(engine, collection)
+    index = engine.text_indexes.get(collection_id)
+    committed, resume = threading.Event(), threading.Event()
+    in_window: list[tuple[int, list[str]]] = []
+
+    def pause_after_commit() -> None:
+        if not committed.is_set():
+            committed.set()
+            assert resume.wait(timeout=60)
+
+    index.after_commit = pause_after_commit
+    try:
+        client.upsert(collection, [Document(id="new", text="walrus new", embedding=[0, 1])])
+        with engine.transaction() as conn:
+            row = conn.execute(
+                "SELECT max(xid)::text::bigint FROM unidb.changes WHERE collection_id = %s",
+                (collection_id,),
+            ).fetchone()
+        assert row is not None
+        written_xid = int(row[0])
+        # this thread or the background tailer, whichever applies it, stops in the window
+        applier = threading.Thread(target=engine.text_indexes.refresh, args=(collection_id,))
+        applier.start()
+        assert committed.wait(timeout=60)
+        in_window.append((index.watermark, sorted(_bm25(engine, collection, "walrus"))))
+    finally:
+        resume.set()
+        index.after_commit = None
+    applier.join()
+    watermark, strong = in_window[0]
+    assert watermark <= written_xid  # the write is committed to tantivy, not yet claimed
+    assert strong == ["new", "old"]
+    assert index.watermark > written_xid
+    assert sorted(_bm25(engine, collection, "walrus", consistency="eventual")) == ["new", "old"]
