@@ -219,7 +219,7 @@ def main() -> None:
                 cores=os.cpu_count(),
             )
 
-            with psycopg.connect(engine.dsn, autocommit=True) as conn:
+            with psycopg.connect(engine.admin_dsn, autocommit=True) as conn:
                 register_vector(conn)
 
                 def pgvector(query: np.ndarray, ef: int) -> list[int]:

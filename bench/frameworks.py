@@ -110,7 +110,7 @@ def main() -> None:
             ]
             for start in range(0, len(rows), 1000):
                 client.upsert("scifact", rows[start : start + 1000])
-            dsn = client.backend.dsn  # type: ignore[attr-defined]
+            dsn = client.backend.admin_dsn  # type: ignore[attr-defined]
             pgvector = PGVector(
                 known,
                 connection=dsn.replace("postgresql://", "postgresql+psycopg://", 1),

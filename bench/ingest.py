@@ -114,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="unidb-bench-") as tmp:
         data_dir = Path(tmp)
         with unidb.Client.embedded(data_dir, max_batch_documents=args.batch) as embedded:
-            dsn = embedded.backend.dsn  # type: ignore[attr-defined]
+            dsn = embedded.backend.admin_dsn  # type: ignore[attr-defined]
             port = free_port()
             server = subprocess.Popen(
                 [sys.executable, "-m", "unidb.service.cli", "--log-level", "warning", "serve",

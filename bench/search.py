@@ -189,7 +189,7 @@ def main() -> None:
                 wait_healthy(url)
                 with httpx.Client(base_url=url, timeout=60) as http:
                     exact = exact_top10(documents, query_vectors)
-                    latency(http, engine.dsn, collection_id, retriever, stemmer, queries, test_ids,
+                    latency(http, engine.admin_dsn, collection_id, retriever, stemmer, queries, test_ids,
                             query_vectors, len(documents), exact)  # fmt: skip
                     freshness(http, args.freshness_trials)
             finally:

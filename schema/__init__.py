@@ -1,10 +1,11 @@
 """The `unidb` Postgres schema: table definitions and the migrations that create them."""
 
-from .migrate import downgrade, head_revision, upgrade
+from .migrate import at_head, downgrade, head_revision, upgrade
 from .tables import SCHEMA, changes, chunks, collections, documents, metadata, state
 
 __all__ = [
     "SCHEMA",
+    "at_head",
     "changes",
     "chunks",
     "collections",

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+
+from .tables import SCHEMA
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,3 +36,12 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
+
+
+def at_head(connection: Connection) -> bool:
+    """Whether the schema is at the head revision; reads the version table only, so a role
+    that may not migrate (the service's own, migration 0009) can ask."""
+    context = MigrationContext.configure(
+        connection, opts={"version_table": "alembic_version", "version_table_schema": SCHEMA}
+    )
+    return context.get_current_heads() == (head_revision(),)

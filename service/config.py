@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         default=None,
         description="Postgres with pgvector; unset starts embedded Postgres under data_dir",
     )
+    migration_database_url: str | None = Field(
+        default=None,
+        description="the role that runs migrations at start (creates the schema, the vector "
+        "extension and the unidb_service role), when database_url logs in as the service's "
+        "own role; unset: database_url runs them",
+    )
     data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -102,29 +102,3 @@ def chunks_payload(
         parts.append(rows.tobytes())
     parts.append(TRAILER)
     return b"".join(parts)
-
-
-def upsert_changes_payload(collection_id: int, document_keys: np.ndarray) -> bytes:
-    """Outbox rows (collection_id int4, document_key int8, op text 'upsert', version int8 1)."""
-    op = b"upsert"
-    layout = [
-        ("fields", ">i2"),
-        *_int4_field("collection"),
-        ("key_len", ">i4"),
-        ("key", ">i8"),
-        ("op_len", ">i4"),
-        ("op", f"S{len(op)}"),
-        ("version_len", ">i4"),
-        ("version", ">i8"),
-    ]
-    rows = np.zeros(len(document_keys), dtype=np.dtype(layout))
-    rows["fields"] = 4
-    rows["collection_len"] = 4
-    rows["collection"] = collection_id
-    rows["key_len"] = 8
-    rows["key"] = document_keys
-    rows["op_len"] = len(op)
-    rows["op"] = op
-    rows["version_len"] = 8
-    rows["version"] = 1
-    return SIGNATURE + rows.tobytes() + TRAILER

@@ -8,12 +8,13 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
 from unidb.errors import Unavailable
-from unidb.schema import upgrade
+from unidb.schema import at_head, upgrade
 
 from .config import Settings
 from .tenancy import SERVICE_ROLE, SERVICE_WIDE
@@ -48,13 +49,56 @@ def check_pgvector(dsn: str) -> None:
 
 
 def migrate(dsn: str) -> None:
-    """Run Alembic `upgrade head` in one transaction."""
+    """Run Alembic `upgrade head` in one transaction, unless the schema is there already (so
+    the service's own role, which may not migrate, can start once an administrator has)."""
     engine = sqlalchemy_engine(dsn)
     try:
         with engine.begin() as connection:
-            upgrade(connection)
+            if not at_head(connection):
+                upgrade(connection)
     finally:
         engine.dispose()
+
+
+def service_dsn(dsn: str) -> str:
+    """``dsn`` logging in as the service role instead (embedded Postgres trusts local
+    logins; migration 0009 lets the role log in)."""
+    return make_conninfo(dsn, user=SERVICE_ROLE)
+
+
+def act_as_service(conn: psycopg.Connection[Any]) -> None:
+    """Work as the service role, seeing every tenant until a transaction names one; commits
+    unless ``conn`` is in autocommit."""
+    # no superuser: row-level security binds the service (see migrations 0007 and 0009)
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(SERVICE_ROLE)))
+    conn.execute("SELECT set_config('unidb.tenant', %s, false)", (SERVICE_WIDE,))
+    if not conn.autocommit:
+        conn.commit()
+
+
+def service_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A connection outside the pools (index builds, Ray workers), working as theirs do."""
+    conn = psycopg.connect(dsn, autocommit=autocommit)
+    try:
+        act_as_service(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def warn_if_privileged(conn: psycopg.Connection[Any]) -> None:
+    """Log when the DSN's login role is a superuser or bypasses row-level security: the
+    service works as unidb_service all the same, but such a session can leave that role."""
+    row = conn.execute(
+        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = session_user"
+    ).fetchone()
+    if row is not None and row[0]:
+        log.warning(
+            "UNIDB_DATABASE_URL logs in as a superuser (or a BYPASSRLS role); log in as %s"
+            " instead (README: Running without a superuser)",
+            SERVICE_ROLE,
+        )
 
 
 # the BM25 tailer, the prefix follower, and an index build (its read, its progress
@@ -76,10 +120,7 @@ def open_pool(
             ("statement_timeout", str(settings.statement_timeout_ms)),
         )
         conn.execute("SET application_name = 'unidb'")
-        # no superuser: row-level security binds the service (see migration 0007)
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(SERVICE_ROLE)))
-        conn.execute("SELECT set_config('unidb.tenant', %s, false)", (SERVICE_WIDE,))
-        conn.commit()
+        act_as_service(conn)
 
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
         dsn,

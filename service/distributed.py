@@ -46,6 +46,7 @@ from unidb.models import Document, IndexBuildRequest, Job
 
 from . import collections
 from .ann import Cancelled, create_build_job, progress_reporter
+from .db import service_connection
 from .ingest import EmbedGroups, fill_embeddings, texts_to_embed
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def _settled(ray: Any, group: list[Document], future: Any) -> list[Document]:
 
 def _read_under(dsn: str, snapshot: str) -> psycopg.Connection[Any]:
     """A connection in a REPEATABLE READ transaction that sees exactly ``snapshot``."""
-    conn = psycopg.connect(dsn)
+    conn = service_connection(dsn)
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     conn.execute("SELECT set_config('unidb.tenant', '*', true)")

@@ -1,8 +1,10 @@
 """Documents: validated in bulk, then written with their chunks and outbox rows.
 
-A batch of ids that are all new is loaded with binary COPY straight into the tables; any
-other batch is staged with COPY and merged in one statement, leaving documents whose
-content is unchanged untouched (same version, no outbox row).
+Every batch is loaded with binary COPY into temporary tables, then into the real ones by
+INSERT: row-level security binds the service on documents, chunks and changes (migration
+0009), and Postgres refuses COPY FROM into a table whose policy binds the writer. A batch of
+ids that are all new is inserted as it is; any other is merged in one statement, leaving
+documents whose content is unchanged untouched (same version, no outbox row).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
 from unidb.models import Document, StoredDocument, UpsertResult
 
 from .collections import CollectionRow
-from .copy_payload import chunks_payload, documents_payload, upsert_changes_payload
+from .copy_payload import chunks_payload, documents_payload
 from .json_values import NUL_MESSAGE, encode_json
 
 Connection = psycopg.Connection[Any]
@@ -32,6 +34,31 @@ _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS unidb_stage (
     ord integer, id text, text text, metadata text, content_hash bytea, embedding vector
 ) ON COMMIT DELETE ROWS
+"""
+
+# the columns the binary payloads carry, with the real tables' types; rows a savepoint
+# rolled back go with it, and the rest are truncated before the next batch
+_NEW_DOCUMENTS = """
+CREATE TEMP TABLE IF NOT EXISTS unidb_new_documents ON COMMIT DELETE ROWS AS
+SELECT collection_id, key, id, text, metadata, content_hash FROM unidb.documents WITH NO DATA
+"""
+_NEW_CHUNKS = """
+CREATE TEMP TABLE IF NOT EXISTS unidb_new_chunks ON COMMIT DELETE ROWS AS
+SELECT document_key, chunk_no, collection_id, start_char, end_char, embedding FROM unidb.chunks
+WITH NO DATA
+"""
+_INSERT_NEW = """
+WITH written AS (
+    INSERT INTO unidb.documents (collection_id, key, id, text, metadata, content_hash)
+    SELECT collection_id, key, id, text, metadata, content_hash FROM unidb_new_documents
+), chunked AS (
+    INSERT INTO unidb.chunks
+        (document_key, chunk_no, collection_id, start_char, end_char, embedding)
+    SELECT document_key, chunk_no, collection_id, start_char, end_char, embedding
+    FROM unidb_new_chunks
+)
+INSERT INTO unidb.changes (collection_id, document_key, op, version)
+SELECT collection_id, key, 'upsert', 1 FROM unidb_new_documents
 """
 
 # a batch's new documents are numbered (block << 20) + position; see migration 0001
@@ -231,7 +258,7 @@ def upsert(
     assert block_row is not None
     block = int(block_row[0])
     try:
-        # optimistic: a first load has only new ids and goes at COPY speed
+        # optimistic: a first load has only new ids and needs no merge
         with conn.transaction():
             _copy_new(conn, collection, batch, block)
         return UpsertResult(written=len(batch.ids), unchanged=0)
@@ -241,13 +268,17 @@ def upsert(
 
 
 def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: int) -> None:
-    """Bulk-load ids that are all new straight into the tables."""
+    """Bulk-load ids that are all new: COPY to the session's staging tables, one INSERT on."""
     n = len(batch.ids)
     keys = (np.int64(block) << KEY_BLOCK_BITS) + np.arange(n, dtype=np.int64)
     lengths = np.fromiter((len(t) for t in batch.texts), dtype=np.int32, count=n)
+    conn.execute(_NEW_DOCUMENTS)
+    conn.execute(_NEW_CHUNKS)
+    # an earlier batch of this transaction left its rows
+    conn.execute("TRUNCATE unidb_new_documents, unidb_new_chunks")
     with conn.cursor() as cur:
         with cur.copy(
-            "COPY unidb.documents (collection_id, key, id, text, metadata, content_hash)"
+            "COPY unidb_new_documents (collection_id, key, id, text, metadata, content_hash)"
             " FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.write(
@@ -261,17 +292,14 @@ def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: 
                 )
             )
         with cur.copy(
-            "COPY unidb.chunks"
+            "COPY unidb_new_chunks"
             " (document_key, chunk_no, collection_id, start_char, end_char, embedding)"
             " FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.write(
                 chunks_payload(collection.id, keys, lengths, batch.vectors, batch.has_vector)
             )
-        with cur.copy(
-            "COPY unidb.changes (collection_id, document_key, op, version) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.write(upsert_changes_payload(collection.id, keys))
+        cur.execute(_INSERT_NEW)
 
 
 def _merge(conn: Connection, collection: CollectionRow, batch: Batch, block: int) -> UpsertResult:

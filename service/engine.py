@@ -78,7 +78,14 @@ from .config import Settings
 from .context import registry
 from .context.service import ContextService
 from .context.warmup import warm
-from .db import check_pgvector, migrate, open_pool
+from .db import (
+    check_pgvector,
+    migrate,
+    open_pool,
+    service_connection,
+    service_dsn,
+    warn_if_privileged,
+)
 from .embedded import EmbeddedPostgres
 from .filters import CompiledFilter, compile_filter
 from .fusion import fuse
@@ -120,10 +127,14 @@ class Engine:
         replica_pools: list[ConnectionPool[Connection]] | None = None,
         *,
         take_over_jobs: bool = True,
+        admin_dsn: str | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.dsn = dsn
+        # the role migrations ran as (embedded Postgres: its superuser); the service's own
+        # connections use ``dsn``
+        self.admin_dsn = admin_dsn or dsn
         self.replicas = Replicas(replica_pools or [], wait_s=settings.replica_wait_ms / 1000)
         self._owns_background_pool = background_pool is None
         self.background_pool = background_pool or open_pool(dsn, settings, background=True)
@@ -169,16 +180,21 @@ class Engine:
         embedded: EmbeddedPostgres | None = None
         if settings.database_url:
             dsn = settings.database_url
+            admin_dsn = settings.migration_database_url or dsn
         else:
             embedded = EmbeddedPostgres(settings.pgdata)
-            dsn = embedded.start()
+            admin_dsn = embedded.start()
+            # migrations run as the cluster's superuser; the service logs in as its own role
+            dsn = service_dsn(admin_dsn)
         try:
-            check_pgvector(dsn)
-            migrate(dsn)
+            check_pgvector(admin_dsn)
+            migrate(admin_dsn)
             if embedded is not None:
-                with psycopg.connect(dsn, autocommit=True) as conn:
+                with psycopg.connect(admin_dsn, autocommit=True) as conn:
                     embedded.tune(conn)
             pool = open_pool(dsn, settings)
+            with pool.connection() as conn:
+                warn_if_privileged(conn)
             replica_pools = [open_pool(url, settings) for url in settings.replica_urls]
         except BaseException:
             if embedded is not None:
@@ -191,6 +207,7 @@ class Engine:
             embedded,
             replica_pools=replica_pools,
             take_over_jobs=take_over_jobs,
+            admin_dsn=admin_dsn,
         )
 
     @classmethod
@@ -746,7 +763,7 @@ class Engine:
             thread.join()
 
     def _build(self, row: collections.CollectionRow) -> bool:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        with service_connection(self.dsn, autocommit=True) as conn:
             conn.execute(
                 "SELECT set_config('maintenance_work_mem', %s, false)",
                 (_BUILD_MAINTENANCE_WORK_MEM,),

@@ -16,15 +16,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from unidb.errors import NotFound
 from unidb.service.api.main import create_app
 from unidb.service.config import Settings
+from unidb.service.db import migrate, service_dsn
 from unidb.service.embedded import EmbeddedPostgres
 from unidb.service.engine import Engine
+from unidb.service.tenancy import SERVICE_ROLE
 
 # small enough that tests can cross it; production default is 10,000
 TEST_HNSW_MIN_ROWS = 200
@@ -60,10 +65,27 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+def _service_url(database_url: str) -> str:
+    """``database_url`` logging in as the service's own role, as `unidb serve` does on
+    embedded Postgres: migrate as the test's superuser, then give the role the same password
+    (the README's steps for a server that asks for one)."""
+    migrate(database_url)
+    password = conninfo_to_dict(database_url).get("password")
+    if password:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(SERVICE_ROLE), sql.Literal(password)
+                )
+            )
+    return service_dsn(database_url)
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
-        database_url=database_url,
+        database_url=_service_url(database_url),
+        migration_database_url=database_url,
         data_dir=tmp_path_factory.mktemp("data"),
         hnsw_min_rows=TEST_HNSW_MIN_ROWS,
         max_batch_documents=500,

@@ -87,7 +87,7 @@ def test_tenants_cannot_reach_each_other(
 
     # SQL under tenant A's role: A's rows only, whatever the role sets unidb.tenant to
     role = f"unidb_sql_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(engine.dsn, autocommit=True) as admin:
+    with psycopg.connect(engine.admin_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
     assert settings.database_url
     monkeypatch.setenv("UNIDB_DATABASE_URL", settings.database_url)
@@ -96,7 +96,7 @@ def test_tenants_cannot_reach_each_other(
 
     assert main(["tenants", "sql-role", role, "--tenant", "tenant-a"]) == 0
     assert "reads tenant 'tenant-a' only" in capsys.readouterr().out
-    with psycopg.connect(engine.dsn) as conn:
+    with psycopg.connect(engine.admin_dsn) as conn:
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         for claimed in ("tenant-b", "*", ""):
             conn.execute("SELECT set_config('unidb.tenant', %s, false)", (claimed,))
