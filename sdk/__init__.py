@@ -15,9 +15,11 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     ServerError,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     UnidbError,
+    UnsupportedMediaType,
 )
 from .models import (
     Collection,
@@ -47,10 +49,12 @@ __all__ = [
     "QueryResponse",
     "ServerError",
     "StoredDocument",
+    "TooManyRequests",
     "Transaction",
     "Unauthorized",
     "Unavailable",
     "UnidbError",
+    "UnsupportedMediaType",
     "UpsertResult",
     "__version__",
 ]

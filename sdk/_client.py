@@ -222,8 +222,24 @@ def _prefixes_path(collection: str | None, limit: int) -> str:
     return "/v1/prefixes?" + urlencode(params)
 
 
+def _segment(value: str, field: str) -> str:
+    """``value`` as one URL path segment that no client or proxy can reinterpret: every
+    character outside A-Z a-z 0-9 ``-_~`` is percent-encoded, dots included, so ``.`` and
+    ``..`` stay ids instead of becoming dot segments that a URL normaliser removes.
+
+    A control character cannot be matched by the server's routes (nor stored there)."""
+    if _CONTROL.search(value):
+        raise InvalidInput(
+            "must not contain control characters (U+0000-U+001F, U+007F)", field=field
+        )
+    return quote(value, safe="").replace(".", "%2E")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _warm_path(prefix_key: str) -> str:
-    return f"/v1/prefixes/{quote(prefix_key, safe='')}/warm"
+    return f"/v1/prefixes/{_segment(prefix_key, 'prefix_key')}/warm"
 
 
 def _warm_request(engine: str, model: str | None) -> WarmRequest:
@@ -240,8 +256,8 @@ def _job_path(job_id: int) -> str:
 
 
 def _state_path(namespace: str, key: str | None = None) -> str:
-    path = f"/v1/state/{quote(namespace, safe='')}"
-    return path if key is None else f"{path}/{quote(key, safe='')}"
+    path = f"/v1/state/{_segment(namespace, 'namespace')}"
+    return path if key is None else f"{path}/{_segment(key, 'key')}"
 
 
 def _state_body(body: StatePut) -> bytes:
@@ -258,11 +274,11 @@ def _state_query(prefix: str, after: str | None, limit: int) -> str:
 
 
 def _collection_path(name: str) -> str:
-    return f"/v1/collections/{quote(name, safe='')}"
+    return f"/v1/collections/{_segment(name, 'collection')}"
 
 
 def _document_path(collection: str, document_id: str) -> str:
-    return f"{_collection_path(collection)}/documents/{quote(document_id, safe='')}"
+    return f"{_collection_path(collection)}/documents/{_segment(document_id, 'id')}"
 
 
 def _raise_for_status(response: httpx.Response) -> None:
@@ -276,12 +292,16 @@ def _raise_for_status(response: httpx.Response) -> None:
 
 
 def _delete_where_request(
-    filter: Mapping[str, Any] | None, ids: Sequence[str] | None
+    filter: Mapping[str, Any] | None, ids: Sequence[str] | None, all: bool
 ) -> DeleteWhere:
-    return DeleteWhere(
-        filter=dict(filter) if filter is not None else None,
-        ids=list(ids) if ids is not None else None,
-    )
+    try:
+        return DeleteWhere(
+            filter=dict(filter) if filter is not None else None,
+            ids=list(ids) if ids is not None else None,
+            all=all,
+        )
+    except ValidationError as exc:
+        raise _invalid_from(exc) from exc
 
 
 def _auth_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
@@ -683,10 +703,12 @@ class Client:
         *,
         filter: Mapping[str, Any] | None = None,
         ids: Sequence[str] | None = None,
+        all: bool = False,
     ) -> int:
         """Delete the documents matching ``filter``, among ``ids``, or both, in one
-        transaction; returns how many were deleted."""
-        request = _delete_where_request(filter, ids)
+        transaction; returns how many were deleted. An empty filter is refused
+        (``InvalidInput``): ``all=True`` alone deletes every document."""
+        request = _delete_where_request(filter, ids, all)
         return self._backend.delete_documents(collection, request).deleted
 
     def query(
@@ -933,8 +955,9 @@ class AsyncClient:
         *,
         filter: Mapping[str, Any] | None = None,
         ids: Sequence[str] | None = None,
+        all: bool = False,
     ) -> int:
-        request = _delete_where_request(filter, ids)
+        request = _delete_where_request(filter, ids, all)
         payload = request.model_dump_json(exclude_none=True).encode()
         body = await self._send("POST", f"{_collection_path(collection)}/documents/delete", payload)
         return DeleteCount.model_validate_json(body).deleted

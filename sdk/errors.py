@@ -7,6 +7,8 @@
     ├── NotFound                404  unknown collection or document
     ├── Conflict                409  already exists, or a version check failed
     ├── PayloadTooLarge         413  request body or batch over the configured limit
+    ├── UnsupportedMediaType    415  a body that is not application/json
+    ├── TooManyRequests         429  too many failed key checks; retry after a while
     ├── Unavailable             503  database unreachable, pool or embedder slots exhausted
     │   ├── BadGateway          502  an upstream (embedder, LLM engine) failed or answered badly
     │   └── GatewayTimeout      504  an upstream did not answer in time
@@ -29,6 +31,8 @@ __all__ = [
     "NotFound",
     "Conflict",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "TooManyRequests",
     "Unavailable",
     "BadGateway",
     "GatewayTimeout",
@@ -87,6 +91,16 @@ class PayloadTooLarge(UnidbError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(UnidbError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class TooManyRequests(UnidbError):
+    status = 429
+    code = "too_many_requests"
+
+
 class Unavailable(UnidbError):
     status = 503
     code = "unavailable"
@@ -116,6 +130,8 @@ _BY_CODE: dict[str, type[UnidbError]] = {
         NotFound,
         Conflict,
         PayloadTooLarge,
+        UnsupportedMediaType,
+        TooManyRequests,
         Unavailable,
         BadGateway,
         GatewayTimeout,

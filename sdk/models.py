@@ -74,6 +74,20 @@ def _no_nul(value: str) -> str:
     return value
 
 
+# Starlette's path parameters cannot match a line break, so a name holding a control
+# character could be written but never read or deleted by its URL: refused everywhere.
+_ADDRESSABLE = r"^[^\x00-\x1f\x7f]+$"
+DocumentId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        pattern=_ADDRESSABLE,
+        description="any text without control characters (U+0000-U+001F, U+007F)",
+    ),
+]
+
+
 def _embedding(value: Any) -> Any:
     # Only the container is checked here; the server checks every element in bulk (finite
     # numbers, the collection's dimension), which is what keeps large batches fast.
@@ -186,7 +200,7 @@ class Document(_Model):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    id: DocumentId
     text: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     embedding: Embedding | None = None
@@ -217,12 +231,14 @@ class DeleteResult(_Model):
 
 class DeleteWhere(_Model):
     """Documents to delete: those matching ``filter``, those among ``ids``, or (both given)
-    those among ``ids`` that match. One of the two is required; to empty a collection,
-    drop it."""
+    those among ``ids`` that match. One of the two is required, and an empty filter, which
+    matches every document, is refused: to delete every document send ``all: true``."""
 
     filter: dict[str, Any] | None = None
-    ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]] | None = Field(
-        default=None, max_length=100_000
+    ids: list[DocumentId] | None = Field(default=None, max_length=100_000)
+    all: bool = Field(
+        default=False,
+        description="delete every document; an empty filter alone is refused",
     )
 
 
@@ -236,7 +252,13 @@ DEFAULT_ALPHA = 0.5
 
 
 StateName = Annotated[
-    str, Field(min_length=1, max_length=256, pattern=r"^[^\x00/]+$", description="no '/' or NUL")
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x1f\x7f/]+$",
+        description="no '/' or control characters",
+    ),
 ]
 
 
@@ -288,7 +310,7 @@ class UpsertDocumentsOp(_Model):
 class DeleteDocumentOp(_Model):
     op: Literal["delete_document"]
     collection: CollectionName
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    id: DocumentId
 
 
 TransactionOp = Annotated[

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .models import (
-    MAX_ID_CHARS,
     CollectionName,
     ContextRequest,
     Document,
+    DocumentId,
     QueryRequest,
     StateName,
     StatePut,
@@ -38,7 +38,7 @@ class DocumentAddress(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: CollectionName
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    id: DocumentId
 
 
 class UpsertDocumentsArgs(BaseModel):

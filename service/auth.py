@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -21,11 +22,13 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from unidb.errors import InvalidInput, NotFound
+from unidb.errors import InvalidInput, NotFound, TooManyRequests
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
 CACHE_S = 30.0
+# keys and client addresses remembered for failed checks, at most
+_MAX_REMEMBERED = 10_000
 _KEY = re.compile(r"^unidb_([a-z0-9]{12})_([A-Za-z0-9_-]{32,64})$")
 TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _hasher = PasswordHasher()
@@ -84,40 +87,118 @@ def list_keys(conn: Connection) -> list[KeyInfo]:
 
 
 class KeyChecker:
-    """Checks bearer keys against the table, remembering good ones for a while."""
+    """Checks bearer keys against the table, remembering good ones for a while.
 
-    def __init__(self) -> None:
+    argon2 is slow on purpose, so what reaches it is bounded: at most ``concurrency``
+    verifications run at once, a client address has at most that many in flight, a key that
+    failed is refused from memory for ``CACHE_S``, and past ``failures_allowed`` failures in
+    ``window_s`` from one address or for one key id, checks are refused (TooManyRequests)
+    without hashing. A key that verified lately is answered from memory whatever else goes on.
+    """
+
+    def __init__(
+        self, *, concurrency: int = 2, failures_allowed: int = 10, window_s: float = 60.0
+    ) -> None:
         self._known: dict[bytes, tuple[float, Principal]] = {}
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
+        self._failures: dict[str, deque[float]] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._hashing = threading.BoundedSemaphore(concurrency)
+        self._concurrency = concurrency
+        self._failures_allowed = failures_allowed
+        self._window_s = window_s
         self._lock = threading.Lock()
 
-    def check(self, conn_factory: Any, key: str) -> Principal | None:
+    def remembered(self, key: str) -> Principal | None:
+        """The principal of a key that verified lately, from memory alone (no I/O, no hash
+        beyond SHA-256): cheap enough for the event loop."""
+        digest = hashlib.sha256(key.encode()).digest()
+        with self._lock:
+            known = self._known.get(digest)
+        if known is not None and time.monotonic() - known[0] < CACHE_S:
+            return known[1]
+        return None
+
+    def check(self, conn_factory: Any, key: str, *, client: str | None = None) -> Principal | None:
         digest = hashlib.sha256(key.encode()).digest()
         now = time.monotonic()
         with self._lock:
             known = self._known.get(digest)
+            refused_at = self._refused.get(digest)
         if known is not None and now - known[0] < CACHE_S:
             return known[1]
+        if refused_at is not None and now - refused_at < CACHE_S:
+            return None
         match = _KEY.match(key)
         if match is None:
             return None
         key_id, secret = match.groups()
-        with conn_factory() as conn:
-            row = conn.execute(
-                "SELECT tenant, scopes, secret_hash FROM unidb.api_keys"
-                " WHERE id = %s AND revoked_at IS NULL",
-                (key_id,),
-            ).fetchone()
-        if row is None:
-            return None
-        tenant, scopes, secret_hash = row
+        address = f"client:{client or 'unknown'}"
+        self._admit(f"key:{key_id}", address, now)
         try:
-            _hasher.verify(secret_hash, secret)
-        except (VerificationError, InvalidHashError):
-            return None
+            with conn_factory() as conn:
+                row = conn.execute(
+                    "SELECT tenant, scopes, secret_hash FROM unidb.api_keys"
+                    " WHERE id = %s AND revoked_at IS NULL",
+                    (key_id,),
+                ).fetchone()
+            if row is None:
+                self._failed(digest, now, address)
+                return None
+            tenant, scopes, secret_hash = row
+            with self._hashing:
+                try:
+                    _hasher.verify(secret_hash, secret)
+                except (VerificationError, InvalidHashError):
+                    self._failed(digest, now, address, f"key:{key_id}")
+                    return None
+        finally:
+            with self._lock:
+                self._in_flight[address] -= 1
+                if self._in_flight[address] <= 0:
+                    del self._in_flight[address]
         principal = Principal(tenant, frozenset(scopes), key_id)
         with self._lock:
             self._known[digest] = (now, principal)
         return principal
+
+    def _admit(self, key: str, address: str, now: float) -> None:
+        with self._lock:
+            for name in (key, address):
+                recent = self._recent(name, now)
+                if len(recent) >= self._failures_allowed:
+                    raise TooManyRequests(
+                        f"too many failed API key checks from this client or for this key; "
+                        f"retry in {self._window_s:.0f} s (UNIDB_KEY_FAILURES_ALLOWED)",
+                        field="authorization",
+                    )
+            if self._in_flight[address] >= self._concurrency:
+                raise TooManyRequests(
+                    "this client has API key checks in flight already; retry shortly",
+                    field="authorization",
+                )
+            self._in_flight[address] += 1
+
+    def _recent(self, name: str, now: float) -> deque[float]:
+        recent = self._failures.get(name)
+        if recent is None:
+            return deque()
+        while recent and now - recent[0] > self._window_s:
+            recent.popleft()
+        if not recent:
+            del self._failures[name]
+        return recent
+
+    def _failed(self, digest: bytes, now: float, *names: str) -> None:
+        with self._lock:
+            self._refused[digest] = now
+            while len(self._refused) > _MAX_REMEMBERED:
+                self._refused.popitem(last=False)
+            for name in names:
+                self._failures.setdefault(name, deque()).append(now)
+            if len(self._failures) > _MAX_REMEMBERED:
+                for name in list(self._failures):
+                    self._recent(name, now)
 
     def revoke(self, conn: Connection, key_id: str) -> None:
         cursor = conn.execute(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,37 @@ class Settings(BaseSettings):
         description="API keys on /v1 and /mcp; auto: on unless the service binds loopback only",
     )
 
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values the REST API answers (names, without ports; '*' for "
+        "any); empty: the bound host, and the loopback names when it is loopback",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins (scheme://host:port) that may call the API besides the "
+        "service's own; a request with any other Origin header is refused",
+    )
+    operator_key: SecretStr | None = Field(
+        default=None,
+        description="the service-wide key that reads /metrics when auth is on (Bearer); tenant "
+        "keys never do",
+    )
+    max_unauthenticated_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="body bytes read from a request that carries no valid key, on the routes "
+        "that need none (a keyed route refuses it before reading anything)",
+    )
+    key_check_concurrency: int = Field(
+        default=2, ge=1, le=32, description="API key hashes verified at once (argon2 is slow)"
+    )
+    key_failures_allowed: int = Field(
+        default=10,
+        ge=1,
+        description="failed key checks from one client address, or for one key id, within a "
+        "minute before further ones are refused with 429 without being hashed",
+    )
+
     replica_urls: list[str] = Field(
         default_factory=list,
         description="streaming standbys of database_url that may serve reads (JSON list)",
@@ -90,6 +121,15 @@ class Settings(BaseSettings):
     max_batch_documents: int = Field(default=10_000, ge=1, le=1 << 20)
     max_text_chars: int = Field(default=1_000_000, ge=1)
     max_filter_depth: int = Field(default=8, ge=1)
+    max_filter_conditions: int = Field(
+        default=1_000,
+        ge=1,
+        le=20_000,
+        description="field conditions and logical branches in one metadata filter",
+    )
+    max_filter_in_values: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="values in one $in or $nin list"
+    )
     max_k: int = Field(default=1000, ge=1, le=100_000, description="hits one query may ask for")
     max_query_chars: int = Field(
         default=10_000, ge=1, le=1_000_000, description="characters of one query's text"

@@ -161,7 +161,10 @@ class Engine:
         self.context.start()
         self.ann = AnnIndexes(settings.data_dir / "indexes")
         self.metrics = Metrics()
-        self.keys = KeyChecker()
+        self.keys = KeyChecker(
+            concurrency=settings.key_check_concurrency,
+            failures_allowed=settings.key_failures_allowed,
+        )
         self.metrics.watch(self)
         self.jobs = JobRunner(
             self.background_pool,
@@ -449,22 +452,34 @@ class Engine:
             return _delete_document(conn, collection, document_id)
 
     def delete_documents(self, collection: str, request: DeleteWhere) -> DeleteCount:
-        if request.filter is None and request.ids is None:
+        if request.all:
+            if request.filter or request.ids is not None:
+                raise InvalidInput(
+                    "all deletes every document: give it without a filter or ids", field="all"
+                )
+        elif request.filter is None and request.ids is None:
             raise InvalidInput(
-                "give a filter, ids or both; to delete every document, drop the collection",
+                "give a filter, ids or both; to delete every document, send all: true",
                 field="filter",
             )
-        parts: list[sql.Composable] = []
-        params: list[Any] = []
-        if request.filter is not None:
-            compiled = self._compiled_filter(request.filter)
-            parts.append(compiled.expression)
-            params.extend(compiled.params)
-        if request.ids is not None:
-            parts.append(sql.SQL("d.id = ANY({})").format(sql.Placeholder()))
-            params.append(request.ids)
+        elif request.filter == {} and request.ids is None:
+            # an empty filter admits every document: deleting them all must be said outright
+            raise InvalidInput(
+                "an empty filter matches every document; send all: true to delete them all",
+                field="filter",
+            )
         with self.transaction() as conn:
+            # the collection first: nothing is compiled for a collection that is not there
             row = collections.get(conn, collection, lock=True)
+            parts: list[sql.Composable] = [sql.SQL("TRUE")]
+            params: list[Any] = []
+            if request.filter:
+                compiled = self._compiled_filter(request.filter)
+                parts.append(compiled.expression)
+                params.extend(compiled.params)
+            if request.ids is not None:
+                parts.append(sql.SQL("d.id = ANY({})").format(sql.Placeholder()))
+                params.append(request.ids)
             where = sql.SQL(" AND ").join(parts)
             return DeleteCount(deleted=documents.delete_where(conn, row, where, params))
 
@@ -479,7 +494,11 @@ class Engine:
     def _compiled_filter(self, spec: dict[str, Any]) -> CompiledFilter:
         """A metadata filter as SQL on the documents alias ``d``."""
         return compile_filter(
-            spec, column=sql.SQL("d.metadata"), max_depth=self.settings.max_filter_depth
+            spec,
+            column=sql.SQL("d.metadata"),
+            max_depth=self.settings.max_filter_depth,
+            max_conditions=self.settings.max_filter_conditions,
+            max_in_values=self.settings.max_filter_in_values,
         )
 
     def _check_limits(self, k: int, text: str | None, text_field: str) -> None:
@@ -498,9 +517,10 @@ class Engine:
         self._check_limits(request.k, request.text, "text")
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
-        where = self._compiled_filter(request.filter) if request.filter else None
         with self.reading(consistency=request.consistency, after=request.after) as conn:
             row = collections.get(conn, collection)
+            # compiled once the collection is known to exist (and within the filter limits)
+            where = self._compiled_filter(request.filter) if request.filter else None
             wants_embedding = (
                 request.vector is None
                 and request.mode in ("vector", "hybrid")

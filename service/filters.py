@@ -19,7 +19,9 @@ from psycopg.types.json import Jsonb
 from unidb.errors import InvalidInput
 
 MAX_PATH_SEGMENTS = 32
-MAX_IN_VALUES = 1024
+# an $in list longer than this is bound as one array parameter, not one parameter per value
+# (short lists stay ORed containments, which the metadata GIN index can answer)
+_IN_AS_ARRAY_ABOVE = 16
 _COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _FIELD_OPS = {"$eq", "$ne", "$in", "$nin", "$exists", *_COMPARISONS}
 
@@ -33,13 +35,22 @@ class CompiledFilter:
 
 
 def compile_filter(
-    spec: dict[str, Any] | None, *, column: sql.Composable, max_depth: int = 8
+    spec: dict[str, Any] | None,
+    *,
+    column: sql.Composable,
+    max_depth: int = 8,
+    max_conditions: int = 1_000,
+    max_in_values: int = 10_000,
 ) -> CompiledFilter:
-    """Compile ``spec`` against the jsonb ``column``; raises InvalidInput naming the bad part."""
+    """Compile ``spec`` against the jsonb ``column``; raises InvalidInput naming the bad part.
+
+    The work is bounded before it is done: past ``max_conditions`` conditions and branches,
+    or an ``$in`` longer than ``max_in_values``, compiling stops with a 400 naming the limit.
+    """
     params: list[Any] = []
     if not spec:
         return CompiledFilter(sql.SQL("TRUE"), params)
-    compiler = _Compiler(column, params, max_depth)
+    compiler = _Compiler(column, params, max_depth, max_conditions, max_in_values)
     return CompiledFilter(compiler.filter(spec, "filter", 1), params)
 
 
@@ -54,10 +65,29 @@ def _nest(path: list[str], value: Any) -> Any:
 
 
 class _Compiler:
-    def __init__(self, column: sql.Composable, params: list[Any], max_depth: int) -> None:
+    def __init__(
+        self,
+        column: sql.Composable,
+        params: list[Any],
+        max_depth: int,
+        max_conditions: int,
+        max_in_values: int,
+    ) -> None:
         self.column = column
         self.params = params
         self.max_depth = max_depth
+        self.max_conditions = max_conditions
+        self.max_in_values = max_in_values
+        self.conditions = 0
+
+    def _count(self, where: str, n: int = 1) -> None:
+        self.conditions += n
+        if self.conditions > self.max_conditions:
+            raise InvalidInput(
+                f"the filter has more than {self.max_conditions} conditions "
+                "(UNIDB_MAX_FILTER_CONDITIONS)",
+                field=where,
+            )
 
     def _param(self, value: Any) -> sql.Composable:
         self.params.append(value)
@@ -69,9 +99,12 @@ class _Compiler:
         if not isinstance(spec, dict):
             raise InvalidInput("must be an object", field=where)
         if not spec:
-            return sql.SQL("TRUE")
+            # only the whole filter may be empty: an empty branch would let a filter that
+            # looks selective (a delete's, say) admit every document
+            raise InvalidInput("an empty filter inside $and, $or or $not", field=where)
         parts = []
         for key, value in spec.items():
+            self._count(where)
             if not isinstance(key, str):
                 raise InvalidInput("keys must be strings", field=where)
             if key in ("$and", "$or"):
@@ -89,6 +122,8 @@ class _Compiler:
         if not isinstance(value, list) or not value:
             raise InvalidInput(f"{op} takes a non-empty list of filters", field=where)
         joiner = " AND " if op == "$and" else " OR "
+        # counted before any branch is compiled: a huge list is refused at once
+        self._count(where, len(value))
         inner = [self.filter(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
         return sql.SQL("({})").format(sql.SQL(joiner).join(inner))
 
@@ -134,15 +169,15 @@ class _Compiler:
         if op == "$ne":
             return sql.SQL("NOT {}").format(self._eq(path, value, where))
         if op in ("$in", "$nin"):
-            if not isinstance(value, list) or len(value) > MAX_IN_VALUES:
+            if not isinstance(value, list):
+                raise InvalidInput(f"{op} takes a list of values", field=where)
+            if len(value) > self.max_in_values:
                 raise InvalidInput(
-                    f"{op} takes a list of at most {MAX_IN_VALUES} values", field=where
+                    f"{op} has {len(value)} values, over the limit of {self.max_in_values} "
+                    "(UNIDB_MAX_FILTER_IN_VALUES)",
+                    field=where,
                 )
-            if not value:
-                matched: sql.Composable = sql.SQL("FALSE")
-            else:
-                alternatives = [self._eq(path, v, f"{where}[{i}]") for i, v in enumerate(value)]
-                matched = sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+            matched = self._in(path, value, where)
             return matched if op == "$in" else sql.SQL("NOT {}").format(matched)
         if op == "$exists":
             if not isinstance(value, bool):
@@ -150,6 +185,30 @@ class _Compiler:
             test = "IS NOT NULL" if value else "IS NULL"
             return sql.SQL("({} {})").format(self._value_at(path), sql.SQL(test))
         return self._compare(path, _COMPARISONS[op], value, where)
+
+    def _in(self, path: list[str], values: list[Any], where: str) -> sql.Composable:
+        if not values:
+            return sql.SQL("FALSE")
+        if len(values) <= _IN_AS_ARRAY_ABOVE:
+            alternatives = [self._eq(path, v, f"{where}[{i}]") for i, v in enumerate(values)]
+            return sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+        for i, v in enumerate(values):
+            _check_json(v, f"{where}[{i}]")
+        # the same tests as _eq, each list bound as one jsonb[] parameter
+        scalars = [Jsonb(_nest(path, v)) for v in values if _is_scalar(v)]
+        others = [Jsonb(v) for v in values if not _is_scalar(v)]
+        tests = []
+        if scalars:
+            tests.append(
+                sql.SQL("({} @> ANY({}::jsonb[]))").format(self.column, self._param(scalars))
+            )
+        if others:
+            tests.append(
+                sql.SQL("COALESCE({} = ANY({}::jsonb[]), false)").format(
+                    self._value_at(path), self._param(others)
+                )
+            )
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(tests))
 
     def _compare(self, path: list[str], operator: str, value: Any, where: str) -> sql.Composable:
         if isinstance(value, bool) or not isinstance(value, int | float | str):

@@ -79,8 +79,9 @@ def test_keys_and_scopes(api: TestClient, engine: Engine, collection: str) -> No
     assert api.get(f"{path}/a", headers=_bearer(reader)).status_code == 200
     assert api.get(f"{path}/a", headers=_bearer(admin)).status_code == 403  # scopes are exact
     assert api.put("/v1/state/ns/k", json={"value": 1}, headers=_bearer(reader)).status_code == 403
+    # /metrics names every tenant's collections: no tenant key reads it, even an admin's
     assert api.get("/metrics", headers=_bearer(reader)).status_code == 403
-    assert api.get("/metrics", headers=_bearer(admin)).status_code == 200
+    assert api.get("/metrics", headers=_bearer(admin)).status_code == 403
     assert api.get("/healthz").status_code == 200  # probes need no key
     assert api.post("/mcp", json={}).status_code == 401
     assert api.post("/mcp", json={}, headers=_bearer(reader)).status_code == 403

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from unidb.service.api.main import create_app
 from unidb.service.engine import Engine
 
-from .conftest import snapshot
+from .conftest import LocalClient, snapshot
 
 DIM = 4
 
@@ -241,7 +241,7 @@ def test_duplicate_and_invalid_collections(api: TestClient, engine: Engine, load
 
 def test_oversize_body_is_413_before_parsing(engine: Engine, loaded: str) -> None:
     small = engine.settings.model_copy(update={"max_body_bytes": 2048})
-    with TestClient(create_app(small, engine=engine)) as api:
+    with LocalClient(create_app(small, engine=engine)) as api:
         before = snapshot(engine)
         body = {"documents": [_doc(i, text="x" * 100) for i in range(40)]}
         _expect_error(api.post(f"/v1/collections/{loaded}/documents", json=body), 413, "body")
@@ -271,7 +271,7 @@ def test_text_over_the_limit_is_413(engine: Engine, loaded: str) -> None:
     # the session engine's tailer and prefix follower own the indexes and the registry
     limited.text_indexes.close()
     limited.context.close()
-    with TestClient(create_app(small, engine=limited)) as api:
+    with LocalClient(create_app(small, engine=limited)) as api:
         before = snapshot(engine)
         body = {"documents": [_doc(1), _doc(2, text="z" * 11)]}
         _expect_error(

@@ -37,3 +37,37 @@ def test_delete_where(server_url: str, engine: Engine, collection: str, over: st
     with pytest.raises(unidb.NotFound):
         client.delete_where("no_such_collection", ids=["d5"])
     assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("over", ["rest", "embedded"])
+def test_an_empty_filter_deletes_nothing_unless_all_is_said(
+    server_url: str, engine: Engine, collection: str, over: str
+) -> None:
+    client = unidb.Client(server_url) if over == "rest" else unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(collection, [{"id": f"d{i}", "text": f"note {i}"} for i in range(5)])
+    before = snapshot(engine)
+    for empty in ({}, {"$and": [{}]}, {"$or": [{}, {"source": "s"}]}, {"$not": {"$not": {}}}):
+        with pytest.raises(unidb.InvalidInput) as refused:
+            client.delete_where(collection, filter=empty)
+        assert refused.value.field is not None and refused.value.field.startswith("filter")
+    with pytest.raises(unidb.InvalidInput) as ambiguous:
+        client.delete_where(collection, filter={"source": "s"}, all=True)
+    assert ambiguous.value.field == "all"
+    assert snapshot(engine) == before
+    assert client.delete_where(collection, ids=["d1"], filter={}) == 1  # the ids decide
+    assert client.delete_where(collection, all=True) == 4
+    assert client.get_collection(collection).documents == 0
+
+
+def test_raw_rest_empty_filter_is_a_400(api: object, collection: str, engine: Engine) -> None:
+    from fastapi.testclient import TestClient
+
+    assert isinstance(api, TestClient)
+    api.post("/v1/collections", json={"name": collection, "dim": 2})
+    api.post(f"/v1/collections/{collection}/documents", json={"documents": [{"id": "a"}]})
+    before = snapshot(engine)
+    refused = api.post(f"/v1/collections/{collection}/documents/delete", json={"filter": {}})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["field"] == "filter"
+    assert snapshot(engine) == before

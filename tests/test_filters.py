@@ -127,7 +127,10 @@ conditions = st.one_of(
     st.builds(lambda op, v: {op: v}, st.sampled_from(["$eq", "$ne"]), values),
     st.builds(lambda op, v: {op: v}, st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), comparables),
     st.builds(
-        lambda op, v: {op: v}, st.sampled_from(["$in", "$nin"]), st.lists(scalars, max_size=3)
+        lambda op, v: {op: v},
+        st.sampled_from(["$in", "$nin"]),
+        # long lists cross into one jsonb[] parameter, arrays among them included
+        st.one_of(st.lists(scalars, max_size=3), st.lists(values, min_size=17, max_size=24)),
     ),
     st.builds(lambda v: {"$exists": v}, st.booleans()),
     st.builds(lambda lo, hi: {"$gte": lo, "$lt": hi}, st.integers(-3, 3), st.integers(-3, 3)),
@@ -292,3 +295,49 @@ def test_query_schedules_hnsw_build_past_threshold(engine: Engine, collection: s
     engine.wait_for_index_builds()
     assert client.get_collection(collection).vector_index == "hnsw"
     assert not client.query(collection, vector=[1, 0, 0, 0], k=3, mode="vector").exhaustive
+
+
+def test_wide_filters_are_refused_at_the_limit(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    limit = engine.settings.max_filter_conditions
+    wide_or = {"$or": [{"n": i} for i in range(limit + 1)]}
+    with pytest.raises(unidb.InvalidInput, match="UNIDB_MAX_FILTER_CONDITIONS") as refused:
+        client.query(collection, vector=[1.0, 0.0], mode="vector", filter=wide_or)
+    assert refused.value.field == "filter.$or"
+    many_keys = {f"k{i}": i for i in range(limit + 1)}
+    with pytest.raises(unidb.InvalidInput, match="UNIDB_MAX_FILTER_CONDITIONS"):
+        client.query(collection, vector=[1.0, 0.0], mode="vector", filter=many_keys)
+    too_many = {"n": {"$in": list(range(engine.settings.max_filter_in_values + 1))}}
+    with pytest.raises(unidb.InvalidInput, match="UNIDB_MAX_FILTER_IN_VALUES") as long_in:
+        client.delete_where(collection, filter=too_many)
+    assert long_in.value.field == "filter.n.$in"
+
+
+def test_long_in_lists_are_one_parameter(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [{"id": f"d{i}", "metadata": {"n": i}, "embedding": [1.0, 0.0]} for i in range(50)],
+    )
+    # far more values than Postgres allows bind parameters (65,535)
+    wanted = [*range(0, 50, 7), *range(1_000, 80_000)]
+    spec = {"n": {"$in": wanted}}
+    request = QueryRequest(vector=[1.0, 0.0], k=100, mode="vector", filter=spec)
+    engine.settings.max_filter_in_values, saved = 100_000, engine.settings.max_filter_in_values
+    try:
+        hits = engine.query(collection, request).hits
+        assert len(engine._compiled_filter(spec).params) == 1  # the values, as one jsonb[]
+    finally:
+        engine.settings.max_filter_in_values = saved
+    assert {h.id for h in hits} == {f"d{i}" for i in range(0, 50, 7)}
+
+
+def test_a_missing_collection_is_named_before_its_filter_is_compiled(engine: Engine) -> None:
+    client = unidb.Client(backend=engine)
+    wide = {"$or": [{"n": i} for i in range(engine.settings.max_filter_conditions + 1)]}
+    with pytest.raises(unidb.NotFound):
+        client.query("no_such_collection", vector=[1.0, 0.0], mode="vector", filter=wide)
+    with pytest.raises(unidb.NotFound):
+        client.delete_where("no_such_collection", filter=wide)

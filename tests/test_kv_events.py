@@ -11,14 +11,13 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from fastapi.testclient import TestClient
 
 from unidb.service.api.main import create_app
 from unidb.service.config import KvEngine, Settings
 from unidb.service.context.kv_events import decode_batch
 from unidb.service.engine import Engine
 
-from .conftest import free_port
+from .conftest import LocalClient, free_port
 
 
 def _map_event(kind: str, hashes: list[Any], medium: str | None = None) -> dict[str, Any]:
@@ -156,7 +155,7 @@ def test_kv_events_drive_cached_tokens(
     engine_with_events: Engine, publisher: Publisher, collection: str
 ) -> None:
     subscriber = engine_with_events.context.subscribers[0]
-    with TestClient(create_app(engine=engine_with_events)) as api:
+    with LocalClient(create_app(engine=engine_with_events)) as api:
         api.post("/v1/collections", json={"name": collection, "dim": 2})
         docs = [{"id": f"k{i}", "text": f"kv cache block {i} " * 30} for i in range(3)]
         api.post(f"/v1/collections/{collection}/documents", json={"documents": docs})

@@ -18,7 +18,7 @@ from unidb.service.api.main import create_app
 from unidb.service.db import open_pool
 from unidb.service.engine import Engine
 
-from .conftest import snapshot
+from .conftest import LocalClient, snapshot
 
 DIM = 3
 
@@ -34,7 +34,9 @@ def limited_api(engine: Engine, *, own_pool: bool = False, **limits: Any) -> Ite
     limited.context.close()
     limited.jobs.close()
     try:
-        with TestClient(create_app(settings, engine=limited), raise_server_exceptions=False) as api:
+        with LocalClient(
+            create_app(settings, engine=limited), raise_server_exceptions=False
+        ) as api:
             yield api
     finally:
         if own_pool:

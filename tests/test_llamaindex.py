@@ -218,3 +218,18 @@ def test_vector_store_index_on_scifact(engine: Engine, collection: str) -> None:
         filters=MetadataFilters(filters=[MetadataFilter(key="title", value=title)]),
     ).retrieve(corpus[0]["text"][:200])
     assert [n.node.node_id for n in only] == [corpus[0]["_id"]]
+
+
+def test_empty_metadata_filters_never_delete_everything(store: UnidbVectorStore) -> None:
+    everything = {"a1", "a2", "b1", "c1"}
+    store.delete_nodes(filters=MetadataFilters(filters=[]))  # LlamaIndex's "no filters"
+    nested_empty = MetadataFilters(filters=[MetadataFilters(filters=[])])
+    store.delete_nodes(filters=nested_empty)
+    assert set(_ids(store, query_embedding=[1.0, 0.0, 0.0], similarity_top_k=10)) == everything
+    # ids with an empty filter delete exactly those ids
+    store.delete_nodes(node_ids=["a1"], filters=MetadataFilters(filters=[]))
+    assert set(_ids(store, query_embedding=[1.0, 0.0, 0.0], similarity_top_k=10)) == {
+        "a2",
+        "b1",
+        "c1",
+    }

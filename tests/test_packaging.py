@@ -33,10 +33,12 @@ def test_public_surface_is_what_we_say() -> None:
             "QueryResponse",
             "ServerError",
             "StoredDocument",
+            "TooManyRequests",
             "Transaction",
             "Unauthorized",
             "Unavailable",
             "UnidbError",
+            "UnsupportedMediaType",
             "UpsertResult",
             "__version__",
         ]

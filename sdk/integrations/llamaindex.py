@@ -75,6 +75,7 @@ def to_unidb_filter(filters: MetadataFilters) -> dict[str, Any]:
         to_unidb_filter(item) if isinstance(item, MetadataFilters) else _condition(item)
         for item in filters.filters
     ]
+    parts = [part for part in parts if part]  # an empty group narrows nothing
     if not parts:
         return {}
     if filters.condition == FilterCondition.NOT:
@@ -142,14 +143,14 @@ class UnidbVectorStore(BasePydanticVectorStore):
         filters: MetadataFilters | None = None,
         **delete_kwargs: Any,
     ) -> None:
-        if node_ids is None and filters is None:
+        # empty MetadataFilters narrow nothing; they never mean "delete everything"
+        unidb_filter = to_unidb_filter(filters) if filters is not None else None
+        if not unidb_filter:
+            unidb_filter = None
+        if node_ids is None and unidb_filter is None:
             return
         try:
-            self._client.delete_where(
-                self.collection,
-                ids=node_ids,
-                filter=to_unidb_filter(filters) if filters is not None else None,
-            )
+            self._client.delete_where(self.collection, ids=node_ids, filter=unidb_filter)
         except NotFound:
             pass
 

@@ -39,7 +39,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "not found"),
         (409, "conflict"),
         (413, "payload too large"),
+        (415, "the body is not application/json"),
+        (429, "too many failed API key checks"),
+        (502, "an upstream (embedder, LLM engine) failed"),
         (503, "unavailable"),
+        (504, "an upstream did not answer in time"),
     )
 }
 

@@ -15,10 +15,11 @@ from ..config import Settings
 from ..engine import Engine
 from ..mcp_server import build_server
 from . import errors
+from .gate import RequestGate
 from .limits import BodySizeLimit
 from .observe import RequestMetrics
 from .routes import collections, context, documents, health, jobs, state, transactions
-from .security import McpKeyGate, mcp_tenant
+from .security import mcp_tenant
 
 
 def create_app(
@@ -55,8 +56,9 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(McpKeyGate)
-    app.add_middleware(RequestMetrics)  # outermost: it times refused bodies too
+    # before anything reads a body: host, origin, media type, and the API key
+    app.add_middleware(RequestGate, settings=settings)
+    app.add_middleware(RequestMetrics)  # outermost: it times refused requests too
     app.include_router(health.router)
     app.include_router(collections.router)
     app.include_router(documents.router)

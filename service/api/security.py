@@ -1,53 +1,79 @@
 """API keys on the REST routes and /mcp: 401 without a known key, 403 without the scope.
 
-When auth is off (embedded use, or a service bound to loopback only) every request acts for
-the default tenant with every scope.
+The key is checked by the request gate (``gate.py``) from the headers, before the body is
+read; the routes' dependencies only look at the principal it found. When auth is off
+(embedded use, or a service bound to loopback only) every request acts for the default
+tenant with every scope. ``/metrics`` answers the operator key alone (``UNIDB_OPERATOR_KEY``),
+never a tenant's.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from unidb.errors import Forbidden, Unauthorized, UnidbError
+from unidb.errors import Forbidden, Unauthorized
 
 from ..auth import Principal
 from ..auth import Scope as KeyScope
 from ..engine import Engine
 from ..tenancy import DEFAULT_TENANT, current_tenant
-from .errors import render
 
 OPEN = Principal(DEFAULT_TENANT, frozenset(("read", "write", "admin")))
+PRINCIPAL = "unidb_principal"
+# declares the scheme in OpenAPI; the gate does the checking
 _bearer = HTTPBearer(auto_error=False, description="an API key from `unidb keys create`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def authenticate(engine: Engine, authorization: str | None) -> Principal:
-    if not engine.settings.auth_required:
-        return OPEN
+def _bearer_key(authorization: str | None) -> str:
     scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized(
             "an API key is required: send Authorization: Bearer <key>", field="authorization"
         )
-    principal = await run_in_threadpool(engine.keys.check, engine.pool.connection, key.strip())
+    return key.strip()
+
+
+def remembered(engine: Engine, authorization: str | None) -> Principal | None:
+    """The principal of a key that verified lately, or None: never blocks."""
+    if not engine.settings.auth_required:
+        return OPEN
+    try:
+        return engine.keys.remembered(_bearer_key(authorization))
+    except Unauthorized:
+        return None
+
+
+def authenticate(engine: Engine, authorization: str | None, client: str | None) -> Principal:
+    """The principal of a request's ``Authorization`` header (blocking: run it off the loop)."""
+    if not engine.settings.auth_required:
+        return OPEN
+    key = _bearer_key(authorization)
+    principal = engine.keys.check(engine.pool.connection, key, client=client)
     if principal is None:
         raise Unauthorized("unknown or revoked API key", field="authorization")
+    return principal
+
+
+def _principal(request: Request) -> Principal:
+    if not request.app.state.engine.settings.auth_required:
+        return OPEN
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        # every keyed path passes the gate; a route reached without it is refused
+        raise Unauthorized("this request carries no checked API key", field="authorization")
     return principal
 
 
 def require(scope: KeyScope) -> Any:
     """A route dependency: the caller's key must carry ``scope``."""
 
-    async def check(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        header = f"Bearer {credentials.credentials}" if credentials else None
-        principal = await authenticate(request.app.state.engine, header)
+    async def check(request: Request, _: BearerDep) -> Principal:
+        principal = _principal(request)
         if scope not in principal.scopes:
             raise Forbidden(f"this API key lacks the {scope!r} scope", field="authorization")
         request.state.principal = principal
@@ -61,45 +87,28 @@ def require(scope: KeyScope) -> Any:
 READ, WRITE, ADMIN = require("read"), require("write"), require("admin")
 
 
-class McpKeyGate:
-    """/mcp carries reading and writing tools alike: its key needs read and write.
-
-    The key's principal rides in the request's scope state, where each tool call carried by
-    the request finds its tenant (`mcp_tenant`)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/mcp"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers", []))
-        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-        try:
-            principal = await authenticate(scope["app"].state.engine, authorization)
-            missing = {"read", "write"} - principal.scopes
-            if missing:
-                raise Forbidden(
-                    f"/mcp needs the read and write scopes; this key lacks {sorted(missing)}",
-                    field="authorization",
-                )
-        except UnidbError as error:
-            await render(error)(scope, receive, send)
-            return
-        scope.setdefault("state", {})[_PRINCIPAL] = principal
-        await self.app(scope, receive, send)
+async def _operator(request: Request, _: BearerDep) -> None:
+    settings = request.app.state.engine.settings
+    if not settings.auth_required:
+        return
+    key = _bearer_key(request.headers.get("authorization"))
+    expected = settings.operator_key.get_secret_value() if settings.operator_key else None
+    if expected is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise Forbidden(
+            "/metrics is read with the operator key (UNIDB_OPERATOR_KEY), not a tenant's key",
+            field="authorization",
+        )
 
 
-_PRINCIPAL = "unidb_principal"
+OPERATOR = Depends(_operator)
 
 
 def mcp_tenant(context: Any) -> str:
     """The tenant of the key on the HTTP request that carried an MCP tool call."""
     request = getattr(context, "request", None)
     state = request.scope.get("state", {}) if request is not None else {}
-    principal = state.get(_PRINCIPAL)
+    principal = state.get(PRINCIPAL)
     if not isinstance(principal, Principal):
-        # every /mcp request passes McpKeyGate; a call without its principal is refused
+        # every /mcp request passes the gate; a call without its principal is refused
         raise Unauthorized("this MCP call carries no API key", field="authorization")
     return principal.tenant

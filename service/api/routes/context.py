@@ -38,5 +38,7 @@ def list_prefixes(
 @router.post("/prefixes/{prefix_key}/warm", dependencies=[ADMIN])
 def warm_prefix(prefix_key: PrefixKey, request: WarmRequest, engine: EngineDep) -> WarmResult:
     """Send the prefix to an OpenAI-compatible completions endpoint (``max_tokens=1``) so
-    the engine holds it in its KV cache before the first real request."""
+    the engine holds it in its KV cache before the first real request. The endpoint is one
+    the operator lists (``UNIDB_KV_ENGINES`` with a ``url``, or ``UNIDB_OUTBOUND_URLS``),
+    named by ``engine`` or by its exact listed ``engine_url``; any other is a 400."""
     return engine.warm_prefix(prefix_key, request)

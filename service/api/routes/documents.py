@@ -14,37 +14,30 @@ from unidb.models import (
     UpsertResult,
 )
 
-from ..deps import EngineDep
+from ..deps import EngineDep, json_body, parse_body
 from ..errors import ERROR_RESPONSES
 from ..security import READ, WRITE
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["documents"], responses=ERROR_RESPONSES)
 
 
-@router.post(
-    "/documents",
-    dependencies=[WRITE],
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": UpsertRequest.model_json_schema()}},
-        }
-    },
-)
+@router.post("/documents", dependencies=[WRITE], openapi_extra=json_body(UpsertRequest))
 async def upsert_documents(name: str, request: Request, engine: EngineDep) -> UpsertResult:
     """Insert or replace documents by id, all in one transaction.
 
     A document whose text, metadata and embedding equal the stored ones is left as it is.
     """
     # the hot ingest path: pydantic parses the raw JSON bytes in one pass
-    body = UpsertRequest.model_validate_json(await request.body())
+    body = await parse_body(request, UpsertRequest)
     return await run_in_threadpool(engine.upsert_documents, name, body.documents)
 
 
-@router.post("/documents/delete", dependencies=[WRITE])
-def delete_documents(name: str, body: DeleteWhere, engine: EngineDep) -> DeleteCount:
-    """Delete the documents matching ``filter``, among ``ids``, or both, in one transaction."""
-    return engine.delete_documents(name, body)
+@router.post("/documents/delete", dependencies=[WRITE], openapi_extra=json_body(DeleteWhere))
+async def delete_documents(name: str, request: Request, engine: EngineDep) -> DeleteCount:
+    """Delete the documents matching ``filter``, among ``ids``, or both, in one transaction.
+    An empty filter is refused; ``all: true`` alone deletes every document."""
+    body = await parse_body(request, DeleteWhere)
+    return await run_in_threadpool(engine.delete_documents, name, body)
 
 
 @router.get("/documents/{document_id:path}", dependencies=[READ])
@@ -63,18 +56,13 @@ def delete_document(name: str, document_id: str, engine: EngineDep) -> DeleteRes
     "/query",
     dependencies=[READ],
     response_model=QueryResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": QueryRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(QueryRequest),
 )
 async def query(name: str, request: Request, engine: EngineDep) -> Response:
     """Search the collection: ``bm25`` on ``text``, ``vector`` on ``vector`` (or on ``text``
     with a collection embedder), ``hybrid`` fusing both; ``filter`` narrows by metadata
     before ranking."""
     # the hot query path: parse the raw JSON in one pass, answer with the model's own JSON
-    body = QueryRequest.model_validate_json(await request.body())
+    body = await parse_body(request, QueryRequest)
     result = await run_in_threadpool(engine.query, name, body)
     return Response(result.model_dump_json(), media_type="application/json")

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from unidb.models import Health
 
 from ..deps import EngineDep
-from ..security import ADMIN
+from ..security import OPERATOR
 
 router = APIRouter(tags=["health"])
 
@@ -20,11 +20,12 @@ def healthz(engine: EngineDep) -> Health:
 
 @router.get(
     "/metrics",
-    dependencies=[ADMIN],
+    dependencies=[OPERATOR],
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}},
 )
 def metrics(engine: EngineDep) -> Response:
     """Prometheus metrics: request and query latency, ingest, index lag, jobs, pool, and
-    the context prefix-cache hit ratio."""
+    the context prefix-cache hit ratio. With auth on, only the operator key
+    (``UNIDB_OPERATOR_KEY``) reads them: they name every tenant's collections."""
     return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -2,18 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from unidb.models import DeleteResult, StateEntry, StateList, StatePut
 
-from ..deps import EngineDep
+from ..deps import EngineDep, json_body, parse_body
 from ..errors import ERROR_RESPONSES
 from ..security import READ, WRITE
 
 router = APIRouter(prefix="/v1/state", tags=["state"], responses=ERROR_RESPONSES)
 
-Namespace = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00/]+$")]
-Key = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+# no control characters: a name must be reachable by its URL path (see unidb.models)
+Namespace = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+Key = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 @router.get("/{namespace}", dependencies=[READ])
@@ -35,11 +37,14 @@ def get_state(namespace: Namespace, key: Key, engine: EngineDep) -> StateEntry:
     return engine.get_state(namespace, key)
 
 
-@router.put("/{namespace}/{key:path}", dependencies=[WRITE])
-def put_state(namespace: Namespace, key: Key, body: StatePut, engine: EngineDep) -> StateEntry:
+@router.put("/{namespace}/{key:path}", dependencies=[WRITE], openapi_extra=json_body(StatePut))
+async def put_state(
+    namespace: Namespace, key: Key, request: Request, engine: EngineDep
+) -> StateEntry:
     """Store a JSON value. ``if_version`` makes it a compare-and-set: 409 unless the stored
     version is that number (0: unless the key is new)."""
-    return engine.put_state(namespace, key, body)
+    body = await parse_body(request, StatePut)
+    return await run_in_threadpool(engine.put_state, namespace, key, body)
 
 
 @router.delete("/{namespace}/{key:path}", dependencies=[WRITE])

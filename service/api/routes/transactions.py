@@ -1,21 +1,23 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from unidb.models import TransactionRequest, TransactionResult
 
-from ..deps import EngineDep
+from ..deps import EngineDep, json_body, parse_body
 from ..errors import ERROR_RESPONSES
 from ..security import WRITE
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"], responses=ERROR_RESPONSES)
 
 
-@router.post("", dependencies=[WRITE])
-def transact(request: TransactionRequest, engine: EngineDep) -> TransactionResult:
+@router.post("", dependencies=[WRITE], openapi_extra=json_body(TransactionRequest))
+async def transact(request: Request, engine: EngineDep) -> TransactionResult:
     """Apply state and document operations in one Postgres transaction: all or nothing.
 
     A failing operation answers 4xx naming ``ops[i]`` and leaves everything as it was. The
     ``commit_token``, passed as ``after`` to a query from any client, makes the answer
     include this commit even with ``consistency="eventual"``."""
-    return engine.transact(request)
+    body = await parse_body(request, TransactionRequest)
+    return await run_in_threadpool(engine.transact, body)
