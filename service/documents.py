@@ -305,6 +305,8 @@ def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: 
 def _merge(conn: Connection, collection: CollectionRow, batch: Batch, block: int) -> UpsertResult:
     """Stage the batch, then upsert what changed in one statement."""
     conn.execute(_STAGE)
+    # an earlier batch of this transaction left its rows (they go only at commit)
+    conn.execute("TRUNCATE unidb_stage")
     # the staged batch is sorted and joined in memory, not spilled to disk
     conn.execute("SELECT set_config('work_mem', '64MB', true)")
     with conn.cursor() as cur:

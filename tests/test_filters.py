@@ -341,3 +341,33 @@ def test_a_missing_collection_is_named_before_its_filter_is_compiled(engine: Eng
         client.query("no_such_collection", vector=[1.0, 0.0], mode="vector", filter=wide)
     with pytest.raises(unidb.NotFound):
         client.delete_where("no_such_collection", filter=wide)
+
+
+def test_metadata_filters_use_the_gin_index_under_row_level_security(
+    engine: Engine, collection: str
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [
+            {"id": str(i), "metadata": {"lab": f"l{i % 7}"}, "embedding": [1.0, 0.0]}
+            for i in range(50)
+        ],
+    )
+    # the service's own role, bound by the documents' policy, with a tenant named
+    with engine.transaction() as conn:
+        assert conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT d.key FROM unidb.documents d"
+                " WHERE d.collection_id = (SELECT id FROM unidb.collections WHERE name = %s)"
+                " AND d.metadata @> %s::jsonb",
+                (collection, '{"lab": "l3"}'),
+            ).fetchall()
+        )
+    assert "documents_metadata_gin" in plan

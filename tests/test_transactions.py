@@ -127,3 +127,14 @@ def test_commit_token_makes_eventual_reads_include_the_commit(
     assert error.value.field == "after"
     writer.close()
     reader.close()
+
+
+def test_two_upserts_of_one_id_in_a_transaction(server_url: str, collection: str) -> None:
+    with unidb.Client(server_url) as client:
+        client.create_collection(collection, dim=2)
+        client.upsert(collection, [{"id": "a", "text": "first", "embedding": [1, 0]}])
+        with client.transaction() as tx:  # both merge into the existing row
+            tx.upsert(collection, [{"id": "a", "text": "second", "embedding": [1, 0]}])
+            tx.upsert(collection, [{"id": "a", "text": "third", "embedding": [0, 1]}])
+        stored = client.get(collection, "a")
+        assert (stored.text, stored.version) == ("third", 3)
