@@ -232,7 +232,10 @@ def _segment(value: str, field: str) -> str:
         raise InvalidInput(
             "must not contain control characters (U+0000-U+001F, U+007F)", field=field
         )
-    return quote(value, safe="").replace(".", "%2E")
+    try:
+        return quote(value, safe="").replace(".", "%2E")
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+        raise InvalidInput("is not valid Unicode text", field=field) from exc
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

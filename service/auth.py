@@ -79,6 +79,16 @@ def create_key(conn: Connection, tenant: str, scopes: list[Scope]) -> tuple[str,
     return key_id, f"unidb_{key_id}_{secret}"
 
 
+def _key_row(conn_factory: Any, key_id: str) -> Any:
+    """(tenant, scopes, secret_hash) of a live key, or None."""
+    with conn_factory() as conn:
+        return conn.execute(
+            "SELECT tenant, scopes, secret_hash FROM unidb.api_keys"
+            " WHERE id = %s AND revoked_at IS NULL",
+            (key_id,),
+        ).fetchone()
+
+
 def list_keys(conn: Connection) -> list[KeyInfo]:
     rows = conn.execute(
         "SELECT id, tenant, scopes, created_at, revoked_at FROM unidb.api_keys ORDER BY created_at"
@@ -91,15 +101,25 @@ class KeyChecker:
 
     argon2 is slow on purpose, so what reaches it is bounded: at most ``concurrency``
     verifications run at once, a client address has at most that many in flight, a key that
-    failed is refused from memory for ``CACHE_S``, and past ``failures_allowed`` failures in
-    ``window_s`` from one address or for one key id, checks are refused (TooManyRequests)
-    without hashing. A key that verified lately is answered from memory whatever else goes on.
+    failed is refused from memory for ``CACHE_S``, and once failures and checks in flight
+    reach ``failures_allowed`` within ``window_s`` for one address or one key id, further
+    checks are refused (TooManyRequests) without hashing. Those limits never refuse a key
+    this process has verified before: argon2 gives the same answer for the same secret and
+    hash, so such a key needs only its row read again (is it revoked, has it a new hash).
     """
 
     def __init__(
-        self, *, concurrency: int = 2, failures_allowed: int = 10, window_s: float = 60.0
+        self,
+        *,
+        concurrency: int = 2,
+        failures_allowed: int = 10,
+        window_s: float = 60.0,
+        remember_s: float = CACHE_S,
     ) -> None:
+        self._remember_s = remember_s
         self._known: dict[bytes, tuple[float, Principal]] = {}
+        # SHA-256 of a key that verified → the argon2 hash it verified against
+        self._verified: OrderedDict[bytes, str] = OrderedDict()
         self._refused: OrderedDict[bytes, float] = OrderedDict()
         self._failures: dict[str, deque[float]] = {}
         self._in_flight: Counter[str] = Counter()
@@ -115,7 +135,7 @@ class KeyChecker:
         digest = hashlib.sha256(key.encode()).digest()
         with self._lock:
             known = self._known.get(digest)
-        if known is not None and time.monotonic() - known[0] < CACHE_S:
+        if known is not None and time.monotonic() - known[0] < self._remember_s:
             return known[1]
         return None
 
@@ -125,50 +145,60 @@ class KeyChecker:
         with self._lock:
             known = self._known.get(digest)
             refused_at = self._refused.get(digest)
-        if known is not None and now - known[0] < CACHE_S:
+            verified_hash = self._verified.get(digest)
+        if known is not None and now - known[0] < self._remember_s:
             return known[1]
-        if refused_at is not None and now - refused_at < CACHE_S:
-            return None
         match = _KEY.match(key)
         if match is None:
             return None
         key_id, secret = match.groups()
-        address = f"client:{client or 'unknown'}"
-        self._admit(f"key:{key_id}", address, now)
+        if verified_hash is not None:
+            row = _key_row(conn_factory, key_id)
+            if row is not None and row[2] == verified_hash:
+                return self._remember(digest, now, key_id, row)
+        if refused_at is not None and now - refused_at < self._remember_s:
+            return None
+        names = (f"key:{key_id}", f"client:{client or 'unknown'}")
+        self._admit(names, now)
         try:
-            with conn_factory() as conn:
-                row = conn.execute(
-                    "SELECT tenant, scopes, secret_hash FROM unidb.api_keys"
-                    " WHERE id = %s AND revoked_at IS NULL",
-                    (key_id,),
-                ).fetchone()
+            row = _key_row(conn_factory, key_id)
             if row is None:
-                self._failed(digest, now, address)
+                self._failed(digest, now, names[1])
                 return None
-            tenant, scopes, secret_hash = row
             with self._hashing:
                 try:
-                    _hasher.verify(secret_hash, secret)
+                    _hasher.verify(row[2], secret)
                 except (VerificationError, InvalidHashError):
-                    self._failed(digest, now, address, f"key:{key_id}")
+                    self._failed(digest, now, *names)
                     return None
         finally:
             with self._lock:
-                self._in_flight[address] -= 1
-                if self._in_flight[address] <= 0:
-                    del self._in_flight[address]
+                for name in names:
+                    self._in_flight[name] -= 1
+                    if self._in_flight[name] <= 0:
+                        del self._in_flight[name]
+        return self._remember(digest, now, key_id, row)
+
+    def _remember(self, digest: bytes, now: float, key_id: str, row: Any) -> Principal:
+        tenant, scopes, secret_hash = row
         principal = Principal(tenant, frozenset(scopes), key_id)
         with self._lock:
             self._known[digest] = (now, principal)
+            self._verified[digest] = secret_hash
+            self._verified.move_to_end(digest)
+            while len(self._verified) > _MAX_REMEMBERED:
+                self._verified.popitem(last=False)
         return principal
 
-    def _admit(self, key: str, address: str, now: float) -> None:
+    def _admit(self, names: tuple[str, str], now: float) -> None:
+        """Reserve a check for the key id and the address, or refuse it: failures and
+        checks in flight count alike, so a burst cannot outrun the limit."""
+        key, address = names
         with self._lock:
-            for name in (key, address):
-                recent = self._recent(name, now)
-                if len(recent) >= self._failures_allowed:
+            for name in names:
+                if len(self._recent(name, now)) + self._in_flight[name] >= self._failures_allowed:
                     raise TooManyRequests(
-                        f"too many failed API key checks from this client or for this key; "
+                        "too many failed API key checks from this client or for this key; "
                         f"retry in {self._window_s:.0f} s (UNIDB_KEY_FAILURES_ALLOWED)",
                         field="authorization",
                     )
@@ -177,7 +207,8 @@ class KeyChecker:
                     "this client has API key checks in flight already; retry shortly",
                     field="authorization",
                 )
-            self._in_flight[address] += 1
+            for name in names:
+                self._in_flight[name] += 1
 
     def _recent(self, name: str, now: float) -> deque[float]:
         recent = self._failures.get(name)

@@ -128,7 +128,10 @@ class Settings(BaseSettings):
         description="field conditions and logical branches in one metadata filter",
     )
     max_filter_in_values: int = Field(
-        default=10_000, ge=1, le=1_000_000, description="values in one $in or $nin list"
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="values in all of one filter's $in and $nin lists together",
     )
     max_k: int = Field(default=1000, ge=1, le=100_000, description="hits one query may ask for")
     max_query_chars: int = Field(
@@ -208,6 +211,12 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="prefixes the registry keeps per tenant; a new one past it drops the least "
+        "recently used",
+    )
+    session_max_per_tenant: int = Field(
+        default=10_000,
+        ge=1,
+        description="context sessions kept per tenant; a new one past it drops the least "
         "recently used",
     )
     kv_hash_algo: Literal["sha256", "sha256_cbor"] = Field(

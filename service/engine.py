@@ -475,6 +475,12 @@ class Engine:
             params: list[Any] = []
             if request.filter:
                 compiled = self._compiled_filter(request.filter)
+                if compiled.matches_everything and request.ids is None:
+                    raise InvalidInput(
+                        "this filter matches every document whatever its metadata; send "
+                        "all: true to delete them all",
+                        field="filter",
+                    )
                 parts.append(compiled.expression)
                 params.extend(compiled.params)
             if request.ids is not None:

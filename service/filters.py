@@ -26,12 +26,20 @@ _COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _FIELD_OPS = {"$eq", "$ne", "$in", "$nin", "$exists", *_COMPARISONS}
 
 
-class CompiledFilter:
-    """A boolean SQL expression and its parameters, in order."""
+# Postgres binds at most 65,535 parameters per statement; a filter leaves room for the rest
+MAX_PARAMS = 60_000
 
-    def __init__(self, expression: sql.Composable, params: list[Any]) -> None:
+
+class CompiledFilter:
+    """A boolean SQL expression and its parameters, in order. ``matches_everything``: the
+    filter is true of every document whatever its metadata (empty, or ``$nin: []``-like)."""
+
+    def __init__(
+        self, expression: sql.Composable, params: list[Any], *, matches_everything: bool = False
+    ) -> None:
         self.expression = expression
         self.params = params
+        self.matches_everything = matches_everything
 
 
 def compile_filter(
@@ -44,14 +52,20 @@ def compile_filter(
 ) -> CompiledFilter:
     """Compile ``spec`` against the jsonb ``column``; raises InvalidInput naming the bad part.
 
-    The work is bounded before it is done: past ``max_conditions`` conditions and branches,
-    or an ``$in`` longer than ``max_in_values``, compiling stops with a 400 naming the limit.
+    The work is bounded before it is done: past ``max_conditions`` conditions (each field
+    operator, logical branch and short ``$in`` value counts), or past ``max_in_values``
+    ``$in``/``$nin`` values in the whole filter, compiling stops with a 400 naming the limit.
     """
     params: list[Any] = []
     if not spec:
-        return CompiledFilter(sql.SQL("TRUE"), params)
+        return CompiledFilter(sql.SQL("TRUE"), params, matches_everything=True)
     compiler = _Compiler(column, params, max_depth, max_conditions, max_in_values)
-    return CompiledFilter(compiler.filter(spec, "filter", 1), params)
+    expression = compiler.filter(spec, "filter", 1)
+    if len(params) > MAX_PARAMS:  # not reachable within the condition limit's ceiling
+        raise InvalidInput(f"the filter needs over {MAX_PARAMS} parameters", field="filter")
+    return CompiledFilter(
+        expression, params, matches_everything=compiler.constant(expression) is True
+    )
 
 
 def _is_scalar(value: Any) -> bool:
@@ -79,6 +93,37 @@ class _Compiler:
         self.max_conditions = max_conditions
         self.max_in_values = max_in_values
         self.conditions = 0
+        self.in_values = 0
+        # expressions whose value is known whatever the row: id → True / False
+        self._constants: dict[int, bool] = {}
+        self._kept: list[sql.Composable] = []  # keeps those ids from being reused
+
+    def constant(self, expression: sql.Composable) -> bool | None:
+        return self._constants.get(id(expression))
+
+    def _known(self, expression: sql.Composable, value: bool | None) -> sql.Composable:
+        if value is not None:
+            self._constants[id(expression)] = value
+            self._kept.append(expression)
+        return expression
+
+    def _all(self, parts: list[sql.Composable]) -> sql.Composable:
+        if len(parts) == 1:
+            return parts[0]
+        known = [self.constant(p) for p in parts]
+        value = False if False in known else True if all(known) else None
+        return self._known(sql.SQL("({})").format(sql.SQL(" AND ").join(parts)), value)
+
+    def _any(self, parts: list[sql.Composable]) -> sql.Composable:
+        if len(parts) == 1:
+            return parts[0]
+        known = [self.constant(p) for p in parts]
+        value = True if True in known else False if all(k is False for k in known) else None
+        return self._known(sql.SQL("({})").format(sql.SQL(" OR ").join(parts)), value)
+
+    def _not(self, inner: sql.Composable) -> sql.Composable:
+        value = self.constant(inner)
+        return self._known(sql.SQL("NOT ({})").format(inner), None if value is None else not value)
 
     def _count(self, where: str, n: int = 1) -> None:
         self.conditions += n
@@ -110,22 +155,20 @@ class _Compiler:
             if key in ("$and", "$or"):
                 parts.append(self._logical(key, value, f"{where}.{key}", depth))
             elif key == "$not":
-                inner = self.filter(value, f"{where}.$not", depth + 1)
-                parts.append(sql.SQL("NOT ({})").format(inner))
+                parts.append(self._not(self.filter(value, f"{where}.$not", depth + 1)))
             elif key.startswith("$"):
                 raise InvalidInput(f"unknown operator {key!r}", field=f"{where}.{key}")
             else:
                 parts.append(self._field(key, value, f"{where}.{key}", depth))
-        return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+        return self._all(parts)
 
     def _logical(self, op: str, value: Any, where: str, depth: int) -> sql.Composable:
         if not isinstance(value, list) or not value:
             raise InvalidInput(f"{op} takes a non-empty list of filters", field=where)
-        joiner = " AND " if op == "$and" else " OR "
         # counted before any branch is compiled: a huge list is refused at once
         self._count(where, len(value))
         inner = [self.filter(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
-        return sql.SQL("({})").format(sql.SQL(joiner).join(inner))
+        return self._all(inner) if op == "$and" else self._any(inner)
 
     def _path(self, key: str, where: str) -> list[str]:
         segments = key.split(".")
@@ -141,12 +184,10 @@ class _Compiler:
         if isinstance(condition, dict) and any(str(k).startswith("$") for k in condition):
             if depth + 1 > self.max_depth:
                 raise InvalidInput(f"is nested deeper than {self.max_depth} levels", field=where)
+            # each operator is a condition of its own (the entry counted the first)
+            self._count(where, len(condition) - 1)
             parts = [self._op(path, op, value, f"{where}.{op}") for op, value in condition.items()]
-            return (
-                parts[0]
-                if len(parts) == 1
-                else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
-            )
+            return self._all(parts)
         return self._eq(path, condition, where)
 
     def _value_at(self, path: list[str]) -> sql.Composable:
@@ -167,18 +208,19 @@ class _Compiler:
         if op == "$eq":
             return self._eq(path, value, where)
         if op == "$ne":
-            return sql.SQL("NOT {}").format(self._eq(path, value, where))
+            return self._not(self._eq(path, value, where))
         if op in ("$in", "$nin"):
             if not isinstance(value, list):
                 raise InvalidInput(f"{op} takes a list of values", field=where)
-            if len(value) > self.max_in_values:
+            self.in_values += len(value)
+            if self.in_values > self.max_in_values:
                 raise InvalidInput(
-                    f"{op} has {len(value)} values, over the limit of {self.max_in_values} "
+                    f"the filter's $in and $nin lists hold over {self.max_in_values} values "
                     "(UNIDB_MAX_FILTER_IN_VALUES)",
                     field=where,
                 )
             matched = self._in(path, value, where)
-            return matched if op == "$in" else sql.SQL("NOT {}").format(matched)
+            return matched if op == "$in" else self._not(matched)
         if op == "$exists":
             if not isinstance(value, bool):
                 raise InvalidInput("$exists takes true or false", field=where)
@@ -188,10 +230,12 @@ class _Compiler:
 
     def _in(self, path: list[str], values: list[Any], where: str) -> sql.Composable:
         if not values:
-            return sql.SQL("FALSE")
+            return self._known(sql.SQL("FALSE"), False)
         if len(values) <= _IN_AS_ARRAY_ABOVE:
+            # each value its own condition and parameter
+            self._count(where, len(values) - 1)
             alternatives = [self._eq(path, v, f"{where}[{i}]") for i, v in enumerate(values)]
-            return sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+            return self._any(alternatives)
         for i, v in enumerate(values):
             _check_json(v, f"{where}[{i}]")
         # the same tests as _eq, each list bound as one jsonb[] parameter

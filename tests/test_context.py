@@ -510,3 +510,39 @@ def test_async_client_context(server_url: str, api: TestClient, collection: str)
             assert bad.value.field == "block_size"
 
     anyio.run(scenario)
+
+
+def test_context_sessions_keep_the_most_recent_per_tenant(engine: Engine) -> None:
+    cap = 4
+    tenant = f"scap_{uuid.uuid4().hex[:8]}"
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with _configured(engine, session_max_per_tenant=cap) as (own, _):
+        token = current_tenant.set(tenant)
+        try:
+            own.create_collection(CollectionCreate(name=name, dim=2))
+            own.upsert_documents(name, [Document(id="d1", text="alpha session")])
+
+            def turn(session: str) -> int:
+                request = ContextRequest(collection=name, query="alpha", k=1, session=session)
+                built = own.build_context(request)
+                assert built.session is not None
+                return built.session.turn
+
+            def kept() -> set[str]:
+                with own.transaction() as conn:
+                    rows = conn.execute(
+                        "SELECT session FROM unidb.context_sessions WHERE tenant = %s", (tenant,)
+                    ).fetchall()
+                return {session for (session,) in rows}
+
+            assert [turn(f"s{i}") for i in range(cap)] == [1] * cap
+            assert turn("s0") == 2  # used again: s1 is now the least recently used
+            assert turn("s4") == 1
+            assert kept() == {"s0", "s2", "s3", "s4"}
+            for i in range(5, cap + 10):
+                turn(f"s{i}")
+            assert kept() == {f"s{i}" for i in range(10, cap + 10)}
+            assert turn("s0") == 1  # dropped, so it starts again
+        finally:
+            own.delete_collection(name)
+            current_tenant.reset(token)

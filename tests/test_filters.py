@@ -371,3 +371,56 @@ def test_metadata_filters_use_the_gin_index_under_row_level_security(
             ).fetchall()
         )
     assert "documents_metadata_gin" in plan
+
+
+def test_filters_true_of_every_document_never_delete(engine: Engine, collection: str) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    client.upsert(
+        collection,
+        [{"id": str(i), "metadata": {"a": i}, "embedding": [1.0, 0.0]} for i in range(5)],
+    )
+    everything = [
+        {"nope": {"$nin": []}},
+        {"$not": {"x": {"$in": []}}},
+        {"$or": [{"a": 1}, {"x": {"$nin": []}}]},
+        {"$and": [{"x": {"$nin": []}}, {"$not": {"$and": [{"a": 1}, {"y": {"$in": []}}]}}]},
+        {"a": {"$ne": 3}, "$or": [{"x": {"$nin": []}}, {"a": 2}], "y": {"$nin": []}},
+    ]
+    for spec in everything[:4]:
+        with pytest.raises(unidb.InvalidInput, match="all: true") as refused:
+            client.delete_where(collection, filter=spec)
+        assert refused.value.field == "filter"
+    assert client.get_collection(collection).documents == 5
+    # still a filter for queries, and a selective one is no constant
+    hits = client.query(collection, vector=[1.0, 0.0], mode="vector", filter=everything[0])
+    assert len(hits.hits) == 5
+    assert client.delete_where(collection, filter=everything[4]) == 4
+    assert [d.id for d in client.query(collection, vector=[1.0, 0.0], mode="vector").hits] == ["3"]
+
+
+def test_every_operator_and_in_value_counts_toward_the_limits(
+    engine: Engine, collection: str
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=2)
+    dense_field = {
+        "$in": [[i] for i in range(16)],
+        "$nin": [[i] for i in range(16)],
+        "$gt": 1,
+        "$gte": 1,
+        "$lt": 9,
+        "$lte": 9,
+        "$ne": [1],
+        "$eq": [1],
+        "$exists": True,
+    }
+    # about 81 parameters a field: past 65,535 before, now past the condition limit
+    wide = {f"f{i}": dense_field for i in range(engine.settings.max_filter_conditions)}
+    with pytest.raises(unidb.InvalidInput, match="UNIDB_MAX_FILTER_CONDITIONS"):
+        client.query(collection, vector=[1.0, 0.0], mode="vector", filter=wide)
+    per_field = engine.settings.max_filter_in_values // 2 + 1
+    spread = {"a": {"$in": list(range(per_field))}, "b": {"$in": list(range(per_field))}}
+    with pytest.raises(unidb.InvalidInput, match="UNIDB_MAX_FILTER_IN_VALUES") as refused:
+        client.query(collection, vector=[1.0, 0.0], mode="vector", filter=spread)
+    assert refused.value.field == "filter.b.$in"

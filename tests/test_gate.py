@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+import unidb
 from unidb.errors import TooManyRequests
 from unidb.service import auth
 from unidb.service.api import errors
@@ -287,3 +288,84 @@ def test_key_checks_are_bounded_per_address_and_key(engine: Engine) -> None:
     for thread in threads:
         thread.join()
     assert done[0] < 2.0
+
+
+@pytest.mark.parametrize(
+    "host", ["[::1]evil.example", "127.0.0.1:evil", "127.0.0.1:80:80", "127.0.0.1 evil", ""]
+)
+def test_malformed_hosts_are_refused(api: TestClient, host: str) -> None:
+    refused = api.get("/v1/collections", headers={"host": host})
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "host"
+
+
+def test_repeated_headers_the_gate_checks_are_refused(server_url: str, collection: str) -> None:
+    parts = urlsplit(server_url)
+    body = b'{"name": "%s", "dim": 2}' % collection.encode()
+    request = (
+        b"POST /v1/collections HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (len(body), body)
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = sock.recv(65536)
+    assert reply.split(b" ", 2)[1] == b"400"
+    assert b"more than one content-type header" in reply
+    assert httpx.get(f"{server_url}/v1/collections/{collection}").status_code == 404
+
+
+def test_a_path_with_a_line_break_reaches_no_document(api: TestClient, collection: str) -> None:
+    api.post("/v1/collections", json={"name": collection, "dim": 2})
+    api.post(f"/v1/collections/{collection}/documents", json={"documents": [{"id": "keep"}]})
+    for method in ("GET", "DELETE"):
+        refused = api.request(method, f"/v1/collections/{collection}/documents/keep%0A")
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == "path"
+    assert api.get(f"/v1/collections/{collection}/documents/keep").status_code == 200
+
+
+def test_a_key_verified_before_outlasts_an_attack_on_its_id(engine: Engine) -> None:
+    # remember_s=0: nothing answers from the 30 s memory, every check reads the key's row
+    checker = KeyChecker(concurrency=2, failures_allowed=3, remember_s=0)
+    good = _key(engine, "acme", "read")
+    key_id = good.split("_")[1]
+    assert checker.check(engine.pool.connection, good, client="user") is not None
+    for i in range(3):
+        wrong = f"unidb_{key_id}_{'w' * 40}{i:03d}"
+        assert checker.check(engine.pool.connection, wrong, client=f"attacker{i}") is None
+    with pytest.raises(TooManyRequests):
+        checker.check(engine.pool.connection, f"unidb_{key_id}_{'v' * 43}", client="x")
+    # the attacked key id and the attacker's address do not lock its owner out
+    assert checker.check(engine.pool.connection, good, client="attacker0") is not None
+    assert checker.check(engine.pool.connection, good, client="user") is not None
+    with engine.transaction() as conn:  # revoked: the memory of it no longer counts, and
+        checker.revoke(conn, key_id)  # its id is still under attack
+    with pytest.raises(TooManyRequests):
+        checker.check(engine.pool.connection, good, client="user")
+
+
+def test_a_burst_cannot_outrun_the_failure_limit(engine: Engine) -> None:
+    allowed = 5
+    checker = KeyChecker(concurrency=2, failures_allowed=allowed)
+    key_id = _key(engine, "acme", "read").split("_")[1]
+
+    def attempt(i: int) -> str:
+        wrong = f"unidb_{key_id}_{'w' * 40}{i:03d}"
+        try:
+            found = checker.check(engine.pool.connection, wrong, client=f"a{i // 2}")
+        except TooManyRequests:
+            return "refused"
+        assert found is None
+        return "hashed"
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(attempt, range(50)))
+    assert outcomes.count("hashed") <= allowed
+    assert outcomes.count("refused") >= 50 - allowed
+
+
+def test_sdk_refuses_an_id_that_is_not_unicode(server_url: str, collection: str) -> None:
+    with unidb.Client(server_url) as client:
+        client.create_collection(collection, dim=2)
+        with pytest.raises(unidb.InvalidInput) as refused:
+            client.delete(collection, "\udcff")
+        assert refused.value.field == "id"

@@ -11,6 +11,7 @@ send a small body at most.
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -59,12 +60,18 @@ def allowed_hosts(settings: Settings) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _host_name(value: str) -> str:
-    """``example.com:8000`` → ``example.com``; ``[::1]:8000`` → ``::1``."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+_SINGLE = frozenset(("host", "origin", "content-type", "authorization", "content-length"))
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# a name or an IPv4 address, or an IPv6 address in brackets; then an optional port
+_HOST = re.compile(r"^(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::[0-9]{1,5})?$")
+
+
+def _host_name(value: str) -> str | None:
+    """``example.com:8000`` → ``example.com``; ``[::1]:8000`` → ``::1``; None if malformed."""
+    match = _HOST.match(value.strip().lower())
+    if match is None:
+        return None
+    return match.group(1) or match.group(2)
 
 
 class RequestGate:
@@ -86,10 +93,16 @@ class RequestGate:
         await self.app(scope, receive, send)
 
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope.get("headers", [])
-        }
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            name = raw_name.decode("latin-1").lower()
+            if name in _SINGLE and name in headers:
+                # the gate and the app must read the same value: there is only one
+                raise InvalidInput(f"more than one {name} header", field=name)
+            headers[name] = raw_value.decode("latin-1")
+        if _CONTROL.search(scope["path"]):
+            # a route's pattern would match up to a trailing line break and act on the rest
+            raise InvalidInput("the path holds a control character", field="path")
         self._check_host(headers.get("host"))
         self._check_origin(headers.get("origin"), headers.get("host"))
         path: str = scope["path"]

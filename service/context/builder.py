@@ -79,7 +79,8 @@ class ContextBuilder:
     """Turns ranked document ids into a `ContextResponse` (see `ContextRequest`).
 
     A request without ``max_tokens`` gets ``default_max_tokens``; none may ask for more than
-    ``max_tokens_limit``. The registry keeps ``prefixes_per_tenant`` prefixes per tenant."""
+    ``max_tokens_limit``. The registry keeps ``prefixes_per_tenant`` prefixes and
+    ``sessions_per_tenant`` sessions per tenant."""
 
     def __init__(
         self,
@@ -90,6 +91,7 @@ class ContextBuilder:
         default_max_tokens: int = 8192,
         max_tokens_limit: int = 131_072,
         prefixes_per_tenant: int = 10_000,
+        sessions_per_tenant: int = 10_000,
     ) -> None:
         if default_max_tokens > max_tokens_limit:
             raise ValueError(
@@ -102,6 +104,7 @@ class ContextBuilder:
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
         self.prefixes_per_tenant = prefixes_per_tenant
+        self.sessions_per_tenant = sessions_per_tenant
 
     def max_tokens(self, request: ContextRequest) -> int:
         """The request's prompt budget; a 400 past the limit."""
@@ -291,6 +294,7 @@ class ContextBuilder:
                 collection_id=row.id,
                 shape=shape,
                 document_keys=[p.chunk.key for p in turn.ordered],
+                max_per_tenant=self.sessions_per_tenant,
             )
             session = ContextSession(
                 id=request.session, turn=number, reset=turn.reset, dropped=turn.dropped

@@ -240,8 +240,11 @@ def save_session(
     collection_id: int,
     shape: str,
     document_keys: Sequence[int],
+    max_per_tenant: int,
 ) -> int:
-    """Store the session's chunks after this turn; returns the turn number (1 first)."""
+    """Store the session's chunks after this turn; returns the turn number (1 first). A new
+    session makes room for itself: the tenant's least recently used past ``max_per_tenant``
+    are dropped (a dropped session that comes back starts again at turn 1)."""
     row = conn.execute(
         "INSERT INTO unidb.context_sessions (tenant, session, collection_id, shape,"
         " document_keys, turn) VALUES (%s, %s, %s, %s, %s, 1)"
@@ -252,4 +255,13 @@ def save_session(
         (tenant, session, collection_id, shape, list(document_keys)),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    turn = int(row[0])
+    if turn == 1:
+        conn.execute(
+            "DELETE FROM unidb.context_sessions WHERE (tenant, session) IN ("
+            " SELECT tenant, session FROM unidb.context_sessions"
+            " WHERE tenant = %s AND session <> %s"
+            " ORDER BY updated_at DESC, session DESC OFFSET %s)",
+            (tenant, session, max_per_tenant - 1),
+        )
+    return turn

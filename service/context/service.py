@@ -43,6 +43,7 @@ class ContextService:
             default_max_tokens=settings.context_max_tokens,
             max_tokens_limit=settings.context_max_tokens_limit,
             prefixes_per_tenant=settings.prefix_max_per_tenant,
+            sessions_per_tenant=settings.session_max_per_tenant,
         )
         self.subscribers = [
             Subscriber(
