@@ -42,7 +42,7 @@ from tqdm import tqdm
 import unidb
 from unidb.indexing.embedders import MiniLM
 from unidb.indexing.faiss_index import DEFAULT_EF_SEARCH, search
-from unidb.service.evaluation import read_qrels, read_queries
+from unidb.service.cli.evaluation import read_qrels, read_queries
 
 sys.path.insert(0, str(Path(__file__).parent))
 from search import load_corpus, percentile, with_mixtures  # noqa: E402

@@ -31,7 +31,7 @@ from langchain_postgres import PGVector
 import unidb
 from unidb.indexing.embedders import MiniLM
 from unidb.integrations.langchain import UnidbRetriever, UnidbVectorStore
-from unidb.service.evaluation import read_qrels, read_queries
+from unidb.service.cli.evaluation import read_qrels, read_queries
 
 sys.path.insert(0, str(Path(__file__).parent))
 from search import load_corpus, ndcg10, percentile  # noqa: E402

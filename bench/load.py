@@ -40,7 +40,7 @@ import psycopg
 from pgvector.psycopg import register_vector_async
 from psycopg_pool import AsyncConnectionPool
 
-from unidb.service.embedded import EmbeddedPostgres
+from unidb.service.db.embedded import EmbeddedPostgres
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import free_port, wait_healthy  # noqa: E402

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import unidb
-from unidb.service.evaluation import read_qrels, read_queries
+from unidb.service.cli.evaluation import read_qrels, read_queries
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import free_port, wait_healthy  # noqa: E402

@@ -39,8 +39,8 @@ import numpy as np
 import psycopg
 
 import unidb
-from unidb.service.embedded import EmbeddedPostgres, EmbeddedStandby
-from unidb.service.transactions import token_lsn
+from unidb.service.db.embedded import EmbeddedPostgres, EmbeddedStandby
+from unidb.service.store.commit_tokens import token_lsn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import free_port, wait_healthy  # noqa: E402
@@ -198,8 +198,8 @@ def _replica_lag(url: str, standby_url: str, writers: int, seconds: float) -> di
 
 def _ray_ingest(url: str, docs: int, workdir: Path) -> None:
     from unidb.indexing.embedders import get_embedder
-    from unidb.service.distributed import connect, embed_on_ray
     from unidb.service.ingest import ingest_file
+    from unidb.service.jobs.distributed import connect, embed_on_ray
 
     corpus = workdir / "corpus.jsonl"
     with (DATA / "corpus.jsonl").open("rb") as source, corpus.open("wb") as target:

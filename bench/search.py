@@ -35,7 +35,7 @@ from pgvector.psycopg import register_vector
 
 import unidb
 from unidb.indexing.embedders import MiniLM
-from unidb.service.evaluation import read_qrels, read_queries
+from unidb.service.cli.evaluation import read_qrels, read_queries
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import free_port, wait_healthy  # noqa: E402

@@ -6,8 +6,8 @@ from typing import Any
 
 import psycopg
 
-from .bm25 import Bm25Index, document_body
-from .outbox import read_changes, safe_watermark
+from unidb.indexing.bm25 import Bm25Index, document_body
+from unidb.indexing.outbox import read_changes, safe_watermark
 
 _FETCH = 2000
 

@@ -1,7 +1,7 @@
 """The `unidb` Postgres schema: table definitions and the migrations that create them."""
 
-from .migrate import at_head, downgrade, head_revision, upgrade
-from .tables import SCHEMA, changes, chunks, collections, documents, metadata, state
+from unidb.schema.migrate import at_head, downgrade, head_revision, upgrade
+from unidb.schema.tables import SCHEMA, changes, chunks, collections, documents, metadata, state
 
 __all__ = [
     "SCHEMA",

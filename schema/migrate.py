@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from .tables import SCHEMA
+from unidb.schema.tables import SCHEMA
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -38,6 +38,7 @@ from unidb.indexing.embedders import (
     get_embedder,
 )
 from unidb.indexing.faiss_index import BuildRefused
+from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import (
     Collection,
     CollectionCreate,
@@ -69,16 +70,14 @@ from unidb.models import (
     WarmRequest,
     WarmResult,
 )
-
-from . import collections, documents, jobs, state
-from .ann import AnnIndexes, BuildTask, JobRunner, create_build_job, plan_build
-from .ann_search import ann_search
-from .auth import KeyChecker
-from .config import Settings
-from .context import registry
-from .context.service import ContextService
-from .context.warmup import warm
-from .db import (
+from unidb.service.auth.keys import KeyChecker
+from unidb.service.auth.tenancy import SERVICE_WIDE, current_tenant
+from unidb.service.config import Settings
+from unidb.service.context import registry
+from unidb.service.context.service import ContextService
+from unidb.service.context.warmup import warm
+from unidb.service.db.embedded import EmbeddedPostgres
+from unidb.service.db.pool import (
     check_pgvector,
     migrate,
     open_pool,
@@ -86,19 +85,27 @@ from .db import (
     service_dsn,
     warn_if_privileged,
 )
-from .embedded import EmbeddedPostgres
-from .filters import CompiledFilter, compile_filter
-from .fusion import fuse
-from .hits import hydrate
-from .metrics import Metrics
-from .outbound import Outbound
-from .replicas import Replicas
-from .search import vector_search
-from .tenancy import SERVICE_WIDE, current_tenant
-from .text_indexes import TextIndexes
-from .text_search import bm25_search
-from .transactions import at_op, commit_token, current_xid, token_lsn, token_xid, wal_position
-from .vector_index import build_hnsw
+from unidb.service.db.replicas import Replicas
+from unidb.service.jobs.runner import JobRunner, create_build_job, plan_build
+from unidb.service.metrics import Metrics
+from unidb.service.outbound import Outbound
+from unidb.service.search.ann import ann_search
+from unidb.service.search.ann_indexes import AnnIndexes, BuildTask
+from unidb.service.search.bm25 import bm25_search
+from unidb.service.search.filters import CompiledFilter, compile_filter
+from unidb.service.search.fusion import fuse
+from unidb.service.search.hits import hydrate
+from unidb.service.search.hnsw import build_hnsw
+from unidb.service.search.pgvector import vector_search
+from unidb.service.store import catalog, documents, jobs, state
+from unidb.service.store.commit_tokens import (
+    at_op,
+    commit_token,
+    current_xid,
+    token_lsn,
+    token_xid,
+    wal_position,
+)
 
 log = logging.getLogger("unidb.engine")
 
@@ -341,26 +348,26 @@ class Engine:
         if spec.embedder is not None and spec.embedder.kind == "openai" and spec.embedder.url:
             self.outbound.resolve(spec.embedder.url, field="embedder.url")
         with self.transaction() as conn:
-            row = collections.create(conn, spec)
-            return collections.describe(conn, row)
+            row = catalog.create(conn, spec)
+            return catalog.describe(conn, row)
 
     def get_collection(self, name: str) -> Collection:
         with self.transaction() as conn:
-            row = collections.get(conn, name)
-            return collections.describe(
+            row = catalog.get(conn, name)
+            return catalog.describe(
                 conn, row, self._bm25_status(conn, row), self.ann.status(conn, row.id)
             )
 
     def list_collections(self) -> list[Collection]:
         with self.transaction() as conn:
             return [
-                collections.describe(
+                catalog.describe(
                     conn, row, self._bm25_status(conn, row), self.ann.status(conn, row.id)
                 )
-                for row in collections.list_all(conn)
+                for row in catalog.list_all(conn)
             ]
 
-    def _bm25_status(self, conn: Connection, row: collections.CollectionRow) -> IndexStatus:
+    def _bm25_status(self, conn: Connection, row: catalog.CollectionRow) -> IndexStatus:
         index = self.text_indexes.get(row.id)
         return IndexStatus(
             watermark=index.watermark, lag=outbox.lag(conn, row.id, since=index.watermark)
@@ -368,14 +375,14 @@ class Engine:
 
     def delete_collection(self, name: str) -> DeleteResult:
         with self.transaction() as conn:
-            row = collections.get(conn, name)
+            row = catalog.get(conn, name)
         # dropping the HNSW index while this process builds it would deadlock with the build
         with self._lock:
             build = self._index_builds.get(row.id)
         if build is not None:
             build.join()
         with self.transaction() as conn:
-            if not collections.drop(conn, name):
+            if not catalog.drop(conn, name):
                 raise NotFound(f"collection {name!r} does not exist", field="collection")
             jobs.cancel_for_collection(conn, row.id)
         self.text_indexes.drop(row.id)  # the collection's derived indexes, ANN ones too
@@ -384,7 +391,7 @@ class Engine:
             self._embedders.pop(row.id, None)
         return DeleteResult(deleted=True)
 
-    def embedder(self, row: collections.CollectionRow) -> Embedder | None:
+    def embedder(self, row: catalog.CollectionRow) -> Embedder | None:
         """The collection's embedder, made once per process."""
         spec = row.embedder
         if spec is None:
@@ -417,7 +424,7 @@ class Engine:
 
         Called outside any transaction: a model call must not hold a connection."""
         with self.transaction() as conn:
-            row = collections.get(conn, collection)
+            row = catalog.get(conn, collection)
         missing = [d for d in documents_ if d.embedding is None] if row.embedder else []
         embedder = self.embedder(row) if missing else None
         if embedder is None:
@@ -440,12 +447,12 @@ class Engine:
         self, conn: Connection, collection: str, documents_: list[Document]
     ) -> UpsertResult:
         # the collection is held against a concurrent drop until commit
-        row = collections.get(conn, collection, lock=True)
+        row = catalog.get(conn, collection, lock=True)
         return documents.upsert(conn, row, documents_, self._limits)
 
     def get_document(self, collection: str, document_id: str) -> StoredDocument:
         with self.transaction() as conn:
-            return documents.get(conn, collections.get(conn, collection), document_id)
+            return documents.get(conn, catalog.get(conn, collection), document_id)
 
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         with self.transaction() as conn:
@@ -470,7 +477,7 @@ class Engine:
             )
         with self.transaction() as conn:
             # the collection first: nothing is compiled for a collection that is not there
-            row = collections.get(conn, collection, lock=True)
+            row = catalog.get(conn, collection, lock=True)
             parts: list[sql.Composable] = [sql.SQL("TRUE")]
             params: list[Any] = []
             if request.filter:
@@ -524,7 +531,7 @@ class Engine:
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
         with self.reading(consistency=request.consistency, after=request.after) as conn:
-            row = collections.get(conn, collection)
+            row = catalog.get(conn, collection)
             # compiled once the collection is known to exist (and within the filter limits)
             where = self._compiled_filter(request.filter) if request.filter else None
             wants_embedding = (
@@ -545,7 +552,7 @@ class Engine:
     def _answer(
         self,
         conn: Connection,
-        row: collections.CollectionRow,
+        row: catalog.CollectionRow,
         request: QueryRequest,
         query_vector: Any,
         where: CompiledFilter | None,
@@ -590,7 +597,7 @@ class Engine:
     def _vector_hits(
         self,
         conn: Connection,
-        row: collections.CollectionRow,
+        row: catalog.CollectionRow,
         vector: Any,
         k: int,
         where: CompiledFilter | None,
@@ -643,7 +650,7 @@ class Engine:
             ),
         )
         with self.transaction() as conn:
-            row = collections.get(conn, request.collection)
+            row = catalog.get(conn, request.collection)
             built = self.context.builder.build(conn, row, request, [hit.id for hit in found.hits])
         self.metrics.context_tokens.inc(len(built.token_ids))
         self.metrics.context_cached_tokens.inc(built.cached_tokens)
@@ -651,7 +658,7 @@ class Engine:
 
     def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList:
         with self.transaction() as conn:
-            collection_id = collections.get(conn, collection).id if collection else None
+            collection_id = catalog.get(conn, collection).id if collection else None
             return PrefixList(
                 prefixes=registry.list_prefixes(conn, collection_id=collection_id, limit=limit)
             )
@@ -688,7 +695,7 @@ class Engine:
     def build_index(self, collection: str, request: IndexBuildRequest) -> Job:
         """Queue a FAISS build of the collection's vectors; answers the job at once."""
         with self.transaction() as conn:
-            row = collections.get(conn, collection)
+            row = catalog.get(conn, collection)
             try:
                 chosen = plan_build(conn, row, request)
             except BuildRefused as exc:
@@ -778,7 +785,7 @@ class Engine:
     def build_vector_index(self, collection: str) -> bool:
         """Build the collection's HNSW index now (blocking); False if another build holds it."""
         with self.transaction() as conn:
-            row = collections.get(conn, collection)
+            row = catalog.get(conn, collection)
         return self._build(row)
 
     def wait_for_index_builds(self) -> None:
@@ -788,7 +795,7 @@ class Engine:
         for thread in builds:
             thread.join()
 
-    def _build(self, row: collections.CollectionRow) -> bool:
+    def _build(self, row: catalog.CollectionRow) -> bool:
         with service_connection(self.dsn, autocommit=True) as conn:
             conn.execute(
                 "SELECT set_config('maintenance_work_mem', %s, false)",
@@ -801,7 +808,7 @@ class Engine:
                 ef_construction=self.settings.hnsw_ef_construction,
             )
 
-    def _maybe_schedule_index(self, conn: Connection, row: collections.CollectionRow) -> None:
+    def _maybe_schedule_index(self, conn: Connection, row: catalog.CollectionRow) -> None:
         now = time.monotonic()
         with self._lock:
             if row.id in self._index_builds:
@@ -833,7 +840,7 @@ class Engine:
 
 
 def _delete_document(conn: Connection, collection: str, document_id: str) -> DeleteResult:
-    row = collections.get(conn, collection, lock=True)
+    row = catalog.get(conn, collection, lock=True)
     if not documents.delete(conn, row, document_id):
         raise NotFound(f"document {document_id!r} is not in collection {collection!r}", field="id")
     return DeleteResult(deleted=True)

@@ -17,9 +17,8 @@ from mcp.server.stdio import stdio_server
 
 import unidb
 from unidb import Client
+from unidb.service.auth.tenancy import current_tenant
 from unidb.tools import TOOLS
-
-from .tenancy import current_tenant
 
 
 def build_server(

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from unidb.errors import InvalidInput
 from unidb.indexing.embedders import EmbeddingEndpoint
-
-from .config import Settings
+from unidb.service.config import Settings
 
 _NAMES_SHOWN = 20
 

@@ -25,11 +25,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from unidb.errors import NotFound
 from unidb.service.api.main import create_app
+from unidb.service.auth.tenancy import SERVICE_ROLE
 from unidb.service.config import Settings
-from unidb.service.db import migrate, service_dsn
-from unidb.service.embedded import EmbeddedPostgres
+from unidb.service.db.embedded import EmbeddedPostgres
+from unidb.service.db.pool import migrate, service_dsn
 from unidb.service.engine import Engine
-from unidb.service.tenancy import SERVICE_ROLE
 
 # small enough that tests can cross it; production default is 10,000
 TEST_HNSW_MIN_ROWS = 200

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 import unidb
 from unidb.indexing import snapshots
 from unidb.indexing.faiss_index import plan
-from unidb.service import collections, jobs
-from unidb.service.ann import BuildTask, Cancelled
 from unidb.service.engine import Engine
+from unidb.service.search.ann_indexes import BuildTask, Cancelled
+from unidb.service.store import catalog, jobs
 
 from .conftest import free_port, snapshot
 from .test_serve import _start_serve, _wait_healthy
@@ -24,9 +24,9 @@ from .test_serve import _start_serve, _wait_healthy
 DIM = 16
 
 
-def _row(engine: Engine, name: str) -> collections.CollectionRow:
+def _row(engine: Engine, name: str) -> catalog.CollectionRow:
     with engine.transaction() as conn:
-        return collections.get(conn, name)
+        return catalog.get(conn, name)
 
 
 def _load(engine: Engine, collection: str, n: int, dim: int = DIM) -> np.ndarray:
@@ -214,7 +214,7 @@ def test_cli_index_build(
 ) -> None:
     import json
 
-    from unidb.service.cli import main
+    from unidb.service.cli.main import main
 
     _load(engine, collection, 500)
     code = main(["index", "build", collection, "--url", server_url, "--params", '{"m": 16}'])
@@ -232,7 +232,7 @@ def test_one_builder_per_collection_and_a_dead_builder_frees_it(
     connection dies, this build goes ahead."""
     import psycopg
 
-    from unidb.service.ann import BUILD_LOCK
+    from unidb.service.jobs.runner import BUILD_LOCK
 
     _load(engine, collection, 300)
     other_builder = psycopg.connect(engine.dsn, autocommit=True)

@@ -129,7 +129,7 @@ def test_cli_keys(
     capsys: pytest.CaptureFixture[str],
     engine: Engine,
 ) -> None:
-    from unidb.service.cli import main
+    from unidb.service.cli.main import main
 
     assert settings.database_url
     monkeypatch.setenv("UNIDB_DATABASE_URL", settings.database_url)

@@ -22,9 +22,9 @@ import unidb
 from unidb.indexing.bm25 import Bm25Index
 from unidb.indexing.outbox import safe_watermark
 from unidb.models import Document, QueryRequest
-from unidb.service import collections
 from unidb.service.config import Settings
 from unidb.service.engine import Engine
+from unidb.service.store import catalog
 
 from .conftest import REPO
 
@@ -36,7 +36,7 @@ RSS_BYTES = 100 * 1024 * 1024
 
 def _collection_id(engine: Engine, name: str) -> int:
     with engine.transaction() as conn:
-        return collections.get(conn, name).id
+        return catalog.get(conn, name).id
 
 
 def _bm25(engine: Engine, name: str, text: str) -> list[str]:

@@ -16,11 +16,11 @@ from tokenizers import Tokenizer
 from unidb.errors import InvalidInput
 from unidb.models import CollectionCreate, ContextRequest, Document
 from unidb.service.api.main import create_app
+from unidb.service.auth.tenancy import current_tenant
 from unidb.service.config import Settings
 from unidb.service.context.hashing import BlockHasher, event_key
 from unidb.service.context.tokenizer import UNUSABLE, Tokenizers
 from unidb.service.engine import Engine
-from unidb.service.tenancy import current_tenant
 
 from .conftest import snapshot
 

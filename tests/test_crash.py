@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from unidb.indexing.bm25 import Bm25Index
-from unidb.service.embedded import EmbeddedPostgres
+from unidb.service.db.embedded import EmbeddedPostgres
 
 from .conftest import free_port
 from .test_serve import _start_serve, _stop, _wait_healthy

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from unidb.service.cli import main
+from unidb.service.cli.evaluation import evaluate
+from unidb.service.cli.main import main
 from unidb.service.engine import Engine
-from unidb.service.evaluation import evaluate
 
 from .conftest import REPO
 

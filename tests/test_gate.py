@@ -23,7 +23,7 @@ from unidb.service import auth
 from unidb.service.api import errors
 from unidb.service.api.gate import RequestGate
 from unidb.service.api.main import create_app
-from unidb.service.auth import KeyChecker
+from unidb.service.auth.keys import KeyChecker
 from unidb.service.config import Settings
 from unidb.service.engine import Engine
 

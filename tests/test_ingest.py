@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import unidb
-from unidb.service.cli import main
+from unidb.service.cli.main import main
 from unidb.service.engine import Engine
 from unidb.service.ingest import ingest_file
 

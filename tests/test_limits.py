@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from unidb.service.api.main import create_app
-from unidb.service.db import open_pool
+from unidb.service.db.pool import open_pool
 from unidb.service.engine import Engine
 
 from .conftest import LocalClient, snapshot

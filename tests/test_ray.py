@@ -20,7 +20,7 @@ import unidb
 from unidb.errors import InvalidInput
 from unidb.indexing.embedders import get_embedder
 from unidb.models import IndexBuildRequest
-from unidb.service.cli import main
+from unidb.service.cli.main import main
 from unidb.service.engine import Engine
 
 from .conftest import REPO, free_port
@@ -162,7 +162,7 @@ def test_ray_index_build_matches_the_single_process_build(
     expected = answers()
 
     request = IndexBuildRequest.model_validate({"kind": "ivf", "params": params})
-    from unidb.service.distributed import build_index_on_ray
+    from unidb.service.jobs.distributed import build_index_on_ray
 
     job = build_index_on_ray(
         engine, collection, request, address=ray_address, shards=3, progress=False

@@ -14,7 +14,7 @@ import pytest
 
 import unidb
 from unidb.service.config import Settings
-from unidb.service.embedded import EmbeddedPostgres, EmbeddedStandby
+from unidb.service.db.embedded import EmbeddedPostgres, EmbeddedStandby
 from unidb.service.engine import Engine
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ import pytest
 
 import unidb
 from unidb.models import CollectionCreate, Document
+from unidb.service.auth.tenancy import SERVICE_ROLE, SERVICE_WIDE, current_tenant
 from unidb.service.config import Settings
 from unidb.service.engine import Engine
-from unidb.service.tenancy import SERVICE_ROLE, SERVICE_WIDE, current_tenant
 
 TABLES = ("documents", "chunks", "changes")
 COUNTS = (

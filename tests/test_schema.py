@@ -12,7 +12,7 @@ from sqlalchemy import inspect, text
 
 import unidb
 from unidb.schema import downgrade, head_revision, upgrade
-from unidb.service.db import sqlalchemy_engine
+from unidb.service.db.pool import sqlalchemy_engine
 from unidb.service.engine import Engine
 
 
@@ -150,9 +150,9 @@ def test_failed_batch_rolls_back_documents_chunks_and_outbox(
     with pytest.raises(unidb.ServerError):
         with engine.transaction() as conn:
             from unidb.models import Document
-            from unidb.service import collections, documents
+            from unidb.service.store import catalog, documents
 
-            row = collections.get(conn, collection)
+            row = catalog.get(conn, collection)
             documents.upsert(conn, row, [Document(id="x", embedding=[1, 0])], engine._limits)
             conn.execute("SELECT 1/0")
     with engine.transaction() as conn:

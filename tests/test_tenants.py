@@ -92,7 +92,7 @@ def test_tenants_cannot_reach_each_other(
     assert settings.database_url
     monkeypatch.setenv("UNIDB_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("UNIDB_DATA_DIR", str(tmp_path))
-    from unidb.service.cli import main
+    from unidb.service.cli.main import main
 
     assert main(["tenants", "sql-role", role, "--tenant", "tenant-a"]) == 0
     assert "reads tenant 'tenant-a' only" in capsys.readouterr().out

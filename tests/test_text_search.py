@@ -11,15 +11,15 @@ import pytest
 
 import unidb
 from unidb.models import Document, QueryRequest
-from unidb.service import collections, documents
 from unidb.service.engine import Engine
+from unidb.service.store import catalog, documents
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
 
 
 def _collection_id(engine: Engine, name: str) -> int:
     with engine.transaction() as conn:
-        return collections.get(conn, name).id
+        return catalog.get(conn, name).id
 
 
 def _bm25(
@@ -44,7 +44,7 @@ def test_out_of_order_commits_both_reach_the_index(engine: Engine, collection: s
     collection_id = _collection_id(engine, collection)
     engine.text_indexes.refresh(collection_id)
     with engine.pool.connection() as first, engine.pool.connection() as second:
-        row = collections.get(first, collection)
+        row = catalog.get(first, collection)
         # the first transaction writes first (smaller xid) but commits last
         documents.upsert(
             first, row, [Document(id="early", text="zebra early", embedding=[1, 0])], engine._limits
@@ -215,7 +215,7 @@ def test_hybrid_fuses_both_lists(engine: Engine, collection: str) -> None:
 def test_opening_an_index_another_process_is_building(engine: Engine, collection: str) -> None:
     """The opener follows the builder instead of failing, and BM25 still sees every row."""
     from unidb.indexing.bm25 import Bm25Index
-    from unidb.service.text_indexes import TextIndexes
+    from unidb.indexing.text_indexes import TextIndexes
 
     client = unidb.Client(backend=engine)
     client.create_collection(collection, dim=2)

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ..engine import Engine
+from unidb.service.engine import Engine
 
 Model = TypeVar("Model", bound=BaseModel)
 

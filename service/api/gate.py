@@ -24,10 +24,9 @@ from unidb.errors import (
     UnidbError,
     UnsupportedMediaType,
 )
-
-from ..config import Settings
-from .errors import render
-from .security import OPEN, PRINCIPAL, authenticate, remembered
+from unidb.service.api.errors import render
+from unidb.service.api.security import OPEN, PRINCIPAL, authenticate, remembered
+from unidb.service.config import Settings
 
 _LOOPBACK_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from unidb.errors import PayloadTooLarge
-
-from .errors import render
+from unidb.service.api.errors import render
 
 
 class BodySizeLimit:

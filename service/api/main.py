@@ -10,16 +10,23 @@ from starlette.concurrency import run_in_threadpool
 
 import unidb
 from unidb import Client
-
-from ..config import Settings
-from ..engine import Engine
-from ..mcp_server import build_server
-from . import errors
-from .gate import RequestGate
-from .limits import BodySizeLimit
-from .observe import RequestMetrics
-from .routes import collections, context, documents, health, jobs, state, transactions
-from .security import mcp_tenant
+from unidb.service.api import errors
+from unidb.service.api.gate import RequestGate
+from unidb.service.api.limits import BodySizeLimit
+from unidb.service.api.observe import RequestMetrics
+from unidb.service.api.routes import (
+    collections,
+    context,
+    documents,
+    health,
+    jobs,
+    state,
+    transactions,
+)
+from unidb.service.api.security import mcp_tenant
+from unidb.service.config import Settings
+from unidb.service.engine import Engine
+from unidb.service.mcp_server import build_server
 
 
 def create_app(

@@ -16,11 +16,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from unidb.errors import Forbidden, Unauthorized
-
-from ..auth import Principal
-from ..auth import Scope as KeyScope
-from ..engine import Engine
-from ..tenancy import DEFAULT_TENANT, current_tenant
+from unidb.service.auth.keys import Principal
+from unidb.service.auth.keys import Scope as KeyScope
+from unidb.service.auth.tenancy import DEFAULT_TENANT, current_tenant
+from unidb.service.engine import Engine
 
 OPEN = Principal(DEFAULT_TENANT, frozenset(("read", "write", "admin")))
 PRINCIPAL = "unidb_principal"

@@ -18,14 +18,13 @@ from unidb.models import (
     ContextSegment,
     ContextSession,
 )
-
-from .. import collections
-from ..tenancy import DEFAULT_TENANT, current_tenant
-from .hashing import BlockHasher, event_key
-from .kv_events import Residency
-from .prompt import Chunk, Layout, Piece, budget, fit, frame, pieces, stable
-from .registry import Sent, candidates, load_session, register, save_session
-from .tokenizer import Tokenizers
+from unidb.service.auth.tenancy import DEFAULT_TENANT, current_tenant
+from unidb.service.context.hashing import BlockHasher, event_key
+from unidb.service.context.kv_events import Residency
+from unidb.service.context.prompt import Chunk, Layout, Piece, budget, fit, frame, pieces, stable
+from unidb.service.context.registry import Sent, candidates, load_session, register, save_session
+from unidb.service.context.tokenizer import Tokenizers
+from unidb.service.store import catalog
 
 Connection = psycopg.Connection[Any]
 
@@ -118,7 +117,7 @@ class ContextBuilder:
             )
         return request.max_tokens
 
-    def shape(self, row: collections.CollectionRow, request: ContextRequest) -> str:
+    def shape(self, row: catalog.CollectionRow, request: ContextRequest) -> str:
         return _digest(
             current_tenant.get(),
             row.id,
@@ -134,7 +133,7 @@ class ContextBuilder:
     def build(
         self,
         conn: Connection,
-        row: collections.CollectionRow,
+        row: catalog.CollectionRow,
         request: ContextRequest,
         ranked_ids: Sequence[str],
     ) -> ContextResponse:
@@ -232,7 +231,7 @@ class ContextBuilder:
     def _respond(
         self,
         conn: Connection,
-        row: collections.CollectionRow,
+        row: catalog.CollectionRow,
         request: ContextRequest,
         shape: str,
         layout: Layout,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import msgpack
 import zmq
 
-from .hashing import event_key
+from unidb.service.context.hashing import event_key
 
 log = logging.getLogger("unidb.kv_events")
 

@@ -10,12 +10,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from ..config import Settings
-from .builder import ContextBuilder
-from .hashing import BlockHasher
-from .kv_events import Residency, Subscriber
-from .registry import invalidate
-from .tokenizer import Tokenizers
+from unidb.service.config import Settings
+from unidb.service.context.builder import ContextBuilder
+from unidb.service.context.hashing import BlockHasher
+from unidb.service.context.kv_events import Residency, Subscriber
+from unidb.service.context.registry import invalidate
+from unidb.service.context.tokenizer import Tokenizers
 
 log = logging.getLogger("unidb.context")
 

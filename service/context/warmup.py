@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 
 from unidb.errors import BadGateway, GatewayTimeout, InvalidInput
-
-from ..outbound import Upstream
+from unidb.service.outbound import Upstream
 
 _TIMEOUT_S = 120.0
 

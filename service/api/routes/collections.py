@@ -3,10 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from unidb.models import Collection, CollectionCreate, CollectionList, DeleteResult
-
-from ..deps import EngineDep
-from ..errors import ERROR_RESPONSES
-from ..security import ADMIN, READ
+from unidb.service.api.deps import EngineDep
+from unidb.service.api.errors import ERROR_RESPONSES
+from unidb.service.api.security import ADMIN, READ
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERROR_RESPONSES)
 

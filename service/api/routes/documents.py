@@ -13,10 +13,9 @@ from unidb.models import (
     UpsertRequest,
     UpsertResult,
 )
-
-from ..deps import EngineDep, json_body, parse_body
-from ..errors import ERROR_RESPONSES
-from ..security import READ, WRITE
+from unidb.service.api.deps import EngineDep, json_body, parse_body
+from unidb.service.api.errors import ERROR_RESPONSES
+from unidb.service.api.security import READ, WRITE
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["documents"], responses=ERROR_RESPONSES)
 

@@ -5,9 +5,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from unidb.models import Health
-
-from ..deps import EngineDep
-from ..security import OPERATOR
+from unidb.service.api.deps import EngineDep
+from unidb.service.api.security import OPERATOR
 
 router = APIRouter(tags=["health"])
 

@@ -5,10 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from unidb.models import IndexBuildRequest, Job
-
-from ..deps import EngineDep
-from ..errors import ERROR_RESPONSES
-from ..security import ADMIN, READ
+from unidb.service.api.deps import EngineDep
+from unidb.service.api.errors import ERROR_RESPONSES
+from unidb.service.api.security import ADMIN, READ
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 

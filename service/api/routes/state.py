@@ -6,10 +6,9 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from unidb.models import DeleteResult, StateEntry, StateList, StatePut
-
-from ..deps import EngineDep, json_body, parse_body
-from ..errors import ERROR_RESPONSES
-from ..security import READ, WRITE
+from unidb.service.api.deps import EngineDep, json_body, parse_body
+from unidb.service.api.errors import ERROR_RESPONSES
+from unidb.service.api.security import READ, WRITE
 
 router = APIRouter(prefix="/v1/state", tags=["state"], responses=ERROR_RESPONSES)
 

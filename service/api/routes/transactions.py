@@ -4,10 +4,9 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from unidb.models import TransactionRequest, TransactionResult
-
-from ..deps import EngineDep, json_body, parse_body
-from ..errors import ERROR_RESPONSES
-from ..security import WRITE
+from unidb.service.api.deps import EngineDep, json_body, parse_body
+from unidb.service.api.errors import ERROR_RESPONSES
+from unidb.service.api.security import WRITE
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"], responses=ERROR_RESPONSES)
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .collections import CollectionRow
+from unidb.service.store.catalog import CollectionRow
 
 log = logging.getLogger("unidb.vector_index")
 

@@ -17,10 +17,10 @@ HNSW and CAGRA graphs do not merge, so a Ray build is an IVF build.
 
 from __future__ import annotations
 
-import collections as _collections
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -43,14 +43,14 @@ from unidb.indexing.faiss_index import (
 )
 from unidb.indexing.vectors import count_vectors, stream_vectors
 from unidb.models import Document, IndexBuildRequest, Job
-
-from . import collections
-from .ann import Cancelled, create_build_job, progress_reporter
-from .db import service_connection
-from .ingest import EmbedGroups, fill_embeddings, texts_to_embed
+from unidb.service.db.pool import service_connection
+from unidb.service.ingest import EmbedGroups, fill_embeddings, texts_to_embed
+from unidb.service.jobs.runner import create_build_job
+from unidb.service.search.ann_indexes import Cancelled, progress_reporter
+from unidb.service.store import catalog
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from unidb.service.engine import Engine
 
 log = logging.getLogger("unidb.distributed")
 
@@ -109,7 +109,7 @@ def embed_on_ray(ray: Any, kind: str, *, actors: int | None = None) -> EmbedGrou
     log.info("embedding on %d Ray actors (%s)", count, "GPU" if gpus else "CPU")
 
     def embed(groups: Iterator[list[Document]]) -> Iterator[list[Document]]:
-        in_flight: _collections.deque[tuple[list[Document], Any]] = _collections.deque()
+        in_flight: deque[tuple[list[Document], Any]] = deque()
         turn = 0
         for group in groups:
             texts = texts_to_embed(group)
@@ -192,7 +192,7 @@ def build_index_on_ray(
     a job like any other (progress, cancel, the collection's build lock)."""
     ray = connect(address)
     with engine.transaction() as conn:
-        row = collections.get(conn, collection)
+        row = catalog.get(conn, collection)
         chosen = ray_plan(request, count_vectors(conn, row.id))
         job = create_build_job(
             conn, row, request, chosen, owner=engine.jobs.owner, ray=address or "local"
@@ -206,7 +206,7 @@ def build_index_on_ray(
 def _build(
     ray: Any,
     engine: Engine,
-    row: collections.CollectionRow,
+    row: catalog.CollectionRow,
     chosen: Plan,
     job_id: int,
     shards: int | None,

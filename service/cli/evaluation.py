@@ -22,8 +22,7 @@ from unidb.models import (
     QueryMode,
     QueryRequest,
 )
-
-from .ingest import ingest_file
+from unidb.service.ingest import ingest_file
 
 DEPTH = 100
 _MEASURES = {"ndcg_cut.10", "recall.100"}

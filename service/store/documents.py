@@ -22,10 +22,9 @@ from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
 from unidb.models import Document, StoredDocument, UpsertResult
-
-from .collections import CollectionRow
-from .copy_payload import chunks_payload, documents_payload
-from .json_values import NUL_MESSAGE, encode_json
+from unidb.service.store.catalog import CollectionRow
+from unidb.service.store.copy_payload import chunks_payload, documents_payload
+from unidb.service.store.json_values import NUL_MESSAGE, encode_json
 
 Connection = psycopg.Connection[Any]
 

@@ -14,9 +14,8 @@ from psycopg import sql
 
 from unidb.indexing.bm25 import Bm25Index, document_body
 from unidb.indexing.outbox import changed_since
-
-from .collections import CollectionRow
-from .filters import CompiledFilter
+from unidb.service.search.filters import CompiledFilter
+from unidb.service.store.catalog import CollectionRow
 
 Connection = psycopg.Connection[Any]
 

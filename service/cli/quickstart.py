@@ -15,10 +15,9 @@ import uvicorn
 from unidb import Client
 from unidb.errors import InvalidInput, NotFound
 from unidb.indexing.embedders import MiniLM
-
-from .api.main import create_app
-from .config import Settings
-from .ingest import ingest_file
+from unidb.service.api.main import create_app
+from unidb.service.config import Settings
+from unidb.service.ingest import ingest_file
 
 COLLECTION = "scifact"
 

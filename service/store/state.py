@@ -9,8 +9,7 @@ from psycopg.types.json import Jsonb
 
 from unidb.errors import Conflict, NotFound
 from unidb.models import StateEntry, StateList
-
-from .json_values import encode_json
+from unidb.service.store.json_values import encode_json
 
 Connection = psycopg.Connection[Any]
 

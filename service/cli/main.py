@@ -14,8 +14,7 @@ from typing import Any
 from unidb import Backend, Client
 from unidb.errors import InvalidInput, UnidbError
 from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION
-
-from .config import Settings
+from unidb.service.config import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -32,7 +31,7 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, Any]:
     if args.url:
         client = Client(args.url)
         return client.backend, client
-    from .engine import Engine
+    from unidb.service.engine import Engine
 
     engine = Engine.start(_settings(args), take_over_jobs=False)
     return engine, engine
@@ -41,8 +40,8 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, Any]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api.main import create_app
-    from .engine import Engine
+    from unidb.service.api.main import create_app
+    from unidb.service.engine import Engine
 
     settings = _settings(args)
     where = (
@@ -76,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 @contextmanager
 def _administration(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The engine and one service-wide transaction, for commands that manage the service."""
-    from .engine import Engine
+    from unidb.service.engine import Engine
 
     engine = Engine.start(_settings(args), take_over_jobs=False)
     try:
@@ -87,7 +86,7 @@ def _administration(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from . import auth
+    from unidb.service import auth
 
     with _administration(args) as (engine, conn):
         if args.keys_command == "create":
@@ -109,7 +108,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
-    from .tenants import grant_sql_role
+    from unidb.service.auth.tenants import grant_sql_role
 
     with _administration(args) as (_, conn):
         grant_sql_role(conn, args.role, args.tenant)
@@ -118,7 +117,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .engine import Engine
+    from unidb.service.engine import Engine
 
     engine = Engine.start(_settings(args), take_over_jobs=False)
     engine.close()
@@ -128,9 +127,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from unidb.indexing.embedders import get_embedder
-
-    from .collections import MINILM_DIM
-    from .ingest import ingest_file
+    from unidb.service.ingest import ingest_file
+    from unidb.service.store.catalog import MINILM_DIM
 
     embed_groups = None
     if args.ray is not None:
@@ -138,7 +136,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise InvalidInput(
                 "--ray spreads the embedding over Ray workers: give --embed minilm", field="ray"
             )
-        from .distributed import connect, embed_on_ray
+        from unidb.service.jobs.distributed import connect, embed_on_ray
 
         embed_groups = embed_on_ray(connect(args.ray), args.embed)
         embedder = None
@@ -208,9 +206,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 def _index_build_on_ray(args: argparse.Namespace, params: dict[str, Any] | None) -> int:
     from unidb.models import IndexBuildRequest
-
-    from .distributed import build_index_on_ray
-    from .engine import Engine
+    from unidb.service.engine import Engine
+    from unidb.service.jobs.distributed import build_index_on_ray
 
     if args.url:
         raise InvalidInput(
@@ -235,8 +232,7 @@ def _index_build_on_ray(args: argparse.Namespace, params: dict[str, Any] | None)
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from unidb.models import QueryMode
-
-    from .evaluation import evaluate
+    from unidb.service.cli.evaluation import evaluate
 
     modes: list[QueryMode] = ["bm25", "vector", "hybrid"] if args.mode == "all" else [args.mode]
     backend, owner = _backend(args)
@@ -274,7 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_mcp(args: argparse.Namespace) -> int:
     import anyio
 
-    from .mcp_server import serve_stdio
+    from unidb.service.mcp_server import serve_stdio
 
     backend, owner = _backend(args)
     try:
@@ -285,7 +281,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import run
+    from unidb.service.cli.quickstart import run
 
     return run(_settings(args), data=args.data, limit=args.limit, keep_serving=not args.exit)
 

@@ -8,8 +8,7 @@ import psycopg
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound
-
-from .auth import check_tenant
+from unidb.service.auth.keys import check_tenant
 
 Connection = psycopg.Connection[Any]
 

@@ -1,10 +1,5 @@
-"""FAISS ANN indexes of this process: built as jobs, served from atomic snapshots.
-
-A build reads the collection's vectors in one REPEATABLE READ snapshot (binary COPY, one
-chunk in memory at a time); that snapshot's xmin is the index's watermark. Writes that land
-during or after the build are not lost: queries merge every document changed past the
-watermark straight from Postgres and mask its stale index entry, until the next build.
-"""
+"""Build jobs: the job row of an index build, its progress and heartbeat, and the runner
+that runs this process's builds one at a time and takes over silent processes' jobs."""
 
 from __future__ import annotations
 
@@ -12,68 +7,31 @@ import logging
 import os
 import queue
 import secrets
-import shutil
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from unidb.indexing import outbox, snapshots
-from unidb.indexing.faiss_index import Builder, BuildRefused, Plan, plan
-from unidb.indexing.vectors import count_vectors, stream_vectors
-from unidb.models import AnnStatus, IndexBuildRequest, Job
-
-from . import collections, jobs
+from unidb.indexing.faiss_index import BuildRefused, Plan, plan
+from unidb.indexing.vectors import count_vectors
+from unidb.models import IndexBuildRequest, Job
+from unidb.service.search.ann_indexes import AnnIndexes, BuildTask, Cancelled
+from unidb.service.store import catalog, jobs
 
 log = logging.getLogger("unidb.ann")
 
+
 HEARTBEAT_S = 5.0
 INDEX_BUILD = "index_build"
-_CHUNK_ROWS = 10_000
-
-
-class Cancelled(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Served:
-    index: Any
-    manifest: snapshots.Manifest
-
-
-@dataclass(frozen=True)
-class BuildTask:
-    job_id: int
-    collection: collections.CollectionRow
-    plan: Plan
-
-
-def progress_reporter(
-    pool: ConnectionPool[psycopg.Connection[Any]], job_id: int, owner: str
-) -> Callable[[float], None]:
-    """Records a job's progress (and heartbeat); raises `Cancelled` when it should stop."""
-
-    def report(progress: float) -> None:
-        # its own short transaction, committed at once, beside a build's long read
-        with pool.connection() as conn:
-            if jobs.report(conn, job_id, progress, owner):
-                raise Cancelled
-
-    return report
 
 
 def create_build_job(
     conn: psycopg.Connection[Any],
-    row: collections.CollectionRow,
+    row: catalog.CollectionRow,
     request: IndexBuildRequest,
     chosen: Plan,
     *,
@@ -92,153 +50,12 @@ def create_build_job(
     )  # fmt: skip
 
 
-class AnnIndexes:
-    """Loaded snapshots by collection, reloaded when a new one is swapped in."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._served: dict[int, Served] = {}
-        self._lock = threading.Lock()
-
-    def path(self, collection_id: int) -> Path:
-        return self.root / f"c{collection_id}" / "ann"
-
-    def get(self, collection_id: int) -> Served | None:
-        manifest = snapshots.read_manifest(self.path(collection_id))
-        if manifest is None:
-            return None
-        with self._lock:
-            served = self._served.get(collection_id)
-            if served is not None and served.manifest == manifest:
-                return served
-        index = snapshots.load(self.path(collection_id), manifest)
-        served = Served(index, manifest)
-        with self._lock:
-            self._served[collection_id] = served
-        return served
-
-    def status(self, conn: psycopg.Connection[Any], collection_id: int) -> AnnStatus | None:
-        manifest = snapshots.read_manifest(self.path(collection_id))
-        if manifest is None:
-            return None
-        return AnnStatus.model_validate(
-            {
-                "kind": manifest.kind,
-                "device": manifest.device,
-                "vectors": manifest.count,
-                "watermark": manifest.watermark,
-                "lag": outbox.lag(conn, collection_id, since=manifest.watermark),
-                "built_at": datetime.fromtimestamp(manifest.built_at, UTC),
-                "job_id": manifest.job_id,
-            }
-        )
-
-    def drop(self, collection_id: int) -> None:
-        with self._lock:
-            self._served.pop(collection_id, None)
-
-    def build(
-        self, pool: ConnectionPool[psycopg.Connection[Any]], task: BuildTask, owner: str
-    ) -> dict[str, Any]:
-        """Build and swap in a snapshot; returns the job's stats. Raises `Cancelled`."""
-        row, plan = task.collection, task.plan
-        began = time.monotonic()
-        root = self.path(row.id)
-        if root.exists():
-            snapshots.clean_partial(root)
-
-        report = progress_reporter(pool, task.job_id, owner)
-        with pool.connection() as reader:
-            reader.commit()
-            with reader.transaction():
-                reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                watermark = outbox.safe_watermark(reader)
-                total = count_vectors(reader, row.id)
-                builder = Builder(row.dim, row.metric, plan, total)
-                done = 0
-                for keys, vectors in stream_vectors(
-                    reader, row.id, row.dim, chunk_rows=_CHUNK_ROWS
-                ):
-                    builder.add(keys, vectors)
-                    done += len(keys)
-                    report(0.95 * done / max(total, 1))
-        index = builder.finish()
-        report(0.97)
-        return self.swap_in(
-            pool,
-            row,
-            index,
-            plan,
-            job_id=task.job_id,
-            watermark=watermark,
-            search=builder.search_params,
-            seconds=time.monotonic() - began,
-        )
-
-    def swap_in(
-        self,
-        pool: ConnectionPool[psycopg.Connection[Any]],
-        row: collections.CollectionRow,
-        index: Any,
-        plan: Plan,
-        *,
-        job_id: int,
-        watermark: int,
-        search: dict[str, Any],
-        seconds: float,
-    ) -> dict[str, Any]:
-        """Make a finished index the collection's snapshot; returns the job's stats.
-        Raises `Cancelled` when the collection was dropped meanwhile."""
-        root = self.path(row.id)
-        manifest = snapshots.Manifest(
-            file=f"index-{job_id}.faiss",
-            watermark=watermark,
-            count=int(index.ntotal),
-            kind=plan.kind,
-            device=plan.device,
-            metric=row.metric,
-            dim=row.dim,
-            built_at=time.time(),
-            job_id=job_id,
-            search=search,
-        )
-        snapshots.write(root, index, manifest)
-        with pool.connection() as conn:
-            dropped = (
-                conn.execute("SELECT 1 FROM unidb.collections WHERE id = %s", (row.id,)).fetchone()
-                is None
-            )
-        if dropped:  # ids are never reused: nothing else can own this folder
-            shutil.rmtree(root, ignore_errors=True)
-            raise Cancelled
-        log.info(
-            "collection %s: %s index of %d vectors built on %s in %.1f s",
-            row.name,
-            plan.kind,
-            index.ntotal,
-            plan.device,
-            seconds,
-        )
-        return {
-            "vectors": int(index.ntotal),
-            "kind": plan.kind,
-            "device": plan.device,
-            "note": plan.note,
-            "seconds": round(seconds, 3),
-            "vectors_per_s": round(index.ntotal / seconds) if seconds > 0 else None,
-            "watermark": watermark,
-            "params": plan.params,
-            "threads": os.cpu_count(),
-        }
-
-
-# advisory lock key space for collection builds: (BUILD_LOCK, collection id)
 BUILD_LOCK = 0x756E6964
 LOCK_POLL_S = 0.5
 
 
 def plan_build(
-    conn: psycopg.Connection[Any], row: collections.CollectionRow, request: IndexBuildRequest
+    conn: psycopg.Connection[Any], row: catalog.CollectionRow, request: IndexBuildRequest
 ) -> Plan:
     """What this process would build for the request now; raises `BuildRefused`."""
     count = count_vectors(conn, row.id)
@@ -338,7 +155,7 @@ class JobRunner:
             {k: v for k, v in orphan.params.items() if k in IndexBuildRequest.model_fields}
         )
         with self.pool.connection() as conn:
-            row = collections.get_by_id(conn, orphan.collection_id)
+            row = catalog.get_by_id(conn, orphan.collection_id)
             return BuildTask(orphan.id, row, plan_build(conn, row, request))
 
     def _work(self) -> None:

@@ -7,15 +7,14 @@ from typing import Any
 import psycopg
 
 from unidb.models import Hit, HitScores
-
-from . import collections
+from unidb.service.store import catalog
 
 Connection = psycopg.Connection[Any]
 
 
 def hydrate(
     conn: Connection,
-    row: collections.CollectionRow,
+    row: catalog.CollectionRow,
     ranked: list[tuple[int, float | None]],
     bm25: dict[int, float],
     vector: dict[int, float],

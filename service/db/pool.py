@@ -15,9 +15,8 @@ from sqlalchemy.pool import NullPool
 
 from unidb.errors import Unavailable
 from unidb.schema import at_head, upgrade
-
-from .config import Settings
-from .tenancy import SERVICE_ROLE, SERVICE_WIDE
+from unidb.service.auth.tenancy import SERVICE_ROLE, SERVICE_WIDE
+from unidb.service.config import Settings
 
 log = logging.getLogger("unidb.db")
 

@@ -17,11 +17,10 @@ from psycopg import sql
 
 from unidb.indexing.faiss_index import search
 from unidb.indexing.outbox import changed_since
-
-from .ann import Served
-from .collections import CollectionRow
-from .filters import CompiledFilter
-from .search import score_keys
+from unidb.service.search.ann_indexes import Served
+from unidb.service.search.filters import CompiledFilter
+from unidb.service.search.pgvector import score_keys
+from unidb.service.store.catalog import CollectionRow
 
 Connection = psycopg.Connection[Any]
 

@@ -8,9 +8,9 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from .collections import CollectionRow
-from .filters import CompiledFilter
-from .vector_index import OPERATOR, typed_embedding
+from unidb.service.search.filters import CompiledFilter
+from unidb.service.search.hnsw import OPERATOR, typed_embedding
+from unidb.service.store.catalog import CollectionRow
 
 Connection = psycopg.Connection[Any]
 
