@@ -14,8 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from unidb.indexing import outbox
+
 if TYPE_CHECKING:
-    from unidb.service.engine import Engine
+    from unidb.indexing.text_indexes import TextIndexes
+    from unidb.service.db.database import Database
+    from unidb.service.search.ann_indexes import AnnIndexes
 
 # seconds: from a cached point lookup to a slow hybrid query with an embedding call
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -59,9 +63,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, engine: Engine) -> None:
-        """Read the engine's database-side gauges at each scrape."""
-        self.registry.register(_EngineGauges(engine.database_gauges))
+    def watch(self, read: Callable[[], dict[str, Any]]) -> None:
+        """Call ``read`` for the database-side gauges at each scrape (`database_gauges`)."""
+        self.registry.register(_EngineGauges(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -94,3 +98,34 @@ class _EngineGauges(Collector):
         for state, value in sorted(figures["pool"].items()):
             pool.add_metric([state], value)
         yield pool
+
+
+def database_gauges(db: Database, text_indexes: TextIndexes, ann: AnnIndexes) -> dict[str, Any]:
+    """Index lag per collection, jobs by status and pool use, read now for `/metrics`."""
+    lag: dict[tuple[str, str, str], int] = {}
+    with db.transaction(service_wide=True) as conn:
+        for collection_id, tenant, name in conn.execute(
+            "SELECT id, tenant, name FROM unidb.collections"
+        ).fetchall():
+            opened = text_indexes.opened(collection_id)
+            if opened is not None:
+                lag[tenant, name, "bm25"] = outbox.lag(conn, collection_id, since=opened.watermark)
+            status = ann.status(conn, collection_id)
+            if status is not None:
+                lag[tenant, name, "faiss"] = status.lag
+        counted = dict(
+            conn.execute("SELECT status, count(*) FROM unidb.jobs GROUP BY status").fetchall()
+        )
+    stats = db.pool.get_stats()
+    return {
+        "lag": lag,
+        "jobs": {
+            s: counted.get(s, 0) for s in ("queued", "running", "done", "failed", "cancelled")
+        },
+        "pool": {
+            "open": stats.get("pool_size", 0),
+            "idle": stats.get("pool_available", 0),
+            "waiting": stats.get("requests_waiting", 0),
+            "max": db.pool.max_size,
+        },
+    }

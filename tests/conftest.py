@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,13 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def server_url(engine: Engine) -> Iterator[str]:
     """A real uvicorn server on loopback, sharing the session's engine."""
+    with serve(engine) as url:
+        yield url
+
+
+@contextmanager
+def serve(engine: Engine) -> Iterator[str]:
+    """A real uvicorn server on loopback for ``engine``; yields its URL."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(engine=engine), host="127.0.0.1", port=port, log_level="warning")

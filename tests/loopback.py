@@ -12,19 +12,18 @@ import hashlib
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
-import uvicorn
 
-from unidb.service.api.main import create_app
 from unidb.service.engine import Engine
 
-from .conftest import free_port
+from .conftest import serve
+
+__all__ = ["serve"]
 
 DIM = 8
 SECRET = "internal-secret-7f3a"
@@ -183,23 +182,3 @@ def listed_engine(engine: Engine, **settings: Any) -> Iterator[Engine]:
         yield own
     finally:
         own.outbound.close()
-
-
-@contextmanager
-def serve(engine: Engine) -> Iterator[str]:
-    """A real uvicorn server on loopback for ``engine``; yields its URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(engine=engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()

@@ -471,15 +471,20 @@ def test_bad_context_requests(
 ) -> None:
     _load(api, collection, DOCS[:1])
     before = snapshot(engine)
+    # this collection's prefixes: other tests' are dropped in the background as they end
+    count = (
+        "SELECT count(*) FROM unidb.prefixes p JOIN unidb.collections c"
+        " ON c.id = p.collection_id WHERE c.name = %s"
+    )
     with engine.transaction() as conn:
-        prefixes_before = conn.execute("SELECT count(*) FROM unidb.prefixes").fetchone()
+        prefixes_before = conn.execute(count, (collection,)).fetchone()
     body = {"collection": collection, "query": "alpha", **fields}
     answer = api.post("/v1/context", json=body)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["field"] == field
     assert snapshot(engine) == before
     with engine.transaction() as conn:
-        assert conn.execute("SELECT count(*) FROM unidb.prefixes").fetchone() == prefixes_before
+        assert conn.execute(count, (collection,)).fetchone() == prefixes_before
 
 
 def test_context_on_a_missing_collection_or_prefix(api: TestClient) -> None:

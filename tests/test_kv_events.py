@@ -144,7 +144,7 @@ def engine_with_events(
         engine.dsn,
         background_pool=engine.background_pool,
     )
-    own.text_indexes.close()  # the session engine follows the outbox; this one reads
+    own.context.start()  # the KV-event subscribers; the session engine follows the outbox
     try:
         yield own
     finally:

@@ -15,7 +15,7 @@ import re
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from unidb.errors import (
     Forbidden,
@@ -25,6 +25,7 @@ from unidb.errors import (
     UnsupportedMediaType,
 )
 from unidb.service.api.errors import render
+from unidb.service.api.limits import limited
 from unidb.service.api.security import OPEN, PRINCIPAL, authenticate, remembered
 from unidb.service.config import Settings
 
@@ -119,7 +120,13 @@ class RequestGate:
                 scope.setdefault("state", {})[PRINCIPAL] = OPEN
             return receive
         if not keyed:
-            return _limited(receive, self.settings.max_unauthenticated_body_bytes)
+            cap = self.settings.max_unauthenticated_body_bytes
+            too_large = PayloadTooLarge(
+                f"a request without an API key may send at most {cap} bytes "
+                "(UNIDB_MAX_UNAUTHENTICATED_BODY_BYTES)",
+                field="body",
+            )
+            return limited(receive, cap, too_large)
         client = scope.get("client")
         authorization = headers.get("authorization")
         principal = remembered(engine, authorization)
@@ -170,22 +177,3 @@ class RequestGate:
             f"requests from origin {origin!r} are refused (UNIDB_ALLOWED_ORIGINS)",
             field="origin",
         )
-
-
-def _limited(receive: Receive, max_bytes: int) -> Receive:
-    received = 0
-
-    async def limited_receive() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > max_bytes:
-                raise PayloadTooLarge(
-                    f"a request without an API key may send at most {max_bytes} bytes "
-                    "(UNIDB_MAX_UNAUTHENTICATED_BODY_BYTES)",
-                    field="body",
-                )
-        return message
-
-    return limited_receive

@@ -24,15 +24,20 @@ class BodySizeLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await render(too_large)(scope, receive, send)
                 return
-        received = 0
+        await self.app(scope, limited(receive, self.max_bytes, too_large), send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise too_large
-            return message
 
-        await self.app(scope, limited_receive, send)
+def limited(receive: Receive, max_bytes: int, too_large: PayloadTooLarge) -> Receive:
+    """``receive`` that raises ``too_large`` once the body passes ``max_bytes``."""
+    received = 0
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise too_large
+        return message
+
+    return limited_receive

@@ -151,7 +151,8 @@ class Subscriber:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():  # never started: nothing to wait for
+            self._thread.join()
         self._context.term()
 
     def _apply(self, rank: int, seq: int, payload: bytes) -> None:

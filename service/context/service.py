@@ -5,19 +5,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
+from unidb.errors import InvalidInput, NotFound
+from unidb.models import (
+    ContextRequest,
+    ContextResponse,
+    PrefixList,
+    QueryRequest,
+    QueryResponse,
+    WarmRequest,
+    WarmResult,
+)
 from unidb.service.config import Settings
+from unidb.service.context import registry
 from unidb.service.context.builder import ContextBuilder
 from unidb.service.context.hashing import BlockHasher
 from unidb.service.context.kv_events import Residency, Subscriber
 from unidb.service.context.registry import invalidate
 from unidb.service.context.tokenizer import Tokenizers
+from unidb.service.context.warmup import warm
+from unidb.service.store import catalog
+
+if TYPE_CHECKING:
+    from unidb.service.db.database import Database
+    from unidb.service.metrics import Metrics
+    from unidb.service.outbound import Outbound
 
 log = logging.getLogger("unidb.context")
+
+Connection = psycopg.Connection[Any]
 
 
 class ContextService:
@@ -84,3 +105,69 @@ class ContextService:
             self._follower.join()
         for subscriber in self.subscribers:
             subscriber.close()
+
+    def build(
+        self,
+        db: Database,
+        query: Callable[[str, QueryRequest], QueryResponse],
+        request: ContextRequest,
+        metrics: Metrics,
+    ) -> ContextResponse:
+        """Retrieve with ``query``, then lay the hits out as a prompt and register it."""
+        # refused before any search
+        self.tokenizers.get(request.tokenizer)
+        self.builder.max_tokens(request)
+        found = query(
+            request.collection,
+            QueryRequest(
+                text=request.query,
+                k=request.k,
+                mode=request.mode,
+                filter=request.filter,
+                consistency=request.consistency,
+                after=request.after,
+            ),
+        )
+        with db.transaction() as conn:
+            row = catalog.get(conn, request.collection)
+            built = self.builder.build(conn, row, request, [hit.id for hit in found.hits])
+        metrics.context_tokens.inc(len(built.token_ids))
+        metrics.context_cached_tokens.inc(built.cached_tokens)
+        return built
+
+    def list_prefixes(
+        self, conn: Connection, collection: str | None = None, *, limit: int = 100
+    ) -> PrefixList:
+        collection_id = catalog.get(conn, collection).id if collection else None
+        return PrefixList(
+            prefixes=registry.list_prefixes(conn, collection_id=collection_id, limit=limit)
+        )
+
+    def warm_prefix(
+        self, db: Database, outbound: Outbound, prefix_key: str, request: WarmRequest
+    ) -> WarmResult:
+        if (request.engine is None) == (request.engine_url is None):
+            raise InvalidInput("give one of engine (a name) or engine_url", field="engine")
+        field = "engine" if request.engine is not None else "engine_url"
+        # only a listed server, checked before anything else is done
+        upstream = outbound.resolve(request.engine or request.engine_url or "", field=field)
+        with db.transaction() as conn:
+            found = registry.get(conn, prefix_key)
+        if found is None:
+            raise NotFound(f"no prefix {prefix_key!r}", field="prefix_key")
+        # the engine call holds no database connection
+        model, prompt_tokens, cached = warm(
+            upstream,
+            found.token_ids,
+            model=request.model,
+            cache_salt=found.cache_salt,
+            field=field,
+        )
+        return WarmResult(
+            prefix_key=prefix_key,
+            engine=upstream.name,
+            engine_url=request.engine_url,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached,
+        )

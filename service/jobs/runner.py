@@ -256,5 +256,6 @@ class JobRunner:
             except Exception:
                 log.exception("could not cancel this process's jobs on shutdown")
         self._tasks.put(None)
-        self._worker.join()
-        self._beater.join()
+        for thread in (self._worker, self._beater):
+            if thread.is_alive():  # never started: nothing to wait for
+                thread.join()

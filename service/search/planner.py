@@ -1,0 +1,186 @@
+"""A query from request to hits: limits, the filter, the retrievers each mode runs (BM25,
+FAISS, pgvector HNSW or exact), fusion, and hydration, on one read transaction."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from unidb.errors import InvalidInput
+from unidb.indexing.text_indexes import TextIndexes
+from unidb.models import QueryRequest, QueryResponse
+from unidb.service.collection_embedders import CollectionEmbedders
+from unidb.service.config import Settings
+from unidb.service.db.database import Database
+from unidb.service.metrics import Metrics
+from unidb.service.search.ann import ann_search
+from unidb.service.search.ann_indexes import AnnIndexes
+from unidb.service.search.bm25 import bm25_search
+from unidb.service.search.filters import CompiledFilter, compile_filter
+from unidb.service.search.fusion import fuse
+from unidb.service.search.hits import hydrate
+from unidb.service.search.hnsw_builds import HnswBuilds
+from unidb.service.search.pgvector import vector_search
+from unidb.service.store import catalog, documents
+from unidb.service.store.commit_tokens import token_xid
+
+Connection = psycopg.Connection[Any]
+
+
+class QueryPlanner:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        text_indexes: TextIndexes,
+        ann: AnnIndexes,
+        embedders: CollectionEmbedders,
+        hnsw: HnswBuilds,
+        metrics: Metrics,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.text_indexes = text_indexes
+        self.ann = ann
+        self.embedders = embedders
+        self.hnsw = hnsw
+        self.metrics = metrics
+
+    def query(self, collection: str, request: QueryRequest) -> QueryResponse:
+        began = time.perf_counter()
+        answer = self._query(collection, request)
+        self.metrics.queries.labels(request.mode, answer.vector_index or "none").observe(
+            time.perf_counter() - began
+        )
+        return answer
+
+    def check_limits(self, k: int, text: str | None, text_field: str) -> None:
+        if k > self.settings.max_k:
+            raise InvalidInput(
+                f"k is {k}, over the limit of {self.settings.max_k} (UNIDB_MAX_K)", field="k"
+            )
+        if text is not None and len(text) > self.settings.max_query_chars:
+            raise InvalidInput(
+                f"the query is {len(text)} characters, over the limit of "
+                f"{self.settings.max_query_chars} (UNIDB_MAX_QUERY_CHARS)",
+                field=text_field,
+            )
+
+    def _query(self, collection: str, request: QueryRequest) -> QueryResponse:
+        self.check_limits(request.k, request.text, "text")
+        if request.after is not None:
+            token_xid(request.after)  # a malformed token is refused before any work
+        with self.db.reading(consistency=request.consistency, after=request.after) as conn:
+            row = catalog.get(conn, collection)
+            # compiled once the collection is known to exist (and within the filter limits)
+            where = self.compiled_filter(request.filter) if request.filter else None
+            wants_embedding = (
+                request.vector is None
+                and request.mode in ("vector", "hybrid")
+                and bool(request.text)
+                and row.embedder is not None
+            )
+            if not wants_embedding:
+                return self._answer(conn, row, request, request.vector, where)
+            embedder = self.embedders.get(row)
+        # embed outside a transaction: a model call must not hold a connection
+        assert embedder is not None and request.text
+        query_vector = self.embedders.embed(embedder, [request.text])[0]
+        with self.db.reading(consistency=request.consistency, after=request.after) as conn:
+            return self._answer(conn, row, request, query_vector, where)
+
+    def _answer(
+        self,
+        conn: Connection,
+        row: catalog.CollectionRow,
+        request: QueryRequest,
+        query_vector: Any,
+        where: CompiledFilter | None,
+    ) -> QueryResponse:
+        run_bm25 = request.mode in ("bm25", "hybrid") and bool(request.text)
+        run_vector = request.mode in ("vector", "hybrid") and query_vector is not None
+        if request.mode == "bm25" and not run_bm25:
+            raise InvalidInput("bm25 mode needs query text", field="text")
+        if request.mode == "vector" and not run_vector:
+            raise InvalidInput(
+                "vector mode needs a query vector, or text and a collection embedder",
+                field="vector",
+            )
+        if not (run_bm25 or run_vector):
+            raise InvalidInput("give query text, a query vector, or both", field="text")
+        vector = documents.check_vector(row, query_vector, "vector") if run_vector else None
+
+        depth = (
+            request.k
+            if request.mode != "hybrid"
+            else max(request.k, self.settings.hybrid_candidates)
+        )
+        bm25_hits: list[tuple[int, float]] = []
+        vector_hits: list[tuple[int, float]] = []
+        exhaustive = True
+        served_by: Literal["faiss", "hnsw", "exact"] | None = None
+        if vector is not None:
+            vector_hits, served_by = self._vector_hits(conn, row, vector, depth, where)
+            exhaustive = served_by == "exact"
+        if run_bm25 and request.text:
+            index = self.text_indexes.get(row.id)
+            strong = request.consistency == "strong"
+            if request.after is not None and index.watermark <= token_xid(request.after):
+                strong = True  # the index has not reached that commit: merge what it lacks
+            bm25_hits = bm25_search(
+                conn, row, index, request.text, limit=depth, where=where, strong=strong
+            )
+        ranked = fuse(request, bm25_hits, vector_hits, depth=depth)[: request.k]
+        hits = hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
+        return QueryResponse(hits=hits, exhaustive=exhaustive, vector_index=served_by)
+
+    def _vector_hits(
+        self,
+        conn: Connection,
+        row: catalog.CollectionRow,
+        vector: Any,
+        k: int,
+        where: CompiledFilter | None,
+    ) -> tuple[list[tuple[int, float]], Literal["faiss", "hnsw", "exact"]]:
+        served = self.ann.get(row.id)
+        if served is not None:
+            found = ann_search(
+                conn,
+                row,
+                served,
+                vector,
+                k=k,
+                where=where,
+                exact_below=self.settings.ann_exact_below,
+                max_delta=self.settings.ann_max_delta,
+            )
+            if found is not None:
+                return found, "faiss"
+        use_index = row.vector_index == "hnsw"
+        if not use_index:
+            self.hnsw.schedule(conn, row)
+        hits, exhaustive = vector_search(
+            conn,
+            row,
+            vector,
+            k=k,
+            where=where,
+            use_index=use_index,
+            ef_search=self.settings.hnsw_ef_search,
+            max_scan_tuples=self.settings.hnsw_max_scan_tuples,
+        )
+        return hits, "exact" if exhaustive else "hnsw"
+
+    def compiled_filter(self, spec: dict[str, Any]) -> CompiledFilter:
+        """A metadata filter as SQL on the documents alias ``d``."""
+        return compile_filter(
+            spec,
+            column=sql.SQL("d.metadata"),
+            max_depth=self.settings.max_filter_depth,
+            max_conditions=self.settings.max_filter_conditions,
+            max_in_values=self.settings.max_filter_in_values,
+        )
