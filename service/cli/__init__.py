@@ -1,6 +1,3 @@
-"""The ``unidb`` command: ``main`` parses and dispatches; ``evaluation`` and ``quickstart``
-are the commands that do more than call the engine."""
-
-from unidb.service.cli.main import main
-
-__all__ = ["main"]
+"""The ``unidb`` command: ``main`` parses and dispatches to one module per command group
+(``server``, ``admin``, ``data``, ``tours``); ``common`` holds what they share, and
+``evaluation`` and ``quickstart`` the work of the commands that do more than call the engine."""
