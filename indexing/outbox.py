@@ -10,9 +10,8 @@ it is visible now and none can still appear. A reader that has applied everythin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
+from unidb.indexing.pg import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,16 +23,14 @@ class Change:
     version: int | None
 
 
-def safe_watermark(conn: psycopg.Connection[Any]) -> int:
+def safe_watermark(conn: Connection) -> int:
     """Every transaction below this id has committed or aborted."""
     row = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
     assert row is not None
     return int(row[0])
 
 
-def read_changes(
-    conn: psycopg.Connection[Any], collection_id: int, *, since: int, upto: int
-) -> list[Change]:
+def read_changes(conn: Connection, collection_id: int, *, since: int, upto: int) -> list[Change]:
     """Changes of one collection from transactions in ``[since, upto)``, in seq order."""
     rows = conn.execute(
         "SELECT seq, xid::text::bigint, document_key, op, version FROM unidb.changes"
@@ -44,7 +41,7 @@ def read_changes(
     return [Change(*row) for row in rows]
 
 
-def changed_since(conn: psycopg.Connection[Any], collection_id: int, *, since: int) -> list[Change]:
+def changed_since(conn: Connection, collection_id: int, *, since: int) -> list[Change]:
     """Changes this transaction can see from transactions at or past ``since``: what an
     index with that watermark does not hold yet."""
     rows = conn.execute(
@@ -55,7 +52,7 @@ def changed_since(conn: psycopg.Connection[Any], collection_id: int, *, since: i
     return [Change(*row) for row in rows]
 
 
-def lag(conn: psycopg.Connection[Any], collection_id: int, *, since: int) -> int:
+def lag(conn: Connection, collection_id: int, *, since: int) -> int:
     """How many changes an index with watermark ``since`` does not hold yet."""
     row = conn.execute(
         "SELECT count(*) FROM unidb.changes WHERE collection_id = %s AND xid >= %s::text::xid8",
@@ -71,9 +68,7 @@ class CollectionChange:
     op: str
 
 
-def read_all_changes(
-    conn: psycopg.Connection[Any], *, since: int, upto: int
-) -> list[CollectionChange]:
+def read_all_changes(conn: Connection, *, since: int, upto: int) -> list[CollectionChange]:
     """Changes of every collection from transactions in ``[since, upto)``, in seq order."""
     rows = conn.execute(
         "SELECT collection_id, document_key, op FROM unidb.changes"

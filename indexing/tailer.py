@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
 from unidb.indexing.bm25 import Bm25Index, document_body
 from unidb.indexing.outbox import read_changes, safe_watermark
+from unidb.indexing.pg import Connection
 
 _FETCH = 2000
 
 
-def rebuild(conn: psycopg.Connection[Any], collection_id: int, index: Bm25Index) -> int:
+def rebuild(conn: Connection, collection_id: int, index: Bm25Index) -> int:
     """Fill an empty index from `unidb.documents`; returns the documents indexed.
 
     Runs in one REPEATABLE READ transaction (``conn`` must have none open): every
@@ -40,7 +37,7 @@ def rebuild(conn: psycopg.Connection[Any], collection_id: int, index: Bm25Index)
     return count
 
 
-def catch_up(conn: psycopg.Connection[Any], collection_id: int, index: Bm25Index) -> int:
+def catch_up(conn: Connection, collection_id: int, index: Bm25Index) -> int:
     """Apply the outbox from the index's watermark to the safe watermark; returns changes read.
 
     When none of them is this collection's, the watermark moves in memory only: no commit,

@@ -18,13 +18,12 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing.bm25 import Bm25Index, IndexBusy
 from unidb.indexing.outbox import safe_watermark
+from unidb.indexing.pg import Connection
 from unidb.indexing.tailer import catch_up, rebuild
 
 log = logging.getLogger("unidb.text_indexes")
@@ -36,7 +35,7 @@ class TextIndexes:
     def __init__(
         self,
         root: Path,
-        pool: ConnectionPool[psycopg.Connection[Any]],
+        pool: ConnectionPool[Connection],
         *,
         interval_s: float,
         workers: int = 2,
@@ -216,7 +215,7 @@ class TextIndexes:
                 dropped.close()
         self._sweep()
 
-    def _look_at(self, conn: psycopg.Connection[Any], ids: set[int]) -> set[int]:
+    def _look_at(self, conn: Connection, ids: set[int]) -> set[int]:
         """Take in collections the tailer has not looked at: an index built before (on disk)
         joins the ones it follows; returns those never built that have documents."""
         with self._registry_lock:

@@ -11,14 +11,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import psycopg
+
+from unidb.indexing.pg import Connection
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 _HEADER_BYTES = len(_HEADER) + 8  # signature, flags, header extension length
 _TRAILER = b"\xff\xff"
 
 
-def count_vectors(conn: psycopg.Connection[Any], collection_id: int) -> int:
+def count_vectors(conn: Connection, collection_id: int) -> int:
     row = conn.execute(
         "SELECT count(*) FROM unidb.chunks WHERE collection_id = %s AND embedding IS NOT NULL",
         (collection_id,),
@@ -41,7 +42,7 @@ def _row_dtype(dim: int) -> np.dtype[Any]:
 
 
 def stream_vectors(
-    conn: psycopg.Connection[Any],
+    conn: Connection,
     collection_id: int,
     dim: int,
     *,

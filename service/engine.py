@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from unidb.errors import InvalidInput, NotFound
 from unidb.indexing import outbox
 from unidb.indexing.faiss_index import BuildRefused
+from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import (
     Collection,
@@ -70,8 +71,6 @@ from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.planner import QueryPlanner
 from unidb.service.store import catalog, documents, jobs, state
 from unidb.service.writes import Writes
-
-Connection = psycopg.Connection[Any]
 
 
 class Engine:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound, UnidbError
 from unidb.indexing.bm25 import document_body
+from unidb.indexing.pg import Connection
 from unidb.models import (
     DeleteCount,
     DeleteDocumentOp,
@@ -32,8 +32,6 @@ from unidb.service.metrics import Metrics
 from unidb.service.search.planner import QueryPlanner
 from unidb.service.store import catalog, documents, state
 from unidb.service.store.commit_tokens import at_op, commit_token, current_xid, wal_position
-
-Connection = psycopg.Connection[Any]
 
 
 class Writes:

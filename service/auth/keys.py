@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from unidb.errors import InvalidInput, NotFound, TooManyRequests
+from unidb.indexing.pg import Connection
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
@@ -32,8 +32,6 @@ _MAX_REMEMBERED = 10_000
 _KEY = re.compile(r"^unidb_([a-z0-9]{12})_([A-Za-z0-9_-]{32,64})$")
 TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _hasher = PasswordHasher()
-
-Connection = psycopg.Connection[Any]
 
 
 @dataclass(frozen=True)

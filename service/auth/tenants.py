@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound
+from unidb.indexing.pg import Connection
 from unidb.service.auth.keys import check_tenant
-
-Connection = psycopg.Connection[Any]
 
 # what a tenant's SQL role may read; row-level security narrows each to its tenant
 # (tenant_roles: its own mapping only, which unidb.current_tenant() reads)

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from unidb.errors import InvalidInput
+from unidb.indexing.pg import Connection
 from unidb.models import (
     ContextRequest,
     ContextResponse,
@@ -25,8 +24,6 @@ from unidb.service.context.prompt import Chunk, Layout, Piece, budget, fit, fram
 from unidb.service.context.registry import Sent, candidates, load_session, register, save_session
 from unidb.service.context.tokenizer import Tokenizers
 from unidb.service.store import catalog
-
-Connection = psycopg.Connection[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
 
 from unidb.indexing.outbox import read_all_changes, safe_watermark
+from unidb.indexing.pg import Connection
 from unidb.models import Prefix, PrefixChunk
-
-Connection = psycopg.Connection[Any]
 
 FOLLOWER = "prefixes"
 # how many recent prefixes of one shape the reuse walk considers

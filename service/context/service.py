@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
 from unidb.errors import InvalidInput, NotFound
+from unidb.indexing.pg import Connection
 from unidb.models import (
     ContextRequest,
     ContextResponse,
@@ -38,11 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unidb.context")
 
-Connection = psycopg.Connection[Any]
-
 
 class ContextService:
-    def __init__(self, settings: Settings, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
+    def __init__(self, settings: Settings, pool: ConnectionPool[Connection]) -> None:
         self.pool = pool
         self.interval_s = settings.tailer_interval_s
         self.tokenizers = Tokenizers(

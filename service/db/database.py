@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from unidb.errors import InvalidInput, ServerError, Unavailable, UnidbError
+from unidb.indexing.pg import Connection
 from unidb.models import Consistency
 from unidb.service.auth.tenancy import SERVICE_WIDE, current_tenant
 from unidb.service.config import Settings
@@ -21,7 +21,6 @@ from unidb.service.store.commit_tokens import token_lsn
 
 log = logging.getLogger("unidb.db")
 
-Connection = psycopg.Connection[Any]
 
 # psycopg refuses NUL characters before sending (no SQLSTATE); 22021: bad byte sequence;
 # 22P05: a character jsonb cannot hold (\u0000 inside a JSON value)

@@ -8,10 +8,10 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
 
-import psycopg
 from psycopg import sql
+
+from unidb.indexing.pg import Connection
 
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset, as on servers and in containers
@@ -75,7 +75,7 @@ class EmbeddedPostgres:
         user: str | None = self._server.system_user
         return user
 
-    def tune(self, conn: psycopg.Connection[Any]) -> None:
+    def tune(self, conn: Connection) -> None:
         """Apply `_TUNING` with ALTER SYSTEM where it differs (``conn`` in autocommit)."""
         changed = False
         for name, value in _TUNING.items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -14,6 +13,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
 from unidb.errors import Unavailable
+from unidb.indexing.pg import Connection
 from unidb.schema import at_head, upgrade
 from unidb.service.auth.tenancy import SERVICE_ROLE, SERVICE_WIDE
 from unidb.service.config import Settings
@@ -65,7 +65,7 @@ def service_dsn(dsn: str) -> str:
     return make_conninfo(dsn, user=SERVICE_ROLE)
 
 
-def act_as_service(conn: psycopg.Connection[Any]) -> None:
+def act_as_service(conn: Connection) -> None:
     """Work as the service role, seeing every tenant until a transaction names one; commits
     unless ``conn`` is in autocommit."""
     # no superuser: row-level security binds the service (see migrations 0007 and 0009)
@@ -75,7 +75,7 @@ def act_as_service(conn: psycopg.Connection[Any]) -> None:
         conn.commit()
 
 
-def service_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+def service_connection(dsn: str, *, autocommit: bool = False) -> Connection:
     """A connection outside the pools (index builds, Ray workers), working as theirs do."""
     conn = psycopg.connect(dsn, autocommit=autocommit)
     try:
@@ -86,7 +86,7 @@ def service_connection(dsn: str, *, autocommit: bool = False) -> psycopg.Connect
     return conn
 
 
-def warn_if_privileged(conn: psycopg.Connection[Any]) -> None:
+def warn_if_privileged(conn: Connection) -> None:
     """Log when the DSN's login role is a superuser or bypasses row-level security: the
     service works as unidb_service all the same, but such a session can leave that role."""
     row = conn.execute(
@@ -107,12 +107,12 @@ BACKGROUND_CONNECTIONS = 5
 
 def open_pool(
     dsn: str, settings: Settings, *, background: bool = False
-) -> ConnectionPool[psycopg.Connection[Any]]:
+) -> ConnectionPool[Connection]:
     """The process's pool for requests, or with ``background`` the small one its own work
     uses (index tailing, prefix invalidation, index builds), so that work never queues behind
     requests; every connection knows the vector type and the statement timeout."""
 
-    def configure(conn: psycopg.Connection[Any]) -> None:
+    def configure(conn: Connection) -> None:
         register_vector(conn)
         conn.execute(
             "SELECT set_config(%s, %s, false)",
@@ -121,7 +121,7 @@ def open_pool(
         conn.execute("SET application_name = 'unidb'")
         act_as_service(conn)
 
-    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+    pool: ConnectionPool[Connection] = ConnectionPool(
         dsn,
         min_size=1 if background else settings.pool_min_size,
         max_size=BACKGROUND_CONNECTIONS

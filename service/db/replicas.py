@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
-Connection = psycopg.Connection[Any]
+from unidb.indexing.pg import Connection
 
 _POLL_S = 0.005
 

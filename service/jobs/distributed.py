@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 from tqdm import tqdm
 
@@ -41,6 +40,7 @@ from unidb.indexing.faiss_index import (
     prepare,
     trained_ivf,
 )
+from unidb.indexing.pg import Connection
 from unidb.indexing.vectors import count_vectors, stream_vectors
 from unidb.models import Document, IndexBuildRequest, Job
 from unidb.service.db.pool import service_connection
@@ -131,7 +131,7 @@ def _settled(ray: Any, group: list[Document], future: Any) -> list[Document]:
 # -- index builds -------------------------------------------------------------------------
 
 
-def _read_under(dsn: str, snapshot: str) -> psycopg.Connection[Any]:
+def _read_under(dsn: str, snapshot: str) -> Connection:
     """A connection in a REPEATABLE READ transaction that sees exactly ``snapshot``."""
     conn = service_connection(dsn)
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

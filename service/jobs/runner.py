@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
 from unidb.indexing.faiss_index import BuildRefused, Plan, plan
+from unidb.indexing.pg import Connection
 from unidb.indexing.vectors import count_vectors
 from unidb.models import IndexBuildRequest, Job
 from unidb.service.search.ann_indexes import AnnIndexes, BuildTask, Cancelled
@@ -30,7 +30,7 @@ INDEX_BUILD = "index_build"
 
 
 def create_build_job(
-    conn: psycopg.Connection[Any],
+    conn: Connection,
     row: catalog.CollectionRow,
     request: IndexBuildRequest,
     chosen: Plan,
@@ -54,9 +54,7 @@ BUILD_LOCK = 0x756E6964
 LOCK_POLL_S = 0.5
 
 
-def plan_build(
-    conn: psycopg.Connection[Any], row: catalog.CollectionRow, request: IndexBuildRequest
-) -> Plan:
+def plan_build(conn: Connection, row: catalog.CollectionRow, request: IndexBuildRequest) -> Plan:
     """What this process would build for the request now; raises `BuildRefused`."""
     count = count_vectors(conn, row.id)
     return plan(request.kind, request.device, count, request.params.model_dump())
@@ -74,7 +72,7 @@ class JobRunner:
 
     def __init__(
         self,
-        pool: ConnectionPool[psycopg.Connection[Any]],
+        pool: ConnectionPool[Connection],
         indexes: AnnIndexes,
         *,
         orphan_after_s: float,

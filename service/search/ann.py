@@ -9,20 +9,16 @@ better answered by an exact scan, and so is a snapshot too far behind.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from unidb.indexing.faiss_index import search
 from unidb.indexing.outbox import changed_since
+from unidb.indexing.pg import Connection
 from unidb.service.search.ann_indexes import Served
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.search.pgvector import score_keys
 from unidb.service.store.catalog import CollectionRow
-
-Connection = psycopg.Connection[Any]
 
 
 def admitted_keys(conn: Connection, collection: CollectionRow, where: CompiledFilter) -> np.ndarray:

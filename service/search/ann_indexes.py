@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing import outbox, snapshots
 from unidb.indexing.faiss_index import Builder, Plan
+from unidb.indexing.pg import Connection
 from unidb.indexing.vectors import count_vectors, stream_vectors
 from unidb.models import AnnStatus
 from unidb.service.store import catalog, jobs
@@ -52,7 +52,7 @@ class BuildTask:
 
 
 def progress_reporter(
-    pool: ConnectionPool[psycopg.Connection[Any]], job_id: int, owner: str
+    pool: ConnectionPool[Connection], job_id: int, owner: str
 ) -> Callable[[float], None]:
     """Records a job's progress (and heartbeat); raises `Cancelled` when it should stop."""
 
@@ -90,7 +90,7 @@ class AnnIndexes:
             self._served[collection_id] = served
         return served
 
-    def status(self, conn: psycopg.Connection[Any], collection_id: int) -> AnnStatus | None:
+    def status(self, conn: Connection, collection_id: int) -> AnnStatus | None:
         manifest = snapshots.read_manifest(self.path(collection_id))
         if manifest is None:
             return None
@@ -111,7 +111,7 @@ class AnnIndexes:
             self._served.pop(collection_id, None)
 
     def build(
-        self, pool: ConnectionPool[psycopg.Connection[Any]], task: BuildTask, owner: str
+        self, pool: ConnectionPool[Connection], task: BuildTask, owner: str
     ) -> dict[str, Any]:
         """Build and swap in a snapshot; returns the job's stats. Raises `Cancelled`."""
         row, plan = task.collection, task.plan
@@ -150,7 +150,7 @@ class AnnIndexes:
 
     def swap_in(
         self,
-        pool: ConnectionPool[psycopg.Connection[Any]],
+        pool: ConnectionPool[Connection],
         row: catalog.CollectionRow,
         index: Any,
         plan: Plan,

@@ -7,17 +7,13 @@ and scored here instead, from their current rows, with the index's statistics.
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 from psycopg import sql
 
 from unidb.indexing.bm25 import Bm25Index, document_body
 from unidb.indexing.outbox import changed_since
+from unidb.indexing.pg import Connection
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
-
-Connection = psycopg.Connection[Any]
 
 
 def matching_keys(conn: Connection, collection: CollectionRow, where: CompiledFilter) -> list[int]:

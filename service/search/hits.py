@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
+from unidb.indexing.pg import Connection
 from unidb.models import Hit, HitScores
 from unidb.service.store import catalog
-
-Connection = psycopg.Connection[Any]
 
 
 def hydrate(

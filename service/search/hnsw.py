@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
+from unidb.indexing.pg import Connection
 from unidb.service.store.catalog import CollectionRow
 
 log = logging.getLogger("unidb.vector_index")
@@ -22,7 +21,7 @@ def typed_embedding(collection: CollectionRow) -> sql.Composable:
 
 
 def build_hnsw(
-    conn: psycopg.Connection[Any], collection: CollectionRow, *, m: int, ef_construction: int
+    conn: Connection, collection: CollectionRow, *, m: int, ef_construction: int
 ) -> bool:
     """Build the index with CREATE INDEX CONCURRENTLY (``conn`` must be in autocommit).
 

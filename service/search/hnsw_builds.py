@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import psycopg
 
+from unidb.indexing.pg import Connection
 from unidb.service.config import Settings
 from unidb.service.db.pool import service_connection
 from unidb.service.search.hnsw import build_hnsw
@@ -16,7 +16,6 @@ from unidb.service.store import catalog
 
 log = logging.getLogger("unidb.hnsw")
 
-Connection = psycopg.Connection[Any]
 
 # how often a query may look at a collection's size to decide on an HNSW build
 _INDEX_CHECK_INTERVAL_S = 30.0

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
+from unidb.indexing.pg import Connection
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.search.hnsw import OPERATOR, typed_embedding
 from unidb.service.store.catalog import CollectionRow
-
-Connection = psycopg.Connection[Any]
 
 
 def _score(metric: str, distance: float) -> float:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import psycopg
 from psycopg import sql
 
 from unidb.errors import InvalidInput
+from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import QueryRequest, QueryResponse
 from unidb.service.collection_embedders import CollectionEmbedders
@@ -26,8 +26,6 @@ from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.pgvector import vector_search
 from unidb.service.store import catalog, documents
 from unidb.service.store.commit_tokens import token_xid
-
-Connection = psycopg.Connection[Any]
 
 
 class QueryPlanner:

@@ -6,16 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from unidb.errors import Conflict, InvalidInput, NotFound
+from unidb.indexing.pg import Connection
 from unidb.models import AnnStatus, Collection, CollectionCreate, EmbedderSpec, IndexStatus, Metric
 
 MINILM_DIM = 384
-
-Connection = psycopg.Connection[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,9 @@ carry no LSN, so a read given one goes to the primary.
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import psycopg
 
 from unidb.errors import InvalidInput, UnidbError
-
-Connection = psycopg.Connection[Any]
+from unidb.indexing.pg import Connection
 
 _TOKEN = re.compile(r"^(?:1:(\d{1,20})|2:(\d{1,20}):([0-9A-F]{1,8}/[0-9A-F]{1,8}))$")
 

@@ -21,13 +21,11 @@ import psycopg
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
+from unidb.indexing.pg import Connection
 from unidb.models import Document, StoredDocument, UpsertResult
 from unidb.service.store.catalog import CollectionRow
 from unidb.service.store.copy_payload import chunks_payload, documents_payload
 from unidb.service.store.json_values import NUL_MESSAGE, encode_json
-
-Connection = psycopg.Connection[Any]
-
 
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS unidb_stage (

@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from unidb.errors import Conflict, NotFound
+from unidb.indexing.pg import Connection
 from unidb.models import Job
-
-Connection = psycopg.Connection[Any]
 
 _COLUMNS = (
     "id, collection, kind, status, progress, error, params, stats, created_at, started_at,"

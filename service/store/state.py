@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from unidb.errors import Conflict, NotFound
+from unidb.indexing.pg import Connection
 from unidb.models import StateEntry, StateList
 from unidb.service.store.json_values import encode_json
-
-Connection = psycopg.Connection[Any]
 
 
 def _entry(row: tuple[Any, ...]) -> StateEntry:
