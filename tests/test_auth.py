@@ -37,16 +37,6 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_auth_is_on_off_the_loopback() -> None:
-    assert not Settings(host="127.0.0.1").auth_required
-    assert not Settings(host="localhost").auth_required
-    assert not Settings(host="::1").auth_required
-    assert Settings(host="0.0.0.0").auth_required
-    assert Settings(host="db.example.internal").auth_required
-    assert Settings(host="127.0.0.1", auth="on").auth_required
-    assert not Settings(host="0.0.0.0", auth="off").auth_required
-
-
 @pytest.mark.usefixtures("auth_on")
 def test_keys_and_scopes(api: TestClient, engine: Engine, collection: str) -> None:
     reader, writer, admin = (

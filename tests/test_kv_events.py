@@ -14,7 +14,6 @@ import zmq
 
 from unidb.service.api.main import create_app
 from unidb.service.config import KvEngine, Settings
-from unidb.service.context.kv_events import decode_batch
 from unidb.service.engine import Engine
 
 from .conftest import LocalClient, free_port
@@ -44,28 +43,6 @@ def _array_event(kind: str, hashes: list[Any], medium: str | None = None) -> lis
 def _batch(events: list[Any], rank: int | None = 0) -> bytes:
     payload: bytes = msgpack.packb([time.time(), events, rank])
     return payload
-
-
-def test_decode_both_encodings() -> None:
-    raw = bytes(range(32))
-    for make in (_map_event, _array_event):
-        events, rank = decode_batch(
-            _batch(
-                [
-                    make("BlockStored", [5, raw], "CPU"),
-                    make("BlockRemoved", [5]),
-                    make("AllBlocksCleared", []),
-                    ["SomethingNew", 1, 2] if make is _array_event else {"type": "SomethingNew"},
-                ],
-                rank=3,
-            )
-        )
-        assert rank == 3
-        assert [(e.kind, e.block_keys, e.medium) for e in events] == [
-            ("BlockStored", [5, int.from_bytes(raw, "big") & (2**64 - 1)], "CPU"),
-            ("BlockRemoved", [5], "GPU"),
-            ("AllBlocksCleared", [], "GPU"),
-        ]
 
 
 class Publisher:
@@ -199,10 +176,3 @@ def test_kv_events_drive_cached_tokens(
         _wait(lambda: subscriber.batches > seen)
         cleared = context()
         assert cleared["cached_tokens"] == 0 and cleared["engine_hint"] is None
-
-
-def test_data_parallel_ranks_offset_the_port() -> None:
-    from unidb.service.context.kv_events import rank_endpoint
-
-    assert rank_endpoint("tcp://vllm:5557", 0) == "tcp://vllm:5557"
-    assert rank_endpoint("tcp://vllm:5557", 3) == "tcp://vllm:5560"

@@ -10,13 +10,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import ValidationError
 
 import unidb
 from unidb.service.api.main import create_app
-from unidb.service.config import KvEngine, Settings
+from unidb.service.config import KvEngine
 from unidb.service.engine import Engine
-from unidb.service.outbound import Outbound
 
 from .conftest import free_port
 from .loopback import DIM, SECRET, Upstream, listed_engine, redirect_to, secret_answer, serve
@@ -280,37 +278,3 @@ def test_a_collection_whose_embedder_left_the_list(
         client.upsert(collection, [{"id": "y", "text": "anything", "embedding": [0.5] * DIM}])
         assert [h.id for h in client.query(collection, text="anything", mode="bm25").hits] == ["y"]
         assert vllm.requests == []
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://h:1/v1?",
-        "http://h:1/v1?x=1",
-        "http://h:1/#",
-        "http://u@h:1",
-        "http://h:1\\@evil",
-        "http://h:1/ v1",
-        "ftp://h:1",
-        "http://",
-        "h:1",
-    ],
-)
-def test_settings_refuse_outbound_urls_a_request_could_bend(url: str) -> None:
-    with pytest.raises(ValidationError):
-        Settings(outbound_urls={"x": url})
-    with pytest.raises(ValidationError):
-        KvEngine(name="x", events="tcp://h:2", url=url)
-
-
-def test_settings_list_outbound_servers_once() -> None:
-    settings = Settings(outbound_urls={"tei": "http://tei:80/v1/"})
-    assert settings.outbound_urls == {"tei": "http://tei:80/v1"}
-    with pytest.raises(ValidationError):
-        Settings(outbound_urls={"bad name?": "http://tei:80"})
-    both = Settings(
-        outbound_urls={"vllm": "http://vllm:8000"},
-        kv_engines=[KvEngine(name="vllm", events="tcp://vllm:5557", url="http://other:8000")],
-    )
-    with pytest.raises(ValueError, match="'vllm' names two servers"):
-        Outbound.from_settings(both)

@@ -114,14 +114,6 @@ def test_server_errors_come_back_as_the_same_classes(server_url: str, collection
             client.query("no_such_collection", vector=[1.0, 2.0])
 
 
-def test_unreachable_server_is_unavailable() -> None:
-    from tests.conftest import free_port
-
-    with unidb.Client(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
-        with pytest.raises(unidb.Unavailable):
-            client.health()
-
-
 def test_async_client_round_trip(server_url: str, collection: str) -> None:
     async def scenario() -> None:
         async with unidb.AsyncClient(server_url) as client:

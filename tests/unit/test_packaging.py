@@ -11,7 +11,7 @@ import yaml
 import unidb
 from unidb.service.config import KvEngine
 
-from .conftest import REPO
+from ..conftest import REPO
 
 
 def test_public_surface_is_what_we_say() -> None:

@@ -8,7 +8,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from .conftest import REPO
+from ..conftest import REPO
 
 FOLDERS = {
     "sdk": "unidb",
