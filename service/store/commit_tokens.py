@@ -36,7 +36,7 @@ def commit_token(xid: int, lsn: str) -> str:
 
 
 def _parsed(token: str, field: str) -> re.Match[str]:
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         raise InvalidInput("is not a commit token (as returned by a transaction)", field=field)
     return match

@@ -52,7 +52,7 @@ def test_commit_tokens_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "token", ["", "3:1", "1:", "1:x", "2:1", "2:1:0/zz", "1:" + "9" * 21, " 1:1"]
+    "token", ["", "3:1", "1:", "1:x", "2:1", "2:1:0/zz", "1:" + "9" * 21, " 1:1", "2:1:0/1\n"]
 )
 def test_malformed_commit_tokens_are_refused(token: str) -> None:
     with pytest.raises(InvalidInput, match="not a commit token") as refused:
