@@ -5,7 +5,10 @@
 >>> client = unidb.Client.embedded("./unidb-data")           # or everything in-process
 """
 
-from ._client import AsyncClient, Backend, Client, Transaction
+from ._async_client import AsyncClient
+from ._sync_backend import Backend
+from ._sync_client import Client
+from ._sync_transaction import Transaction
 from .errors import (
     BadGateway,
     Conflict,

@@ -23,7 +23,8 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._async_client import AsyncClient
+    from ._sync_client import Client
 
 ToolFormat = Literal["openai", "anthropic"]
 
@@ -60,12 +61,23 @@ class PutStateArgs(StatePut):
     key: StateName
 
 
+def _as_is(result: Any) -> Any:
+    return result
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     arguments: type[BaseModel]
-    run: Callable[[Client, Any], Any]
+    # the call on a Client, or on an AsyncClient (where it answers an awaitable)
+    run: Callable[[Client | AsyncClient, Any], Any]
+    # what the model is shown of the call's result
+    shape: Callable[[Any], Any] = _as_is
+
+    def reply(self, result: Any) -> Any:
+        """The call's result as JSON-ready data."""
+        return _dump(self.shape(result))
 
     def schema(self) -> dict[str, Any]:
         schema = self.arguments.model_json_schema()
@@ -105,7 +117,8 @@ TOOLS: tuple[Tool, ...] = (
         "delete_document",
         "Delete one document by collection and id; answers whether it existed.",
         DocumentAddress,
-        lambda client, a: {"deleted": client.delete(a.collection, a.id)},
+        lambda client, a: client.delete(a.collection, a.id),
+        lambda deleted: {"deleted": deleted},
     ),
     Tool(
         "get_state",
@@ -158,4 +171,5 @@ def definitions(format: ToolFormat) -> list[dict[str, Any]]:
 
 def run(client: Client, name: str, arguments: dict[str, Any]) -> Any:
     """Validate ``arguments`` against the tool's model and run it; JSON-ready result."""
-    return _dump(BY_NAME[name].run(client, BY_NAME[name].arguments.model_validate(arguments)))
+    tool = BY_NAME[name]
+    return tool.reply(tool.run(client, tool.arguments.model_validate(arguments)))

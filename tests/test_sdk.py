@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 import unidb
+from unidb.models import TransactionRequest
 from unidb.service.engine import Engine
 
 
@@ -211,3 +215,150 @@ def test_ingest_pipelines_batches_and_names_the_bad_document(
             client.ingest(collection, [*docs[:300], {"id": "", "text": "x"}], batch_size=128)
         assert error.value.field == "documents[300].id"
         assert client.get_collection(collection).documents == 1000
+
+
+class _SeenTransport(httpx.HTTPTransport):
+    """A real HTTP transport that notes the paths it carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
+
+
+class _AsyncSeenTransport(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await super().handle_async_request(request)
+
+
+def test_sync_client_takes_a_transport_and_transacts(
+    server_url: str, engine: Engine, collection: str
+) -> None:
+    namespace = f"sdk_{uuid.uuid4().hex[:8]}"
+    transport = _SeenTransport()
+    with unidb.Client(server_url, transport=transport) as client:
+        client.create_collection(collection, dim=2)
+        request = TransactionRequest.model_validate({"ops": [
+            {"op": "upsert_documents", "collection": collection,
+             "documents": [{"id": "a", "text": "one", "embedding": [1.0, 0.0]}]},
+            {"op": "put_state", "namespace": namespace, "key": "k", "value": 1},
+        ]})  # fmt: skip
+        result = client.transact(request)
+        assert [type(r).__name__ for r in result.results] == ["UpsertResult", "StateEntry"]
+        assert client.get(collection, "a").text == "one"
+        assert client.delete_state(namespace, "k")
+    assert transport.paths[:2] == ["/v1/collections", "/v1/transactions"]
+    with pytest.raises(ValueError, match="not both"):
+        unidb.Client(backend=engine, transport=_SeenTransport())
+    with pytest.raises(ValueError, match="not both"):
+        unidb.AsyncClient(backend=engine, transport=_AsyncSeenTransport())
+
+
+def test_async_client_has_what_the_sync_one_has(server_url: str, collection: str) -> None:
+    """The methods the asyncio client used to lack, over HTTP through the given transport."""
+    namespace = f"sdk_{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(3)
+    docs = [{"id": f"a{i}", "text": str(i), "embedding": rng.normal(size=4)} for i in range(200)]
+    transport = _AsyncSeenTransport()
+
+    async def scenario() -> None:
+        async with unidb.AsyncClient(server_url, transport=transport) as client:
+            assert (await client.health()).status == "ok"
+            await client.create_collection(collection, dim=4)
+            sizes: list[int] = []
+            result = await client.ingest(
+                collection, docs, batch_size=64, concurrency=3, on_batch=_recorder(sizes)
+            )
+            assert (result.written, result.unchanged) == (200, 0)
+            assert sorted(sizes) == [8, 64, 64, 64]
+            assert (await client.ingest(collection, iter(docs), batch_size=50)).unchanged == 200
+            bad = [*docs[:130], {"id": "bad", "embedding": [1.0, 2.0]}, *docs[130:]]
+            with pytest.raises(unidb.InvalidInput) as error:  # refused by the server
+                await client.ingest(collection, bad, batch_size=64)
+            assert error.value.field == "documents[130].embedding"
+
+            async with client.transaction() as tx:
+                tx.put_state(namespace, "step", 1)
+                tx.upsert(
+                    collection, [{"id": "t", "text": "in a transaction", "embedding": [1, 0, 0, 0]}]
+                )
+            assert tx.commit_token.startswith("2:")
+            assert (await client.get(collection, "t")).text == "in a transaction"
+            with pytest.raises(RuntimeError):
+                async with client.transaction() as dropped:
+                    dropped.put_state(namespace, "never", 1)
+                    raise RuntimeError
+            assert dropped.result is None
+            assert await client.delete_state(namespace, "never") is False
+            deleted = await client.transact(TransactionRequest.model_validate(
+                {"ops": [{"op": "delete_state", "namespace": namespace, "key": "step"}]}
+            ))  # fmt: skip
+            assert type(deleted.results[0]).__name__ == "DeleteResult"
+
+            assert client.tools("anthropic") == unidb.Client("http://127.0.0.1:1").tools(
+                "anthropic"
+            )
+            got = await client.call_tool(
+                "get_document", json.dumps({"collection": collection, "id": "t"})
+            )
+            assert got["text"] == "in a transaction"
+            gone = {"collection": collection, "id": "t"}
+            assert await client.call_tool("delete_document", gone) == {"deleted": True}
+            assert await client.call_tool("delete_document", gone) == {"deleted": False}
+            found = await client.call_tool(
+                "search", {"collection": collection, "k": 0, "text": "x"}
+            )
+            assert found["error"]["field"] == "k"
+            assert (await client.call_tool("no_such_tool"))["error"]["field"] == "name"
+
+            job = await client.build_index(
+                collection, params={"m": 8, "ef_construction": 16}, wait=False
+            )
+            assert job.status in ("queued", "running", "done")
+            ended = await client.wait_job(job.id, timeout=120)
+            assert (ended.id, ended.status) == (job.id, "done")
+            built = await client.build_index(collection, params={"m": 8, "ef_construction": 16})
+            assert built.status == "done"
+
+    asyncio.run(scenario())
+    assert {"/healthz", "/v1/transactions", f"/v1/collections/{collection}/index"} <= set(
+        transport.paths
+    )
+
+
+def test_async_client_over_an_engine_in_this_process(engine: Engine, collection: str) -> None:
+    # not closed: the engine is the session's
+    client = unidb.AsyncClient(backend=engine)
+
+    async def scenario() -> None:
+        await client.create_collection(collection, dim=2)
+        writes = [client.upsert(collection, [{"id": f"e{i}", "text": "x", "embedding": [1.0, i]}])
+                  for i in range(4)]  # fmt: skip
+        assert [r.written for r in await asyncio.gather(*writes)] == [1, 1, 1, 1]
+        hits = (await client.query(collection, vector=[1.0, 0.0], k=1, mode="vector")).hits
+        assert hits[0].id == "e0"
+        assert await client.delete(collection, "e0") is True
+        assert await client.delete(collection, "e0") is False
+        assert (await client.get_collection(collection)).documents == 3
+
+    asyncio.run(scenario())
+    assert engine.get_collection(collection).documents == 3
+
+
+def test_async_embedded_client(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with await unidb.AsyncClient.embedded(tmp_path / "db") as client:
+            await client.create_collection("notes", dim=2)
+            await client.upsert("notes", [{"id": "n1", "text": "kept", "embedding": [1.0, 0.0]}])
+
+    asyncio.run(scenario())
+    with unidb.Client.embedded(tmp_path / "db") as client:  # aclose stopped its Postgres
+        assert client.get("notes", "n1").text == "kept"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._client import Client
+from .._sync_client import Client
 from ..errors import NotFound
 
 # documents per upsert request, sent one after another so a later duplicate id wins

@@ -33,7 +33,7 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pydantic import ConfigDict, Field
 
 from .. import tools as _tools
-from .._client import Client
+from .._sync_client import Client
 from ..errors import NotFound
 from ..models import DEFAULT_ALPHA, DEFAULT_FUSION, Fusion, Hit, QueryMode
 from . import write_documents

@@ -31,7 +31,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 from pydantic import PrivateAttr
 
-from .._client import Client
+from .._sync_client import Client
 from ..errors import NotFound
 from ..models import QueryMode
 from . import write_documents
