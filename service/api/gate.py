@@ -80,6 +80,12 @@ class RequestGate:
         self.settings = settings
         self.hosts = allowed_hosts(settings)
         self.origins = frozenset(o.rstrip("/").lower() for o in settings.allowed_origins)
+        self.keyless_cap = settings.max_unauthenticated_body_bytes
+        self.keyless_too_large = PayloadTooLarge(
+            f"a request without an API key may send at most {self.keyless_cap} bytes "
+            "(UNIDB_MAX_UNAUTHENTICATED_BODY_BYTES)",
+            field="body",
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,13 +126,7 @@ class RequestGate:
                 scope.setdefault("state", {})[PRINCIPAL] = OPEN
             return receive
         if not keyed:
-            cap = self.settings.max_unauthenticated_body_bytes
-            too_large = PayloadTooLarge(
-                f"a request without an API key may send at most {cap} bytes "
-                "(UNIDB_MAX_UNAUTHENTICATED_BODY_BYTES)",
-                field="body",
-            )
-            return limited(receive, cap, too_large)
+            return limited(receive, self.keyless_cap, self.keyless_too_large)
         client = scope.get("client")
         authorization = headers.get("authorization")
         principal = remembered(engine, authorization)

@@ -225,9 +225,10 @@ class KeyChecker:
                 self._refused.popitem(last=False)
             for name in names:
                 self._failures.setdefault(name, deque()).append(now)
-            if len(self._failures) > _MAX_REMEMBERED:
-                for name in list(self._failures):
-                    self._recent(name, now)
+            # the names that failed longest ago go first (a scan for expired ones would cost
+            # every failure the whole memory); expired ones also go when next looked up
+            while len(self._failures) > _MAX_REMEMBERED:
+                del self._failures[next(iter(self._failures))]
 
     def revoke(self, conn: Connection, key_id: str) -> None:
         cursor = conn.execute(
