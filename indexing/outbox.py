@@ -1,4 +1,7 @@
-"""Reading the `unidb.changes` outbox up to the safe watermark.
+"""The `unidb.changes` outbox: how changes are written, and read up to the safe watermark.
+
+Writers record a change in the statement that makes it: each data-modifying statement in
+``service/store`` ends in ``RECORD_CHANGES``, so a row and its outbox entry commit together.
 
 Sequence numbers are not commit order: a transaction that took its seq early can commit
 late. So readers never go by seq alone. The watermark is ``pg_snapshot_xmin`` of a fresh
@@ -21,6 +24,15 @@ class Change:
     document_key: int | None
     op: str  # upsert | delete | drop
     version: int | None
+
+
+# the outbox's columns, written by ``SELECT collection_id, document_key, op, version ...``
+RECORD_CHANGES = "INSERT INTO unidb.changes (collection_id, document_key, op, version)"
+
+
+def record_drop(conn: Connection, collection_id: int) -> None:
+    """Note that a collection was dropped: its followers let go of their indexes."""
+    conn.execute(f"{RECORD_CHANGES} VALUES (%s, NULL, 'drop', NULL)", (collection_id,))
 
 
 def safe_watermark(conn: Connection) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-SOURCES = ("_async_backend.py", "_async_transaction.py", "_async_client.py")
+SOURCES = ("_async_backend.py", "_async_transaction.py", "_async_tool_calls.py", "_async_client.py")
 
 # asyncio name -> synchronous name, ours and httpx's
 RENAMES = {
@@ -90,8 +90,12 @@ def generated() -> dict[Path, str]:
     return {HERE / target(name): to_sync((HERE / name).read_text(), name) for name in SOURCES}
 
 
+def _holds(path: Path, text: str) -> bool:
+    return path.exists() and path.read_text() == text
+
+
 def main(argv: list[str]) -> int:
-    stale = [path for path, text in generated().items() if path.read_text() != text]
+    stale = [path for path, text in generated().items() if not _holds(path, text)]
     if "--check" in argv:
         for path in stale:
             print(f"{path.name} is stale: run python sdk/_async_to_sync.py", file=sys.stderr)

@@ -7,13 +7,10 @@ argument check, path and body lives here once and both clients call it.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import sys
 import time
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +40,7 @@ from .models import (
     UpsertResult,
     WarmRequest,
 )
+from .vector_encoding import pack as pack_vector
 
 if TYPE_CHECKING:
     from ._sync_backend import Backend
@@ -117,27 +115,8 @@ def state_body(body: StatePut) -> bytes:
     return body.model_dump_json(exclude=exclude).encode()
 
 
-def _packed_embedding(value: Any) -> Any:
-    """An embedding as base64 little-endian float32: a third of the JSON, parsed at once."""
-    if value is None or isinstance(value, str):
-        return value
-    try:
-        if hasattr(value, "astype"):
-            raw = value.astype("<f4").tobytes()
-        else:
-            packed = array("f", value)
-            if sys.byteorder == "big":
-                packed.byteswap()
-            raw = packed.tobytes()
-    except (TypeError, ValueError, OverflowError):
-        return value  # let the server say what is wrong with it
-    return base64.b64encode(raw).decode("ascii")
-
-
 def wire_documents(documents: list[Document]) -> bytes:
-    packed = [
-        doc.model_copy(update={"embedding": _packed_embedding(doc.embedding)}) for doc in documents
-    ]
+    packed = [doc.model_copy(update={"embedding": pack_vector(doc.embedding)}) for doc in documents]
     return (
         UpsertRequest.model_construct(documents=packed).model_dump_json(exclude_none=True).encode()
     )

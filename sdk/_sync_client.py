@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
-from pydantic import ValidationError
 
 from ._client import (
     DEFAULT_TIMEOUT,
@@ -26,15 +25,14 @@ from ._client import (
     index_request,
     query_request,
     shifted,
-    tool_arguments,
-    tool_error,
     validated_batch,
     warm_request,
 )
 from ._sync_backend import Backend, _HttpBackend
 from ._sync_compat import Pipeline, from_engine, open_embedded, sleep
+from ._sync_tool_calls import call_tool
 from ._sync_transaction import Transaction
-from .errors import InvalidInput, NotFound, UnidbError
+from .errors import NotFound, UnidbError
 from .models import (
     DEFAULT_ALPHA,
     DEFAULT_FUSION,
@@ -61,7 +59,6 @@ from .models import (
     UpsertResult,
     WarmResult,
 )
-from .tools import BY_NAME as TOOLS_BY_NAME
 from .tools import ToolFormat
 from .tools import definitions as tool_definitions
 
@@ -210,17 +207,7 @@ class Client:
 
         Returns JSON-ready data. Errors come back as ``{"error": {"code", "message",
         "field"}}`` rather than raising, so an agent loop can hand them to the model."""
-        tool = TOOLS_BY_NAME.get(name)
-        if tool is None:
-            known = ", ".join(TOOLS_BY_NAME)
-            return InvalidInput(f"unknown tool {name!r}; known: {known}", field="name").to_dict()
-        try:
-            parsed = tool.arguments.model_validate(tool_arguments(arguments))
-            return tool.reply(tool.run(self, parsed))
-        except ValidationError as exc:
-            return tool_error(exc)
-        except UnidbError as exc:
-            return exc.to_dict()
+        return call_tool(self._backend, name, arguments)
 
     def transaction(self) -> Transaction:
         """Collect writes and apply them in one Postgres transaction on leaving the block:

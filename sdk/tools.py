@@ -23,8 +23,8 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from ._async_client import AsyncClient
-    from ._sync_client import Client
+    from ._async_backend import AsyncBackend
+    from ._sync_backend import Backend
 
 ToolFormat = Literal["openai", "anthropic"]
 
@@ -61,23 +61,19 @@ class PutStateArgs(StatePut):
     key: StateName
 
 
-def _as_is(result: Any) -> Any:
-    return result
-
-
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     arguments: type[BaseModel]
-    # the call on a Client, or on an AsyncClient (where it answers an awaitable)
-    run: Callable[[Client | AsyncClient, Any], Any]
-    # what the model is shown of the call's result
-    shape: Callable[[Any], Any] = _as_is
+    # the call on a Backend, or on an AsyncBackend (where it answers an awaitable)
+    run: Callable[[Backend | AsyncBackend, Any], Any]
+    # the reply when the call raises NotFound, where that is an answer rather than an error
+    when_not_found: Any = None
 
     def reply(self, result: Any) -> Any:
         """The call's result as JSON-ready data."""
-        return _dump(self.shape(result))
+        return _dump(result)
 
     def schema(self) -> dict[str, Any]:
         schema = self.arguments.model_json_schema()
@@ -97,7 +93,7 @@ TOOLS: tuple[Tool, ...] = (
         "both; `mode` is hybrid (default), bm25 or vector; `filter` narrows by metadata, "
         'e.g. {"year": {"$gte": 2020}}. Returns the best `k` hits with id, text, metadata.',
         SearchArgs,
-        lambda client, a: client.backend.query(
+        lambda backend, a: backend.query(
             a.collection, QueryRequest.model_validate(a.model_dump(exclude={"collection"}))
         ),
     ),
@@ -105,34 +101,36 @@ TOOLS: tuple[Tool, ...] = (
         "get_document",
         "Read one document (text, metadata, version) by collection and id.",
         DocumentAddress,
-        lambda client, a: client.get(a.collection, a.id),
+        lambda backend, a: backend.get_document(a.collection, a.id),
     ),
     Tool(
         "upsert_documents",
         "Insert or replace documents by id in a collection, all in one transaction.",
         UpsertDocumentsArgs,
-        lambda client, a: client.upsert(a.collection, a.documents),
+        lambda backend, a: backend.upsert_documents(a.collection, a.documents),
     ),
     Tool(
         "delete_document",
         "Delete one document by collection and id; answers whether it existed.",
         DocumentAddress,
-        lambda client, a: client.delete(a.collection, a.id),
-        lambda deleted: {"deleted": deleted},
+        lambda backend, a: backend.delete_document(a.collection, a.id),
+        when_not_found={"deleted": False},
     ),
     Tool(
         "get_state",
         "Read a JSON value of application state (an agent's memory, a plan, a cursor) and "
         "its version.",
         StateAddress,
-        lambda client, a: client.get_state(a.namespace, a.key),
+        lambda backend, a: backend.get_state(a.namespace, a.key),
     ),
     Tool(
         "put_state",
         "Store a JSON value of application state. Pass `if_version` (the version you read; "
         "0 for a new key) to write only if nobody changed it since.",
         PutStateArgs,
-        lambda client, a: client.put_state(a.namespace, a.key, a.value, if_version=a.if_version),
+        lambda backend, a: backend.put_state(
+            a.namespace, a.key, StatePut(value=a.value, if_version=a.if_version)
+        ),
     ),
     Tool(
         "build_context",
@@ -141,7 +139,7 @@ TOOLS: tuple[Tool, ...] = (
         "reuse. Use `session` to grow one context across turns. Returns the prompt, its "
         "token ids and the engine's KV block hashes.",
         ContextRequest,
-        lambda client, a: client.backend.build_context(a),
+        lambda backend, a: backend.build_context(a),
     ),
 )
 BY_NAME = {tool.name: tool for tool in TOOLS}
@@ -167,9 +165,3 @@ def definitions(format: ToolFormat) -> list[dict[str, Any]]:
             for t in TOOLS
         ]
     raise ValueError(f"unknown tool format {format!r}; known: openai, anthropic")
-
-
-def run(client: Client, name: str, arguments: dict[str, Any]) -> Any:
-    """Validate ``arguments`` against the tool's model and run it; JSON-ready result."""
-    tool = BY_NAME[name]
-    return tool.reply(tool.run(client, tool.arguments.model_validate(arguments)))

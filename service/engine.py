@@ -14,12 +14,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
-from unidb.errors import InvalidInput, NotFound
-from unidb.indexing import outbox
-from unidb.indexing.faiss_index import BuildRefused
 from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import (
@@ -33,7 +29,6 @@ from unidb.models import (
     Document,
     Health,
     IndexBuildRequest,
-    IndexStatus,
     Job,
     PrefixList,
     QueryRequest,
@@ -50,23 +45,18 @@ from unidb.models import (
 )
 from unidb.service.auth.keys import KeyChecker
 from unidb.service.collection_embedders import CollectionEmbedders
+from unidb.service.collection_lifecycle import Collections
 from unidb.service.config import Settings
 from unidb.service.context.service import ContextService
+from unidb.service.db.connect import connect
 from unidb.service.db.database import Database
 from unidb.service.db.embedded import EmbeddedPostgres
-from unidb.service.db.pool import (
-    check_pgvector,
-    migrate,
-    open_pool,
-    service_dsn,
-    warn_if_privileged,
-)
+from unidb.service.db.pool import open_pool
 from unidb.service.db.replicas import Replicas
-from unidb.service.jobs.runner import JobRunner, create_build_job, plan_build
+from unidb.service.jobs.runner import JobRunner
 from unidb.service.metrics import Metrics, database_gauges
 from unidb.service.outbound import Outbound
-from unidb.service.search.ann_indexes import AnnIndexes, BuildTask
-from unidb.service.search.filters import CompiledFilter
+from unidb.service.search.ann_indexes import AnnIndexes
 from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.planner import QueryPlanner
 from unidb.service.store import catalog, documents, jobs, state
@@ -137,7 +127,14 @@ class Engine:
         self.writes = Writes(
             self.db, settings, embedders=self.embedders, planner=self.planner, metrics=self.metrics
         )
-        self._limits = self.writes.limits
+        self.collections = Collections(
+            self.db,
+            text_indexes=self.text_indexes,
+            ann=self.ann,
+            embedders=self.embedders,
+            hnsw=self.hnsw,
+            outbound=self.outbound,
+        )
         self.metrics.watch(lambda: database_gauges(self.db, self.text_indexes, self.ann))
 
     @classmethod
@@ -147,37 +144,15 @@ class Engine:
 
         ``take_over_jobs``: also run the jobs of service processes that went silent; one-shot
         commands leave them to the processes that serve."""
-        embedded: EmbeddedPostgres | None = None
-        if settings.database_url:
-            dsn = settings.database_url
-            admin_dsn = settings.migration_database_url or dsn
-        else:
-            embedded = EmbeddedPostgres(settings.pgdata)
-            admin_dsn = embedded.start()
-            # migrations run as the cluster's superuser; the service logs in as its own role
-            dsn = service_dsn(admin_dsn)
-        try:
-            check_pgvector(admin_dsn)
-            migrate(admin_dsn)
-            if embedded is not None:
-                with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                    embedded.tune(conn)
-            pool = open_pool(dsn, settings)
-            with pool.connection() as conn:
-                warn_if_privileged(conn)
-            replica_pools = [open_pool(url, settings) for url in settings.replica_urls]
-        except BaseException:
-            if embedded is not None:
-                embedded.stop()
-            raise
+        connected = connect(settings)
         engine = cls(
             settings,
-            pool,
-            dsn,
-            embedded,
-            replica_pools=replica_pools,
+            connected.pool,
+            connected.dsn,
+            connected.embedded,
+            replica_pools=connected.replica_pools,
             take_over_jobs=take_over_jobs,
-            admin_dsn=admin_dsn,
+            admin_dsn=connected.admin_dsn,
         )
         engine.start_background()
         return engine
@@ -232,43 +207,19 @@ class Engine:
         return Health(status="ok")
 
     def create_collection(self, spec: CollectionCreate) -> Collection:
-        if spec.embedder is not None and spec.embedder.kind == "openai" and spec.embedder.url:
-            self.outbound.resolve(spec.embedder.url, field="embedder.url")
-        with self.transaction() as conn:
-            return catalog.describe(conn, catalog.create(conn, spec))
+        return self.collections.create(spec)
 
     def get_collection(self, name: str) -> Collection:
-        with self.transaction() as conn:
-            return self._describe(conn, catalog.get(conn, name))
+        return self.collections.get(name)
 
     def list_collections(self) -> list[Collection]:
-        with self.transaction() as conn:
-            return [self._describe(conn, row) for row in catalog.list_all(conn)]
-
-    def _describe(self, conn: Connection, row: catalog.CollectionRow) -> Collection:
-        index = self.text_indexes.get(row.id)
-        lag = outbox.lag(conn, row.id, since=index.watermark)
-        bm25 = IndexStatus(watermark=index.watermark, lag=lag)
-        return catalog.describe(conn, row, bm25, self.ann.status(conn, row.id))
+        return self.collections.list_all()
 
     def delete_collection(self, name: str) -> DeleteResult:
-        with self.transaction() as conn:
-            row = catalog.get(conn, name)
-        self.hnsw.join(row.id)
-        with self.transaction() as conn:
-            if not catalog.drop(conn, name):
-                raise NotFound(f"collection {name!r} does not exist", field="collection")
-            jobs.cancel_for_collection(conn, row.id)
-        self.text_indexes.drop(row.id)  # the collection's derived indexes, ANN ones too
-        self.ann.drop(row.id)
-        self.embedders.drop(row.id)
-        return DeleteResult(deleted=True)
+        return self.collections.delete(name)
 
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
         return self.writes.upsert_documents(collection, documents_)
-
-    def _upsert(self, conn: Connection, collection: str, docs: list[Document]) -> UpsertResult:
-        return self.writes.upsert_into(conn, collection, docs)
 
     def get_document(self, collection: str, document_id: str) -> StoredDocument:
         with self.transaction() as conn:
@@ -282,9 +233,6 @@ class Engine:
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         return self.planner.query(collection, request)
-
-    def _compiled_filter(self, spec: dict[str, Any]) -> CompiledFilter:
-        return self.planner.compiled_filter(spec)
 
     def transact(self, request: TransactionRequest) -> TransactionResult:
         return self.writes.transact(request)
@@ -307,13 +255,8 @@ class Engine:
     def build_index(self, collection: str, request: IndexBuildRequest) -> Job:
         """Queue a FAISS build of the collection's vectors; answers the job at once."""
         with self.transaction() as conn:
-            row = catalog.get(conn, collection)
-            try:
-                chosen = plan_build(conn, row, request)
-            except BuildRefused as exc:
-                raise InvalidInput(str(exc), field=exc.field) from exc
-            job = create_build_job(conn, row, request, chosen, owner=self.jobs.owner)
-        self.jobs.submit(BuildTask(job.id, row, chosen))
+            job, task = self.jobs.plan_build(conn, collection, request)
+        self.jobs.submit(task)
         return job
 
     def get_job(self, job_id: int) -> Job:

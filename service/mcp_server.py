@@ -1,7 +1,8 @@
 """`unidb mcp`: unidb's agent tools over the Model Context Protocol (official `mcp` SDK).
 
 The tools, their input schemas and their behaviour are the SDK's (`unidb.tools`): an MCP
-client sees exactly what `client.tools()` describes and `client.call_tool()` runs.
+client sees exactly what `client.tools()` describes, and each call runs as `client.call_tool()`
+runs it, on the engine itself (or a server over HTTP) rather than through a client.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 import unidb
-from unidb import Client
+from unidb import Backend
+from unidb._sync_tool_calls import call_tool as run_tool_call
 from unidb.service.auth.tenancy import current_tenant
 from unidb.tools import TOOLS
 
 
 def build_server(
-    client: Callable[[], Client], tenant_of: Callable[[Any], str] | None = None
+    backend: Callable[[], Backend], tenant_of: Callable[[Any], str] | None = None
 ) -> Server[Any]:
-    """An MCP server whose tool calls go through the client ``client()`` returns.
+    """An MCP server whose tool calls run on the backend ``backend()`` returns (an engine).
 
     With ``tenant_of`` each tool call runs as the tenant it names for the call's request
     context (over HTTP: the tenant of the API key on the request that carried the call)."""
@@ -43,11 +45,12 @@ def build_server(
         tenant = tenant_of(context) if tenant_of is not None else None
 
         def run() -> Any:
+            arguments = dict(params.arguments or {})
             if tenant is None:
-                return client().call_tool(params.name, dict(params.arguments or {}))
+                return run_tool_call(backend(), params.name, arguments)
             token = current_tenant.set(tenant)
             try:
-                return client().call_tool(params.name, dict(params.arguments or {}))
+                return run_tool_call(backend(), params.name, arguments)
             finally:
                 current_tenant.reset(token)
 
@@ -70,7 +73,7 @@ def build_server(
     )
 
 
-async def serve_stdio(client: Client) -> None:
-    server = build_server(lambda: client)
+async def serve_stdio(backend: Backend) -> None:
+    server = build_server(lambda: backend)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())

@@ -89,7 +89,7 @@ def test_writes_after_the_build_are_answered(engine: Engine, collection: str) ->
 
     # a write whose transaction spans the build: the snapshot cannot hold it
     with engine.transaction() as conn:
-        engine._upsert(conn, collection, [Document(id="during", embedding=query * 3)])
+        engine.writes.upsert_into(conn, collection, [Document(id="during", embedding=query * 3)])
         job = engine.build_index(collection, IndexBuildRequest())
         deadline = time.monotonic() + 120
         while engine.get_job(job.id).status not in ("done", "failed"):

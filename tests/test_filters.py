@@ -328,7 +328,7 @@ def test_long_in_lists_are_one_parameter(engine: Engine, collection: str) -> Non
     engine.settings.max_filter_in_values, saved = 100_000, engine.settings.max_filter_in_values
     try:
         hits = engine.query(collection, request).hits
-        assert len(engine._compiled_filter(spec).params) == 1  # the values, as one jsonb[]
+        assert len(engine.planner.compiled_filter(spec).params) == 1  # the values, as one jsonb[]
     finally:
         engine.settings.max_filter_in_values = saved
     assert {h.id for h in hits} == {f"d{i}" for i in range(0, 50, 7)}

@@ -153,7 +153,7 @@ def test_failed_batch_rolls_back_documents_chunks_and_outbox(
             from unidb.service.store import catalog, documents
 
             row = catalog.get(conn, collection)
-            documents.upsert(conn, row, [Document(id="x", embedding=[1, 0])], engine._limits)
+            documents.upsert(conn, row, [Document(id="x", embedding=[1, 0])], engine.writes.limits)
             conn.execute("SELECT 1/0")
     with engine.transaction() as conn:
         assert conn.execute("SELECT max(seq) FROM unidb.changes").fetchone() == before

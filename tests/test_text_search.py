@@ -47,10 +47,16 @@ def test_out_of_order_commits_both_reach_the_index(engine: Engine, collection: s
         row = catalog.get(first, collection)
         # the first transaction writes first (smaller xid) but commits last
         documents.upsert(
-            first, row, [Document(id="early", text="zebra early", embedding=[1, 0])], engine._limits
+            first,
+            row,
+            [Document(id="early", text="zebra early", embedding=[1, 0])],
+            engine.writes.limits,
         )
         documents.upsert(
-            second, row, [Document(id="late", text="zebra late", embedding=[0, 1])], engine._limits
+            second,
+            row,
+            [Document(id="late", text="zebra late", embedding=[0, 1])],
+            engine.writes.limits,
         )
         second.commit()
         engine.text_indexes.refresh(collection_id)

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import unidb
-from unidb import Client
 from unidb.service.api import errors
 from unidb.service.api.gate import RequestGate
 from unidb.service.api.limits import BodySizeLimit
@@ -39,7 +38,7 @@ def create_app(
     """
     settings = settings or (engine.settings if engine else Settings())
     # MCP over streamable HTTP at /mcp: the same tools as `unidb mcp`, on this app's engine
-    mcp = build_server(lambda: Client(backend=app.state.engine), tenant_of=mcp_tenant)
+    mcp = build_server(lambda: app.state.engine, tenant_of=mcp_tenant)
     mcp_routes = mcp.streamable_http_app(streamable_http_path="/mcp", host=settings.host).routes
 
     @asynccontextmanager

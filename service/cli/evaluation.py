@@ -12,11 +12,12 @@ from typing import Any
 import pytrec_eval
 from tqdm import tqdm
 
-from unidb import Backend, Client
+from unidb import Backend
 from unidb.errors import InvalidInput, NotFound
 from unidb.models import (
     DEFAULT_ALPHA,
     DEFAULT_FUSION,
+    CollectionCreate,
     EmbedderSpec,
     Fusion,
     QueryMode,
@@ -78,8 +79,9 @@ def load(
         backend.delete_collection(collection)
     except NotFound:
         pass
-    client = Client(backend=backend)
-    client.create_collection(collection, dim=384, embedder=EmbedderSpec(kind="minilm"))
+    backend.create_collection(
+        CollectionCreate(name=collection, dim=384, embedder=EmbedderSpec(kind="minilm"))
+    )
     ingest_file(backend, corpus, collection=collection, batch_size=batch_size)
 
 

@@ -6,7 +6,6 @@ import argparse
 import logging
 from typing import Any
 
-from unidb import Client
 from unidb.service.cli.common import backend_for, settings_from, with_database
 
 
@@ -61,7 +60,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
     backend, owner = backend_for(args)
     try:
-        anyio.run(serve_stdio, Client(backend=backend))
+        anyio.run(serve_stdio, backend)
     finally:
         owner.close()
     return 0

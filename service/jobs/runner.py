@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool, PoolClosed
 
+from unidb.errors import InvalidInput
 from unidb.indexing.faiss_index import BuildRefused, Plan, plan
 from unidb.indexing.pg import Connection
 from unidb.indexing.vectors import count_vectors
@@ -93,6 +94,19 @@ class JobRunner:
     def start(self) -> None:
         self._worker.start()
         self._beater.start()
+
+    def plan_build(
+        self, conn: Connection, collection: str, request: IndexBuildRequest
+    ) -> tuple[Job, BuildTask]:
+        """The job row of a FAISS build of ``collection`` (written in ``conn``'s transaction)
+        and the task to ``submit`` once that commits."""
+        row = catalog.get(conn, collection)
+        try:
+            chosen = plan_build(conn, row, request)
+        except BuildRefused as exc:
+            raise InvalidInput(str(exc), field=exc.field) from exc
+        job = create_build_job(conn, row, request, chosen, owner=self.owner)
+        return job, BuildTask(job.id, row, chosen)
 
     def submit(self, task: BuildTask) -> None:
         with self._lock:

@@ -10,23 +10,14 @@ better answered by an exact scan, and so is a snapshot too far behind.
 from __future__ import annotations
 
 import numpy as np
-from psycopg import sql
 
 from unidb.indexing.faiss_index import search
-from unidb.indexing.outbox import changed_since
 from unidb.indexing.pg import Connection
 from unidb.service.search.ann_indexes import Served
+from unidb.service.search.candidates import admitted_keys, changed_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.search.pgvector import score_keys
 from unidb.service.store.catalog import CollectionRow
-
-
-def admitted_keys(conn: Connection, collection: CollectionRow, where: CompiledFilter) -> np.ndarray:
-    statement = sql.SQL(
-        "SELECT d.key FROM unidb.documents d WHERE d.collection_id = {} AND {}"
-    ).format(sql.Literal(collection.id), where.expression)
-    rows = conn.execute(statement, where.params).fetchall()
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
 
 def ann_search(
@@ -41,11 +32,7 @@ def ann_search(
     max_delta: int,
 ) -> list[tuple[int, float]] | None:
     """The ``k`` best (document key, score), or None when another path should answer."""
-    changed = {
-        c.document_key
-        for c in changed_since(conn, collection.id, since=served.manifest.watermark)
-        if c.document_key is not None
-    }
+    changed = changed_keys(conn, collection, since=served.manifest.watermark)
     if len(changed) > max_delta:
         return None  # the snapshot is far behind: pgvector answers until the next build
     allowed: np.ndarray | None = None

@@ -10,17 +10,10 @@ from __future__ import annotations
 from psycopg import sql
 
 from unidb.indexing.bm25 import Bm25Index, document_body
-from unidb.indexing.outbox import changed_since
 from unidb.indexing.pg import Connection
+from unidb.service.search.candidates import admitted_keys, changed_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
-
-
-def matching_keys(conn: Connection, collection: CollectionRow, where: CompiledFilter) -> list[int]:
-    statement = sql.SQL(
-        "SELECT d.key FROM unidb.documents d WHERE d.collection_id = {} AND {}"
-    ).format(sql.Literal(collection.id), where.expression)
-    return [row[0] for row in conn.execute(statement, where.params).fetchall()]
 
 
 def bm25_search(
@@ -35,14 +28,8 @@ def bm25_search(
 ) -> list[tuple[int, float]]:
     """The best ``limit`` (document key, BM25 score) pairs, filtered before ranking."""
     watermark = index.watermark  # read before searching: a newer searcher only overlaps
-    masked: set[int] = set()
-    if strong:
-        masked = {
-            change.document_key
-            for change in changed_since(conn, collection.id, since=watermark)
-            if change.document_key is not None
-        }
-    allowed = matching_keys(conn, collection, where) if where is not None else None
+    masked = changed_keys(conn, collection, since=watermark) if strong else set()
+    allowed = admitted_keys(conn, collection, where).tolist() if where is not None else None
     if allowed is not None and not allowed:
         return []
     hits = [

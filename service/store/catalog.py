@@ -10,6 +10,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from unidb.errors import Conflict, InvalidInput, NotFound
+from unidb.indexing.outbox import record_drop
 from unidb.indexing.pg import Connection
 from unidb.models import AnnStatus, Collection, CollectionCreate, EmbedderSpec, IndexStatus, Metric
 
@@ -120,9 +121,7 @@ def drop(conn: Connection, name: str) -> bool:
             sql.Identifier(f"chunks_embedding_hnsw_c{collection_id}")
         )
     )
-    conn.execute(
-        "INSERT INTO unidb.changes (collection_id, op) VALUES (%s, 'drop')", (collection_id,)
-    )
+    record_drop(conn, collection_id)
     return True
 
 

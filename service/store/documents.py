@@ -9,8 +9,6 @@ documents whose content is unchanged untouched (same version, no outbox row).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -21,11 +19,13 @@ import psycopg
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound, PayloadTooLarge
+from unidb.indexing.outbox import RECORD_CHANGES
 from unidb.indexing.pg import Connection
 from unidb.models import Document, StoredDocument, UpsertResult
 from unidb.service.store.catalog import CollectionRow
 from unidb.service.store.copy_payload import chunks_payload, documents_payload
 from unidb.service.store.json_values import NUL_MESSAGE, encode_json
+from unidb.vector_encoding import unpack as unpack_vector
 
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS unidb_stage (
@@ -44,7 +44,7 @@ CREATE TEMP TABLE IF NOT EXISTS unidb_new_chunks ON COMMIT DELETE ROWS AS
 SELECT document_key, chunk_no, collection_id, start_char, end_char, embedding FROM unidb.chunks
 WITH NO DATA
 """
-_INSERT_NEW = """
+_INSERT_NEW = f"""
 WITH written AS (
     INSERT INTO unidb.documents (collection_id, key, id, text, metadata, content_hash)
     SELECT collection_id, key, id, text, metadata, content_hash FROM unidb_new_documents
@@ -54,9 +54,9 @@ WITH written AS (
     SELECT document_key, chunk_no, collection_id, start_char, end_char, embedding
     FROM unidb_new_chunks
 )
-INSERT INTO unidb.changes (collection_id, document_key, op, version)
+{RECORD_CHANGES}
 SELECT collection_id, key, 'upsert', 1 FROM unidb_new_documents
-"""
+"""  # noqa: S608 (constants only)
 
 # a batch's new documents are numbered (block << 20) + position; see migration 0001
 KEY_BLOCK_BITS = 20
@@ -64,7 +64,7 @@ MAX_BATCH = 1 << KEY_BLOCK_BITS
 
 # Changed or new documents get a bumped version, their chunk replaced and an outbox row,
 # all in the caller's transaction. Identical re-upserts fail the WHERE and touch nothing.
-_MERGE = """
+_MERGE = f"""
 WITH written AS (
     INSERT INTO unidb.documents AS d (collection_id, key, id, text, metadata, content_hash)
     SELECT %(collection)s, (%(block)s::bigint << 20) + s.ord, s.id, s.text, s.metadata::jsonb,
@@ -84,9 +84,9 @@ WITH written AS (
         SET start_char = excluded.start_char, end_char = excluded.end_char,
             embedding = excluded.embedding
 )
-INSERT INTO unidb.changes (collection_id, document_key, op, version)
+{RECORD_CHANGES}
 SELECT %(collection)s, w.key, 'upsert', w.version FROM written w
-"""
+"""  # noqa: S608 (constants only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,13 +210,7 @@ def _unpacked(embedding: Any, field: str) -> Any:
     """A base64 embedding (little-endian float32) as an array; anything else as it is."""
     if not isinstance(embedding, str):
         return embedding
-    try:
-        raw = base64.b64decode(embedding, validate=True)
-    except binascii.Error as exc:
-        raise InvalidInput("is not valid base64", field=field) from exc
-    if len(raw) % 4:
-        raise InvalidInput("base64 must decode to whole float32 values", field=field)
-    return np.frombuffer(raw, dtype="<f4")
+    return np.frombuffer(unpack_vector(embedding, field), dtype="<f4")
 
 
 def check_vector(collection: CollectionRow, values: Any, field: str) -> np.ndarray:
@@ -377,10 +371,14 @@ def delete_where(
             DELETE FROM unidb.chunks c USING gone
             WHERE c.collection_id = {collection} AND c.document_key = gone.key
         )
-        INSERT INTO unidb.changes (collection_id, document_key, op, version)
+        {record_changes}
         SELECT {collection}, key, 'delete', version FROM gone
         """
-    ).format(collection=sql.Literal(collection.id), where=where)
+    ).format(
+        collection=sql.Literal(collection.id),
+        where=where,
+        record_changes=sql.SQL(RECORD_CHANGES),
+    )
     return conn.execute(statement, params).rowcount
 
 

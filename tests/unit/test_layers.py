@@ -107,7 +107,7 @@ def test_no_import_cycles() -> None:
 
 
 # what each layer may import of ours; the SDK's models and errors are shared by all
-SHARED = ("unidb.models", "unidb.errors", "unidb.tools")
+SHARED = ("unidb.models", "unidb.errors", "unidb.tools", "unidb.vector_encoding")
 LAYERS = {
     "unidb.schema": ("unidb.schema",),
     "unidb.indexing": ("unidb.indexing", "unidb.schema", *SHARED),

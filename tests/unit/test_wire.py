@@ -10,23 +10,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unidb._client import _packed_embedding
 from unidb.errors import InvalidInput, NotFound
 from unidb.service.store.commit_tokens import at_op, commit_token, token_lsn, token_xid
 from unidb.service.store.copy_payload import SIGNATURE, chunks_payload, documents_payload
 from unidb.service.store.documents import _unpacked
+from unidb.vector_encoding import pack
 
 
 def test_embeddings_travel_as_little_endian_float32() -> None:
     values = [0.5, -1.0, 2.0, 3.25]
     expected = base64.b64encode(struct.pack("<4f", *values)).decode()
-    assert _packed_embedding(values) == expected
-    assert _packed_embedding(np.asarray(values, dtype=">f8")) == expected
+    assert pack(values) == expected
+    assert pack(np.asarray(values, dtype=">f8")) == expected
     assert _unpacked(expected, "documents[0].embedding").tolist() == values
     # nothing to pack, or nothing the SDK can pack: passed on for the server to judge
-    assert _packed_embedding(None) is None
-    assert _packed_embedding(expected) == expected
-    assert _packed_embedding(["x"]) == ["x"]
+    assert pack(None) is None
+    assert pack(expected) == expected
+    assert pack(["x"]) == ["x"]
     assert _unpacked([1.0, 2.0], "f") == [1.0, 2.0]
 
 
