@@ -356,6 +356,9 @@ class QueryRequest(_Model):
         max_length=128,
         description="a commit token: the answer includes that commit, whatever the consistency",
     )
+    explain: bool = Field(
+        default=False, description="answer with where the query's time went (`explain`)"
+    )
 
 
 class HitScores(_Model):
@@ -372,6 +375,19 @@ class Hit(_Model):
     scores: HitScores
 
 
+class QueryExplain(_Model):
+    stages_ms: dict[str, float] = Field(
+        description="milliseconds per stage up to building this answer: auth, parse, "
+        "connect, plan, embed, vector, bm25, delta, fuse, hydrate, commit (those that ran)"
+    )
+    candidates: int = Field(description="how deep each retriever ranked")
+    changed_since_index: int | None = Field(
+        default=None,
+        description="documents changed since the answering index's watermark, scored from "
+        "their rows (null when no index watermark applied)",
+    )
+
+
 class QueryResponse(_Model):
     hits: list[Hit]
     exhaustive: bool = Field(
@@ -382,6 +398,9 @@ class QueryResponse(_Model):
         default=None,
         description="what ranked the vectors: the FAISS snapshot, pgvector's HNSW index, or "
         "an exact scan; null when no vector search ran",
+    )
+    explain: QueryExplain | None = Field(
+        default=None, description='with "explain": true, where the time went'
     )
 
 

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from unidb.indexing import outbox
+from unidb.service.query_stages import StageClock
 
 if TYPE_CHECKING:
     from unidb.indexing.text_indexes import TextIndexes
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from unidb.service.search.ann_indexes import AnnIndexes
 
 # seconds: from a cached point lookup to a slow hybrid query with an embedding call
+# seconds: one stage of a query, from a dictionary lookup to a slow retriever
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -40,6 +43,13 @@ class Metrics:
             "search latency by mode and the vector index that answered",
             ["mode", "vector_index"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.query_stages = Histogram(
+            "unidb_query_stage_seconds",
+            "where search time goes, by stage (see docs/api.md: explain)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
             registry=self.registry,
         )
         self.ingested = Counter(
@@ -62,6 +72,10 @@ class Metrics:
             "of those, tokens in blocks an engine reported resident (prefix-cache hits)",
             registry=self.registry,
         )
+
+    def observe_stages(self, clock: StageClock) -> None:
+        for stage, seconds in clock.seconds.items():
+            self.query_stages.labels(stage).observe(seconds)
 
     def watch(self, read: Callable[[], dict[str, Any]]) -> None:
         """Call ``read`` for the database-side gauges at each scrape (`database_gauges`)."""

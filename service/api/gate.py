@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +27,7 @@ from unidb.errors import (
 )
 from unidb.service.api.errors import render
 from unidb.service.api.limits import limited
+from unidb.service.api.observe import ADMITTED
 from unidb.service.api.security import OPEN, PRINCIPAL, authenticate, remembered
 from unidb.service.config import Settings
 
@@ -96,6 +98,7 @@ class RequestGate:
         except UnidbError as error:
             await render(error)(scope, receive, send)
             return
+        scope[ADMITTED] = time.perf_counter()
         await self.app(scope, receive, send)
 
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:

@@ -6,6 +6,11 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# the instants (perf_counter) a request arrived and was let through the gate, for the query
+# route's stage timings
+ARRIVED = "unidb.arrived"
+ADMITTED = "unidb.admitted"
+
 
 class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
@@ -16,6 +21,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
+        scope[ARRIVED] = began
         status = 500  # what the client sees when the app raises before answering
 
         async def noting_send(message: Message) -> None:

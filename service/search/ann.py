@@ -13,6 +13,7 @@ import numpy as np
 
 from unidb.indexing.faiss_index import search
 from unidb.indexing.pg import Connection
+from unidb.service.query_stages import lap
 from unidb.service.search.ann_indexes import Served
 from unidb.service.search.candidates import admitted_keys, changed_keys
 from unidb.service.search.filters import CompiledFilter
@@ -32,7 +33,9 @@ def ann_search(
     max_delta: int,
 ) -> list[tuple[int, float]] | None:
     """The ``k`` best (document key, score), or None when another path should answer."""
+    lap("vector")
     changed = changed_keys(conn, collection, since=served.manifest.watermark)
+    lap("delta")
     if len(changed) > max_delta:
         return None  # the snapshot is far behind: pgvector answers until the next build
     allowed: np.ndarray | None = None

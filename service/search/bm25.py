@@ -11,6 +11,7 @@ from psycopg import sql
 
 from unidb.indexing.bm25 import Bm25Index, document_body
 from unidb.indexing.pg import Connection
+from unidb.service.query_stages import lap
 from unidb.service.search.candidates import admitted_keys, changed_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
@@ -28,7 +29,11 @@ def bm25_search(
 ) -> list[tuple[int, float]]:
     """The best ``limit`` (document key, BM25 score) pairs, filtered before ranking."""
     watermark = index.watermark  # read before searching: a newer searcher only overlaps
-    masked = changed_keys(conn, collection, since=watermark) if strong else set()
+    masked: set[int] = set()
+    if strong:
+        lap("bm25")
+        masked = changed_keys(conn, collection, since=watermark)
+        lap("delta")
     allowed = admitted_keys(conn, collection, where).tolist() if where is not None else None
     if allowed is not None and not allowed:
         return []

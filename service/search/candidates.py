@@ -8,6 +8,7 @@ from psycopg import sql
 
 from unidb.indexing.outbox import changed_since
 from unidb.indexing.pg import Connection
+from unidb.service.query_stages import note_changed
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
 
@@ -24,8 +25,10 @@ def admitted_keys(conn: Connection, collection: CollectionRow, where: CompiledFi
 def changed_keys(conn: Connection, collection: CollectionRow, *, since: int) -> set[int]:
     """The documents written or deleted by transactions at or past ``since`` that this
     transaction sees: what an index with that watermark does not hold as Postgres has it."""
-    return {
+    keys = {
         change.document_key
         for change in changed_since(conn, collection.id, since=since)
         if change.document_key is not None
     }
+    note_changed(len(keys))
+    return keys

@@ -11,11 +11,12 @@ from psycopg import sql
 from unidb.errors import InvalidInput
 from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
-from unidb.models import QueryRequest, QueryResponse
+from unidb.models import QueryExplain, QueryRequest, QueryResponse
 from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.config import Settings
 from unidb.service.db.database import Database
 from unidb.service.metrics import Metrics
+from unidb.service.query_stages import StageClock, lap, query_clock
 from unidb.service.search.ann import ann_search
 from unidb.service.search.ann_indexes import AnnIndexes
 from unidb.service.search.bm25 import bm25_search
@@ -50,11 +51,34 @@ class QueryPlanner:
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         began = time.perf_counter()
-        answer = self._query(collection, request)
+        clock = query_clock.get()
+        token = None
+        if clock is None:  # not started by the REST route: this call records its stages
+            clock = StageClock(began)
+            token = query_clock.set(clock)
+        try:
+            answer = self._query(collection, request)
+            clock.lap("commit")
+        finally:
+            if token is not None:
+                query_clock.reset(token)
+                self.metrics.observe_stages(clock)
         self.metrics.queries.labels(request.mode, answer.vector_index or "none").observe(
             time.perf_counter() - began
         )
+        if request.explain:
+            answer.explain = QueryExplain.model_construct(
+                stages_ms=clock.milliseconds(),
+                candidates=self.depth(request),
+                changed_since_index=clock.changed,
+            )
         return answer
+
+    def depth(self, request: QueryRequest) -> int:
+        """How deep each retriever ranks: k, or for hybrid enough candidates to fuse."""
+        if request.mode != "hybrid":
+            return request.k
+        return max(request.k, self.settings.hybrid_candidates)
 
     def check_limits(self, k: int, text: str | None, text_field: str) -> None:
         if k > self.settings.max_k:
@@ -73,9 +97,11 @@ class QueryPlanner:
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
         with self.db.reading(consistency=request.consistency, after=request.after) as conn:
+            lap("connect")
             row = catalog.get(conn, collection)
             # compiled once the collection is known to exist (and within the filter limits)
             where = self.compiled_filter(request.filter) if request.filter else None
+            lap("plan")
             wants_embedding = (
                 request.vector is None
                 and request.mode in ("vector", "hybrid")
@@ -87,8 +113,11 @@ class QueryPlanner:
             embedder = self.embedders.get(row)
         # embed outside a transaction: a model call must not hold a connection
         assert embedder is not None and request.text
+        lap("commit")
         query_vector = self.embedders.embed(embedder, [request.text])[0]
+        lap("embed")
         with self.db.reading(consistency=request.consistency, after=request.after) as conn:
+            lap("connect")
             return self._answer(conn, row, request, query_vector, where)
 
     def _answer(
@@ -112,11 +141,7 @@ class QueryPlanner:
             raise InvalidInput("give query text, a query vector, or both", field="text")
         vector = documents.check_vector(row, query_vector, "vector") if run_vector else None
 
-        depth = (
-            request.k
-            if request.mode != "hybrid"
-            else max(request.k, self.settings.hybrid_candidates)
-        )
+        depth = self.depth(request)
         bm25_hits: list[tuple[int, float]] = []
         vector_hits: list[tuple[int, float]] = []
         exhaustive = True
@@ -124,6 +149,7 @@ class QueryPlanner:
         if vector is not None:
             vector_hits, served_by = self._vector_hits(conn, row, vector, depth, where)
             exhaustive = served_by == "exact"
+            lap("vector")
         if run_bm25 and request.text:
             index = self.text_indexes.get(row.id)
             strong = request.consistency == "strong"
@@ -132,8 +158,11 @@ class QueryPlanner:
             bm25_hits = bm25_search(
                 conn, row, index, request.text, limit=depth, where=where, strong=strong
             )
+            lap("bm25")
         ranked = fuse(request, bm25_hits, vector_hits, depth=depth)[: request.k]
+        lap("fuse")
         hits = hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
+        lap("hydrate")
         return QueryResponse(hits=hits, exhaustive=exhaustive, vector_index=served_by)
 
     def _vector_hits(

@@ -115,6 +115,7 @@ LAYERS = {
     "unidb.service.search": (
         "unidb.service.search", "unidb.service.store", "unidb.service.db", "unidb.service.config",
         "unidb.service.collection_embedders", "unidb.service.metrics", "unidb.service.outbound",
+        "unidb.service.query_stages",
         "unidb.service.auth.tenancy", "unidb.indexing", *SHARED,
     ),
 }  # fmt: skip

@@ -15,7 +15,9 @@ from unidb.models import (
 )
 from unidb.service.api.deps import EngineDep, json_body, parse_body
 from unidb.service.api.errors import ERROR_RESPONSES
+from unidb.service.api.observe import ADMITTED, ARRIVED
 from unidb.service.api.security import READ, WRITE
+from unidb.service.query_stages import StageClock, query_clock
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["documents"], responses=ERROR_RESPONSES)
 
@@ -62,6 +64,17 @@ async def query(name: str, request: Request, engine: EngineDep) -> Response:
     with a collection embedder), ``hybrid`` fusing both; ``filter`` narrows by metadata
     before ranking."""
     # the hot query path: parse the raw JSON in one pass, answer with the model's own JSON
-    body = await parse_body(request, QueryRequest)
-    result = await run_in_threadpool(engine.query, name, body)
-    return Response(result.model_dump_json(), media_type="application/json")
+    clock = StageClock(request.scope.get(ARRIVED))
+    if ADMITTED in request.scope:
+        clock.lap_at("auth", request.scope[ADMITTED])
+    token = query_clock.set(clock)  # copied into the worker thread with the context
+    try:
+        body = await parse_body(request, QueryRequest)
+        clock.lap("parse")
+        result = await run_in_threadpool(engine.query, name, body)
+        content = result.model_dump_json()
+        clock.lap("serialise")
+    finally:
+        query_clock.reset(token)
+        engine.metrics.observe_stages(clock)
+    return Response(content, media_type="application/json")
