@@ -53,15 +53,14 @@ def read_changes(conn: Connection, collection_id: int, *, since: int, upto: int)
     return [Change(*row) for row in rows]
 
 
-def changed_since(conn: Connection, collection_id: int, *, since: int) -> list[Change]:
-    """Changes this transaction can see from transactions at or past ``since``: what an
-    index with that watermark does not hold yet."""
-    rows = conn.execute(
-        "SELECT seq, xid::text::bigint, document_key, op, version FROM unidb.changes"
-        " WHERE collection_id = %s AND xid >= %s::text::xid8 ORDER BY seq",
+def changed_since(collection_id: int, since: int) -> tuple[str, tuple[int, int]]:
+    """The statement reading (xid, document key) of the changes this transaction can see
+    from transactions at or past ``since``: what an index with that watermark lacks."""
+    return (
+        "SELECT xid::text::bigint, document_key FROM unidb.changes"
+        " WHERE collection_id = %s AND xid >= %s::text::xid8 AND document_key IS NOT NULL",
         (collection_id, since),
-    ).fetchall()
-    return [Change(*row) for row in rows]
+    )
 
 
 def lag(conn: Connection, collection_id: int, *, since: int) -> int:

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import psycopg
+from psycopg.abc import Params
 from psycopg_pool import ConnectionPool
 
 Connection: TypeAlias = psycopg.Connection[Any]
 Pool: TypeAlias = ConnectionPool[Connection]
+
+
+class Executor(Protocol):
+    """What runs a read's statements: a connection, or a read transaction over one."""
+
+    def execute(
+        self,
+        query: Any,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool = False,
+    ) -> psycopg.Cursor[Any]: ...

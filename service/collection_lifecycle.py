@@ -3,6 +3,8 @@ with everything derived from them (BM25 and FAISS indexes, embedders, jobs, HNSW
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from unidb.errors import NotFound
 from unidb.indexing import outbox
 from unidb.indexing.pg import Connection
@@ -33,6 +35,8 @@ class Collections:
         self.embedders = embedders
         self.hnsw = hnsw
         self.outbound = outbound
+        # told a collection's name when it is dropped here
+        self.on_drop: Callable[[str], None] = lambda name: None
 
     def create(self, spec: CollectionCreate) -> Collection:
         if spec.embedder is not None and spec.embedder.kind == "openai" and spec.embedder.url:
@@ -65,4 +69,5 @@ class Collections:
         self.text_indexes.drop(row.id)  # the collection's derived indexes, ANN ones too
         self.ann.drop(row.id)
         self.embedders.drop(row.id)
+        self.on_drop(name)
         return DeleteResult(deleted=True)

@@ -135,6 +135,7 @@ class Engine:
             hnsw=self.hnsw,
             outbound=self.outbound,
         )
+        self.collections.on_drop = self.planner.collections.forget_name
         self.metrics.watch(lambda: database_gauges(self.db, self.text_indexes, self.ann))
 
     @classmethod

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import pq
 
+from unidb.errors import NotFound
+from unidb.indexing.pg import Connection
 from unidb.models import CollectionCreate, Document, QueryRequest
+from unidb.service.db.pool import open_pool
 from unidb.service.engine import Engine
 
 
@@ -64,3 +74,89 @@ def test_in_process_queries_record_their_own_stages(engine: Engine, collection: 
     assert {"connect", "plan", "bm25", "hydrate", "commit"} <= set(answer.explain.stages_ms)
     assert count("plan") == planned + 1
     assert count("auth") == authed  # no REST request, no key check
+
+
+@contextmanager
+def one_connection_engine(engine: Engine) -> Iterator[tuple[Engine, Connection]]:
+    """An engine over a pool of one connection (so every statement of a query can be traced
+    on it) that reads the session engine's indexes."""
+    settings = engine.settings.model_copy(update={"pool_min_size": 1, "pool_max_size": 1})
+    pool = open_pool(engine.dsn, settings)
+    own = Engine(settings, pool, engine.dsn, background_pool=engine.background_pool)
+    own.planner.text_indexes = engine.text_indexes
+    try:
+        with pool.connection() as conn:
+            held = conn
+        yield own, held
+    finally:
+        own.outbound.close()
+        pool.close()
+
+
+def _round_trips(conn: Connection, run: Callable[[], object], path: Path) -> int:
+    """How many times ``run`` waited on the database: each simple Query or extended-protocol
+    Sync the client sent is one round trip."""
+    with path.open("w") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            run()
+        finally:
+            conn.pgconn.untrace()
+    sent = [line.split("\t") for line in path.read_text().splitlines()]
+    return sum(1 for fields in sent if fields[0] == "F" and fields[2].startswith(("Query", "Sync")))
+
+
+def test_a_query_on_a_known_collection_takes_one_or_two_round_trips(
+    engine: Engine, collection: str, tmp_path: Path
+) -> None:
+    engine.create_collection(CollectionCreate(name=collection, dim=2))
+    engine.upsert_documents(
+        collection, [Document(id=f"d{i}", text=f"zebra {i}", embedding=[1, i]) for i in range(5)]
+    )
+    deadline = time.monotonic() + 30
+    while engine.get_collection(collection).bm25.lag:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with one_connection_engine(engine) as (own, conn):
+        strong = QueryRequest(text="zebra", mode="bm25", k=3)
+        eventual = strong.model_copy(update={"consistency": "eventual"})
+        trace = tmp_path / "trace"
+        # the first query looks the collection up; it is remembered after
+        first = _round_trips(conn, lambda: own.query(collection, strong), trace)
+        assert _round_trips(conn, lambda: own.query(collection, strong), trace) == 2
+        assert _round_trips(conn, lambda: own.query(collection, eventual), trace) == 1
+        assert first == 3
+        hits = own.query(collection, eventual).hits
+        assert len(hits) == 3 and all(h.text.startswith("zebra") for h in hits)
+
+
+def test_a_remembered_collection_changed_elsewhere_is_answered_as_it_is_now(
+    engine: Engine, collection: str
+) -> None:
+    # another engine on the same database: another process, as far as this one knows
+    other = Engine(engine.settings, engine.pool, engine.dsn, background_pool=engine.background_pool)
+    try:
+        engine.create_collection(CollectionCreate(name=collection, dim=2))
+        engine.upsert_documents(collection, [Document(id="old", text="zebra", embedding=[1, 0])])
+        bm25 = QueryRequest(text="zebra", mode="bm25")
+        assert [h.id for h in engine.query(collection, bm25).hits] == ["old"]
+
+        other.delete_collection(collection)
+        with pytest.raises(NotFound):
+            engine.query(collection, bm25)
+
+        other.create_collection(CollectionCreate(name=collection, dim=3))
+        other.upsert_documents(collection, [Document(id="new", text="zebra", embedding=[0, 0, 1])])
+        assert [h.id for h in engine.query(collection, bm25).hits] == ["new"]
+        other.delete_collection(collection)
+        other.create_collection(CollectionCreate(name=collection, dim=4))
+        other.upsert_documents(
+            collection, [Document(id="newer", text="zebra", embedding=[0, 0, 0, 1])]
+        )
+        # a 4-d vector: the remembered 3-d row must not refuse it
+        vector = QueryRequest(vector=[0, 0, 0, 1], mode="vector", k=1)
+        assert [h.id for h in engine.query(collection, vector).hits] == ["newer"]
+    finally:
+        other.text_indexes.close()
+        other.outbound.close()

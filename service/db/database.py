@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.abc import Params
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from unidb.errors import InvalidInput, ServerError, Unavailable, UnidbError
@@ -21,6 +24,9 @@ from unidb.service.store.commit_tokens import token_lsn
 
 log = logging.getLogger("unidb.db")
 
+
+# a statement and its parameters
+Statement = tuple[Any, Any]
 
 # psycopg refuses NUL characters before sending (no SQLSTATE); 22021: bad byte sequence;
 # 22P05: a character jsonb cannot hold (\u0000 inside a JSON value)
@@ -87,20 +93,124 @@ class Database:
             raise ServerError(f"database error {exc.sqlstate or ''}".strip()) from exc
 
     @contextmanager
-    def reading(self, *, consistency: Consistency, after: str | None) -> Iterator[Connection]:
+    def reading(self, *, consistency: Consistency, after: str | None) -> Iterator[ReadTransaction]:
         """A transaction for a read. A read replica serves it when one is configured and the
         read allows it: eventual consistency, or a commit token whose LSN the replica replays
         within ``replica_wait_ms``. Otherwise, strong reads included, the primary does."""
         lsn = token_lsn(after) if after is not None else None
         eligible = lsn is not None or (after is None and consistency == "eventual")
         replica = self.replicas.pick() if eligible else None
+        tenant = current_tenant.get()
         if replica is not None:
-            with self.transaction(pool=replica) as conn:
+            with (
+                self.errors(),
+                replica.connection() as conn,
+                ReadTransaction.on(conn, tenant) as read,
+            ):
                 if lsn is None or self.replicas.wait_for(conn, lsn):
                     self.on_read("replica")
-                    yield conn
+                    yield read
                     return
         # no replica, or it has not replayed the commit in time
         self.on_read("primary")
-        with self.transaction() as conn:
-            yield conn
+        with (
+            self.errors(),
+            self.pool.connection() as conn,
+            ReadTransaction.on(conn, tenant) as read,
+        ):
+            yield read
+
+
+class ReadTransaction:
+    """A read-only transaction in as few round trips as its statements allow.
+
+    ``begin`` opens it lazily: ``BEGIN``, the tenant setting and any settings given travel
+    as one simple query (parameters bound as literals by psycopg) with the first statement
+    run through ``execute``, which otherwise works like ``Connection.execute`` (prepared,
+    binary). ``finish`` sends its statements with ``COMMIT``; if nothing ran since
+    ``begin``, they run as one implicit transaction instead. So a read whose only
+    statements are the last ones is one round trip, however many statements it holds.
+    """
+
+    def __init__(self, conn: Connection, tenant: str) -> None:
+        self.conn = conn
+        self.tenant = tenant
+        self._literal = psycopg.ClientCursor(conn)
+        self._opening: list[str] | None = None  # begun, not yet sent
+        self._open = False  # BEGIN sent
+
+    @classmethod
+    @contextmanager
+    def on(cls, conn: Connection, tenant: str) -> Iterator[ReadTransaction]:
+        """``conn`` (idle) switched to autocommit so that psycopg sends no ``BEGIN`` of its
+        own; rolled back if left open, and back to its usual mode after."""
+        conn.autocommit = True
+        try:
+            yield cls(conn, tenant)
+        finally:
+            try:
+                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")  # left early, or failed
+                conn.autocommit = False
+            except psycopg.Error:
+                conn.close()  # the pool replaces a connection it gets back closed
+
+    def _sql(self, statement: Statement) -> str:
+        query, params = statement
+        return self._literal.mogrify(query, params)
+
+    def _tenant(self) -> str:
+        return self._sql(("SELECT set_config('unidb.tenant', %s, true)", (self.tenant,)))
+
+    def _send(self, parts: list[str]) -> list[list[tuple[Any, ...]]]:
+        """Send ``parts`` as one simple query; each one's rows, in order."""
+        cursor = self.conn.execute("; ".join(parts).encode())
+        results: list[list[tuple[Any, ...]]] = []
+        while True:
+            results.append(cursor.fetchall() if cursor.description is not None else [])
+            if not cursor.nextset():
+                return results
+
+    def begin(self, *settings: Statement) -> None:
+        """Open the transaction as this request's tenant, with ``settings`` (statements whose
+        rows nobody reads), when the first statement runs."""
+        self._opening = ["BEGIN", self._tenant(), *(self._sql(s) for s in settings)]
+
+    def begin_with(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
+        """Open the transaction now, running ``statements`` in the same round trip; their
+        rows, in order."""
+        self._opening = ["BEGIN", self._tenant()]
+        return self.first(*statements)
+
+    def first(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
+        """Run ``statements`` now, with the transaction's opening if it is still to be sent;
+        their rows, in order."""
+        parts = [*(self._opening or []), *(self._sql(s) for s in statements)]
+        self._opening, self._open = None, True
+        return self._send(parts)[len(parts) - len(statements) :]
+
+    def execute(
+        self,
+        query: Any,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool = False,
+    ) -> psycopg.Cursor[Any]:
+        if self._opening is not None:
+            self._send(self._opening)
+            self._opening, self._open = None, True
+        return self.conn.execute(query, params, prepare=prepare, binary=binary)
+
+    def finish(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
+        """Run ``statements`` and end the transaction in one round trip; their rows."""
+        parts = [self._sql(s) for s in statements]
+        if self._open:
+            self._open = False
+            return self._send([*parts, "COMMIT"])[:-1]
+        opening, self._opening = self._opening, None
+        if not parts:
+            return []  # nothing was sent: nothing to end
+        # nothing ran since begin: one implicit transaction, with the tenant (and settings)
+        prelude = opening[1:] if opening is not None else [self._tenant()]
+        return self._send([*prelude, *parts])[len(prelude) :]

@@ -12,17 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from unidb.indexing.faiss_index import search
-from unidb.indexing.pg import Connection
-from unidb.service.query_stages import lap
+from unidb.indexing.pg import Executor
 from unidb.service.search.ann_indexes import Served
-from unidb.service.search.candidates import admitted_keys, changed_keys
+from unidb.service.search.candidates import admitted_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.search.pgvector import score_keys
 from unidb.service.store.catalog import CollectionRow
 
 
 def ann_search(
-    conn: Connection,
+    conn: Executor,
     collection: CollectionRow,
     served: Served,
     query: np.ndarray,
@@ -31,11 +30,10 @@ def ann_search(
     where: CompiledFilter | None,
     exact_below: int,
     max_delta: int,
+    changed: set[int],
 ) -> list[tuple[int, float]] | None:
-    """The ``k`` best (document key, score), or None when another path should answer."""
-    lap("vector")
-    changed = changed_keys(conn, collection, since=served.manifest.watermark)
-    lap("delta")
+    """The ``k`` best (document key, score), or None when another path should answer.
+    ``changed``: the documents changed since the snapshot's watermark."""
     if len(changed) > max_delta:
         return None  # the snapshot is far behind: pgvector answers until the next build
     allowed: np.ndarray | None = None

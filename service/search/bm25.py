@@ -10,30 +10,26 @@ from __future__ import annotations
 from psycopg import sql
 
 from unidb.indexing.bm25 import Bm25Index, document_body
-from unidb.indexing.pg import Connection
-from unidb.service.query_stages import lap
-from unidb.service.search.candidates import admitted_keys, changed_keys
+from unidb.indexing.pg import Executor
+from unidb.service.search.candidates import admitted_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
 
 
 def bm25_search(
-    conn: Connection,
+    conn: Executor,
     collection: CollectionRow,
     index: Bm25Index,
     text: str,
     *,
     limit: int,
     where: CompiledFilter | None,
-    strong: bool,
+    masked: set[int],
 ) -> list[tuple[int, float]]:
-    """The best ``limit`` (document key, BM25 score) pairs, filtered before ranking."""
-    watermark = index.watermark  # read before searching: a newer searcher only overlaps
-    masked: set[int] = set()
-    if strong:
-        lap("bm25")
-        masked = changed_keys(conn, collection, since=watermark)
-        lap("delta")
+    """The best ``limit`` (document key, BM25 score) pairs, filtered before ranking.
+
+    ``masked``: documents changed since the index's watermark (read before it searches: a
+    newer searcher only overlaps), left out of its answer and scored from their rows."""
     allowed = admitted_keys(conn, collection, where).tolist() if where is not None else None
     if allowed is not None and not allowed:
         return []

@@ -3,17 +3,19 @@ since the index's watermark (masked in its answer and scored from their current 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from psycopg import sql
 
 from unidb.indexing.outbox import changed_since
-from unidb.indexing.pg import Connection
+from unidb.indexing.pg import Executor
 from unidb.service.query_stages import note_changed
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
 
 
-def admitted_keys(conn: Connection, collection: CollectionRow, where: CompiledFilter) -> np.ndarray:
+def admitted_keys(conn: Executor, collection: CollectionRow, where: CompiledFilter) -> np.ndarray:
     """The keys of the collection's documents that ``where`` admits, as int64."""
     statement = sql.SQL(
         "SELECT d.key FROM unidb.documents d WHERE d.collection_id = {} AND {}"
@@ -22,13 +24,19 @@ def admitted_keys(conn: Connection, collection: CollectionRow, where: CompiledFi
     return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
 
-def changed_keys(conn: Connection, collection: CollectionRow, *, since: int) -> set[int]:
-    """The documents written or deleted by transactions at or past ``since`` that this
-    transaction sees: what an index with that watermark does not hold as Postgres has it."""
-    keys = {
-        change.document_key
-        for change in changed_since(conn, collection.id, since=since)
-        if change.document_key is not None
-    }
-    note_changed(len(keys))
-    return keys
+class Changes:
+    """The collection's changes since the oldest watermark a query's indexes have, read
+    once (with the transaction's first round trip) and handed to each index by its own."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = [(int(xid), int(key)) for xid, key in rows]
+
+    @staticmethod
+    def statement(collection: CollectionRow, since: int) -> tuple[str, tuple[int, int]]:
+        return changed_since(collection.id, since)
+
+    def since(self, watermark: int) -> set[int]:
+        """The documents changed at or past ``watermark``: what that index lacks."""
+        keys = {key for xid, key in self.rows if xid >= watermark}
+        note_changed(len(keys))
+        return keys

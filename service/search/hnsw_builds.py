@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 
-from unidb.indexing.pg import Connection
+from unidb.indexing.pg import Executor
 from unidb.service.config import Settings
 from unidb.service.db.pool import service_connection
 from unidb.service.search.hnsw import build_hnsw
@@ -32,6 +33,8 @@ class HnswBuilds:
         self._index_checked_at: dict[int, float] = {}
         self._index_builds: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
+        # told the collection's id when its index has been built here
+        self.on_built: Callable[[int], None] = lambda collection_id: None
 
     def join(self, collection_id: int) -> None:
         """Wait for the collection's build, if one runs (dropping it meanwhile would
@@ -54,14 +57,17 @@ class HnswBuilds:
                 "SELECT set_config('maintenance_work_mem', %s, false)",
                 (_BUILD_MAINTENANCE_WORK_MEM,),
             )
-            return build_hnsw(
+            built = build_hnsw(
                 conn,
                 row,
                 m=self.settings.hnsw_m,
                 ef_construction=self.settings.hnsw_ef_construction,
             )
+        if built:
+            self.on_built(row.id)
+        return built
 
-    def schedule(self, conn: Connection, row: catalog.CollectionRow) -> None:
+    def schedule(self, conn: Executor, row: catalog.CollectionRow) -> None:
         now = time.monotonic()
         with self._lock:
             if row.id in self._index_builds:

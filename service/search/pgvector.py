@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from psycopg import sql
 
-from unidb.indexing.pg import Connection
+from unidb.indexing.pg import Executor
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.search.hnsw import OPERATOR, typed_embedding
 from unidb.service.store.catalog import CollectionRow
@@ -65,7 +65,7 @@ def _select(
 
 
 def score_keys(
-    conn: Connection,
+    conn: Executor,
     collection: CollectionRow,
     query: np.ndarray,
     keys: list[int],
@@ -81,8 +81,18 @@ def score_keys(
     return [(key, _score(collection.metric, distance)) for key, distance in rows]
 
 
+def scan_settings(k: int, ef_search: int, max_scan_tuples: int) -> tuple[str, tuple[str, str]]:
+    """The HNSW scan settings for a ``k``-deep search, local to the transaction."""
+    return (
+        "SELECT set_config('hnsw.ef_search', %s, true),"
+        " set_config('hnsw.iterative_scan', 'strict_order', true),"
+        " set_config('hnsw.max_scan_tuples', %s, true)",
+        (str(max(ef_search, k)), str(max_scan_tuples)),
+    )
+
+
 def vector_search(
-    conn: Connection,
+    conn: Executor,
     collection: CollectionRow,
     query: np.ndarray,
     *,
@@ -91,24 +101,21 @@ def vector_search(
     use_index: bool,
     ef_search: int,
     max_scan_tuples: int,
+    configured: bool = False,
 ) -> tuple[list[tuple[int, float]], bool]:
     """The ``k`` nearest documents that pass ``where``, as (document key, score), and
     whether the answer is exact.
 
     With the index, pgvector's iterative scan keeps walking the graph until ``k`` rows pass
     the filter; if it still comes up short (a very selective filter) the query is answered
-    by an exact scan, so k hits come back whenever k rows match.
+    by an exact scan, so k hits come back whenever k rows match. ``configured``: the
+    transaction already ran ``scan_settings`` for this ``k``.
     """
     rows: list[tuple[Any, ...]] = []
     exhaustive = True
     if use_index:
-        # one round trip for the three scan settings, local to this transaction
-        conn.execute(
-            "SELECT set_config('hnsw.ef_search', %s, true),"
-            " set_config('hnsw.iterative_scan', 'strict_order', true),"
-            " set_config('hnsw.max_scan_tuples', %s, true)",
-            (str(max(ef_search, k)), str(max_scan_tuples)),
-        )
+        if not configured:
+            conn.execute(*scan_settings(k, ef_search, max_scan_tuples))
         statement, params = _select(collection, query, k, where, indexed=True)
         rows = conn.execute(statement, params).fetchall()
         exhaustive = False

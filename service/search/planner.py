@@ -8,23 +8,26 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from unidb.errors import InvalidInput
-from unidb.indexing.pg import Connection
+from unidb.errors import InvalidInput, NotFound
+from unidb.indexing.pg import Executor
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import QueryExplain, QueryRequest, QueryResponse
+from unidb.service.auth.tenancy import current_tenant
 from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.config import Settings
-from unidb.service.db.database import Database
+from unidb.service.db.database import Database, ReadTransaction, Statement
 from unidb.service.metrics import Metrics
 from unidb.service.query_stages import StageClock, lap, query_clock
+from unidb.service.search import hits
 from unidb.service.search.ann import ann_search
-from unidb.service.search.ann_indexes import AnnIndexes
+from unidb.service.search.ann_indexes import AnnIndexes, Served
 from unidb.service.search.bm25 import bm25_search
+from unidb.service.search.candidates import Changes
+from unidb.service.search.collection_rows import CollectionRows, StaleCollection
 from unidb.service.search.filters import CompiledFilter, compile_filter
 from unidb.service.search.fusion import fuse
-from unidb.service.search.hits import hydrate
 from unidb.service.search.hnsw_builds import HnswBuilds
-from unidb.service.search.pgvector import vector_search
+from unidb.service.search.pgvector import scan_settings, vector_search
 from unidb.service.store import catalog, documents
 from unidb.service.store.commit_tokens import token_xid
 
@@ -48,6 +51,8 @@ class QueryPlanner:
         self.embedders = embedders
         self.hnsw = hnsw
         self.metrics = metrics
+        self.collections = CollectionRows()
+        hnsw.on_built = self.collections.forget_id
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         began = time.perf_counter()
@@ -96,9 +101,30 @@ class QueryPlanner:
         self.check_limits(request.k, request.text, "text")
         if request.after is not None:
             token_xid(request.after)  # a malformed token is refused before any work
-        with self.db.reading(consistency=request.consistency, after=request.after) as conn:
+        key = (current_tenant.get(), collection)
+        remembered = self.collections.get(key)
+        if remembered is not None:
+            try:
+                return self._run(key, request, remembered)
+            except (StaleCollection, InvalidInput, NotFound):
+                # answered from a collection row that no longer holds (dropped, re-created,
+                # changed): forget it and answer from the catalog as it is now
+                self.collections.forget(key)
+        return self._run(key, request, None)
+
+    def _run(
+        self, key: tuple[str, str], request: QueryRequest, remembered: catalog.CollectionRow | None
+    ) -> QueryResponse:
+        # the HNSW scan settings travel with the transaction's first statement
+        settings = [self._scan_settings(request)] if request.mode != "bm25" else []
+        with self.db.reading(consistency=request.consistency, after=request.after) as read:
             lap("connect")
-            row = catalog.get(conn, collection)
+            if remembered is None:
+                (found, *_) = read.begin_with(catalog.lookup(key[1]), *settings)
+                row = self.collections.remember(key, catalog.found(found, key[1]))
+            else:
+                row = remembered
+                read.begin(*settings)
             # compiled once the collection is known to exist (and within the filter limits)
             where = self.compiled_filter(request.filter) if request.filter else None
             lap("plan")
@@ -109,24 +135,33 @@ class QueryPlanner:
                 and row.embedder is not None
             )
             if not wants_embedding:
-                return self._answer(conn, row, request, request.vector, where)
+                return self._answer(read, key, row, request, request.vector, where, remembered)
             embedder = self.embedders.get(row)
+            read.finish()
         # embed outside a transaction: a model call must not hold a connection
         assert embedder is not None and request.text
         lap("commit")
         query_vector = self.embedders.embed(embedder, [request.text])[0]
         lap("embed")
-        with self.db.reading(consistency=request.consistency, after=request.after) as conn:
+        with self.db.reading(consistency=request.consistency, after=request.after) as read:
+            read.begin(*settings)
             lap("connect")
-            return self._answer(conn, row, request, query_vector, where)
+            return self._answer(read, key, row, request, query_vector, where, remembered)
+
+    def _scan_settings(self, request: QueryRequest) -> Statement:
+        return scan_settings(
+            self.depth(request), self.settings.hnsw_ef_search, self.settings.hnsw_max_scan_tuples
+        )
 
     def _answer(
         self,
-        conn: Connection,
+        read: ReadTransaction,
+        key: tuple[str, str],
         row: catalog.CollectionRow,
         request: QueryRequest,
         query_vector: Any,
         where: CompiledFilter | None,
+        remembered: catalog.CollectionRow | None,
     ) -> QueryResponse:
         run_bm25 = request.mode in ("bm25", "hybrid") and bool(request.text)
         run_vector = request.mode in ("vector", "hybrid") and query_vector is not None
@@ -146,34 +181,55 @@ class QueryPlanner:
         vector_hits: list[tuple[int, float]] = []
         exhaustive = True
         served_by: Literal["faiss", "hnsw", "exact"] | None = None
+        # each index's watermark first, then what changed since the oldest, in one read
+        index = self.text_indexes.get(row.id) if run_bm25 else None
+        served = self.ann.get(row.id) if vector is not None else None
+        strong = request.consistency == "strong"
+        if index is not None and request.after is not None:
+            if index.watermark <= token_xid(request.after):
+                strong = True  # the index has not reached that commit: merge what it lacks
+        watermarks = [index.watermark] if index is not None and strong else []
+        if served is not None:
+            watermarks.append(served.manifest.watermark)
+        changes = Changes([])
+        if watermarks:
+            (rows,) = read.first(Changes.statement(row, min(watermarks)))
+            changes = Changes(rows)
+            lap("delta")
         if vector is not None:
-            vector_hits, served_by = self._vector_hits(conn, row, vector, depth, where)
+            vector_hits, served_by = self._vector_hits(
+                read, row, vector, depth, where, served, changes
+            )
             exhaustive = served_by == "exact"
             lap("vector")
-        if run_bm25 and request.text:
-            index = self.text_indexes.get(row.id)
-            strong = request.consistency == "strong"
-            if request.after is not None and index.watermark <= token_xid(request.after):
-                strong = True  # the index has not reached that commit: merge what it lacks
+        if index is not None and request.text:
+            masked = changes.since(index.watermark) if strong else set()
             bm25_hits = bm25_search(
-                conn, row, index, request.text, limit=depth, where=where, strong=strong
+                read, row, index, request.text, limit=depth, where=where, masked=masked
             )
             lap("bm25")
         ranked = fuse(request, bm25_hits, vector_hits, depth=depth)[: request.k]
         lap("fuse")
-        hits = hydrate(conn, row, ranked, dict(bm25_hits), dict(vector_hits))
+        # the hits' rows, the collection's row as it is now, and COMMIT: one round trip
+        reads = [hits.statement(row, ranked)] if ranked else []
+        *hit_rows, current = read.finish(*reads, catalog.lookup(row.name))
+        self.collections.check(key, row, current, remembered is not None)
+        found = hits.build(
+            hit_rows[0] if hit_rows else [], ranked, dict(bm25_hits), dict(vector_hits)
+        )
         lap("hydrate")
-        return QueryResponse(hits=hits, exhaustive=exhaustive, vector_index=served_by)
+        return QueryResponse(hits=found, exhaustive=exhaustive, vector_index=served_by)
 
     def _vector_hits(
         self,
-        conn: Connection,
+        conn: Executor,
         row: catalog.CollectionRow,
         vector: Any,
         k: int,
         where: CompiledFilter | None,
+        served: Served | None,
+        changes: Changes,
     ) -> tuple[list[tuple[int, float]], Literal["faiss", "hnsw", "exact"]]:
-        served = self.ann.get(row.id)
         if served is not None:
             found = ann_search(
                 conn,
@@ -184,13 +240,14 @@ class QueryPlanner:
                 where=where,
                 exact_below=self.settings.ann_exact_below,
                 max_delta=self.settings.ann_max_delta,
+                changed=changes.since(served.manifest.watermark),
             )
             if found is not None:
                 return found, "faiss"
         use_index = row.vector_index == "hnsw"
         if not use_index:
             self.hnsw.schedule(conn, row)
-        hits, exhaustive = vector_search(
+        found, exhaustive = vector_search(
             conn,
             row,
             vector,
@@ -199,8 +256,9 @@ class QueryPlanner:
             use_index=use_index,
             ef_search=self.settings.hnsw_ef_search,
             max_scan_tuples=self.settings.hnsw_max_scan_tuples,
+            configured=True,  # the settings went with the collection's lookup
         )
-        return hits, "exact" if exhaustive else "hnsw"
+        return found, "exact" if exhaustive else "hnsw"
 
     def compiled_filter(self, spec: dict[str, Any]) -> CompiledFilter:
         """A metadata filter as SQL on the documents alias ``d``."""

@@ -87,6 +87,18 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
     return _row(row)
 
 
+def lookup(name: str) -> tuple[str, tuple[str]]:
+    """The statement that reads the named collection, to send along with others."""
+    return _GET, (name,)
+
+
+def found(rows: list[tuple[Any, ...]], name: str) -> CollectionRow:
+    """The collection ``lookup(name)`` read, or NotFound."""
+    if not rows:
+        raise NotFound(f"collection {name!r} does not exist", field="collection")
+    return _row(rows[0])
+
+
 def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
     """The named collection; ``lock`` holds it against a concurrent drop until commit."""
     row = conn.execute(_GET_LOCKED if lock else _GET, (name,)).fetchone()
