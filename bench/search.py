@@ -5,9 +5,11 @@
 Prints one JSON line per figure, each with its peer from the same run:
 - bm25_quality: nDCG@10 of unidb's BM25 and of bm25s (Snowball-stemmed, English stop
   words) on the BEIR folder's test queries;
-- latency: p50/p99 ms and QPS per mode over REST on SciFact plus filler documents, beside
-  the same HNSW query sent straight to Postgres with psycopg, and bm25s in-process; vector
-  mode also reports recall@10 against exact search. Vectors: MiniLM embeddings of the
+- latency: p50/p99 ms and QPS per mode on SciFact plus filler documents, in process (the
+  engine, beside bm25s over the same texts and the same HNSW query sent with psycopg) and
+  over REST (the server, beside the same two peers behind a bare FastAPI app,
+  bench/peer_server.py); vector mode also reports recall@10 against exact search;
+- latency_stages: where the server's REST query time went, stage by stage (/metrics). Vectors: MiniLM embeddings of the
   first 1,000 abstracts, the rest mixtures of those (see realistic_vectors); queries are
   the test claims embedded with MiniLM;
 - freshness: commit to visible in eventual mode, beside strong mode.
@@ -32,9 +34,11 @@ import psycopg
 import pytrec_eval
 import Stemmer
 from pgvector.psycopg import register_vector
+from prometheus_client.parser import text_string_to_metric_families
 
 import unidb
 from unidb.indexing.embedders import MiniLM
+from unidb.models import QueryRequest
 from unidb.service.cli.evaluation import read_qrels, read_queries
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -178,6 +182,16 @@ def main() -> None:
                 "pgvector_hnsw_s": round(time.perf_counter() - began, 1),
             }))  # fmt: skip
 
+            corpus_file = Path(tmp) / "peer-corpus.jsonl"
+            with corpus_file.open("w") as stream:
+                for d in documents:
+                    stream.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
+            peer_port = free_port()
+            peer_server = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("peer_server.py")), "--port",
+                 str(peer_port), "--dsn", engine.admin_dsn, "--collection-id", str(collection_id),
+                 "--dim", str(DIM), "--corpus", str(corpus_file)],
+            )  # fmt: skip
             port = free_port()
             server = subprocess.Popen(
                 [sys.executable, "-m", "unidb.service.cli", "--log-level", "warning", "serve",
@@ -186,15 +200,22 @@ def main() -> None:
             )  # fmt: skip
             try:
                 url = f"http://127.0.0.1:{port}"
+                peer_url = f"http://127.0.0.1:{peer_port}"
                 wait_healthy(url)
-                with httpx.Client(base_url=url, timeout=60) as http:
+                wait_healthy(peer_url)
+                with (
+                    httpx.Client(base_url=url, timeout=60) as http,
+                    httpx.Client(base_url=peer_url, timeout=60) as peer_http,
+                ):
                     exact = exact_top10(documents, query_vectors)
-                    latency(http, engine.admin_dsn, collection_id, retriever, stemmer, queries, test_ids,
-                            query_vectors, len(documents), exact)  # fmt: skip
+                    latency(http, peer_http, embedded, engine.admin_dsn, collection_id, peer,
+                            stemmer, queries, test_ids, query_vectors, len(documents), exact)  # fmt: skip
                     freshness(http, args.freshness_trials)
             finally:
                 server.terminate()
+                peer_server.terminate()
                 server.wait(60)
+                peer_server.wait(60)
 
 
 def engine_collection_id(engine: Any, name: str) -> int:
@@ -239,22 +260,56 @@ def recall_at_10(
     return sum(hits) / len(hits)
 
 
+def stage_means(http: httpx.Client) -> dict[str, tuple[float, float]]:
+    """Each query stage's (seconds summed, count) so far, from the server's /metrics."""
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        if family.name != "unidb_query_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = totals.setdefault(sample.labels["stage"], [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                stage[0] = sample.value
+            elif sample.name.endswith("_count"):
+                stage[1] = sample.value
+    return {name: (value[0], value[1]) for name, value in totals.items()}
+
+
 def latency(
-    http: httpx.Client, dsn: str, collection_id: int, retriever: Any, stemmer: Any,
-    queries: dict[str, str], test_ids: list[str], vectors: dict[str, np.ndarray], docs: int,
-    exact: dict[str, list[str]],
+    http: httpx.Client, peer_http: httpx.Client, embedded: Any, dsn: str, collection_id: int,
+    bm25_peer: Any, stemmer: Any, queries: dict[str, str], test_ids: list[str],
+    vectors: dict[str, np.ndarray], docs: int, exact: dict[str, list[str]],
 ) -> None:  # fmt: skip
-    answers: dict[str, list[list[str]]] = {}
+    """Per mode: unidb in process beside its peers in process (bm25s, pgvector over
+    psycopg), then unidb over REST beside the same peers behind a bare FastAPI app
+    (bench/peer_server.py), then where unidb's REST time went, stage by stage."""
+    bodies: dict[str, list[dict[str, Any]]] = {}
+    for mode in ("bm25", "vector", "hybrid"):
+        bodies[mode] = []
+        for q in test_ids:
+            body: dict[str, Any] = {"k": 10, "mode": mode}
+            if mode != "vector":
+                body["text"] = queries[q]
+            if mode != "bm25":
+                body["vector"] = vectors[q].tolist()
+            bodies[mode].append(body)
 
-    def rest(body: dict[str, Any], into: list[list[str]]) -> Any:
-        def call() -> None:
-            response = http.post("/v1/collections/bench/query", json=body)
-            assert response.status_code == 200, response.text
-            into.append([hit["id"] for hit in response.json()["hits"]])
+    def line(mode: str, via: str, times: list[float], qps: float, peer: str | None,
+             peer_run: tuple[list[float], float] | None, **extra: Any) -> None:  # fmt: skip
+        figures: dict[str, Any] = {
+            "bench": "latency", "mode": mode, "docs": docs, "queries": len(test_ids), "via": via,
+            "p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2),
+            "qps": round(qps, 1), **extra,
+        }  # fmt: skip
+        if peer is not None and peer_run is not None:
+            peer_times, peer_qps = peer_run
+            figures.update({"peer": peer, "peer_p50_ms": round(percentile(peer_times, 50), 2),
+                            "peer_p99_ms": round(percentile(peer_times, 99), 2),
+                            "peer_qps": round(peer_qps, 1)})  # fmt: skip
+        print(json.dumps(figures))
 
-        return call
-
-    peers: dict[str, Any] = {}
+    # --- in process: unidb's engine beside bm25s and pgvector over psycopg ---------------
+    peers: dict[str, tuple[str, tuple[list[float], float]]] = {}
     with psycopg.connect(dsn) as conn:
         register_vector(conn)
         conn.execute("SET hnsw.ef_search = 100")
@@ -268,35 +323,68 @@ def latency(
 
         peers["vector"] = ("pgvector_sql", timed([pgvector(vectors[q]) for q in test_ids]))
     peers["bm25"] = ("bm25s", timed([
-        (lambda q=q: retriever.retrieve(bm25s.tokenize([queries[q]], stopwords="en", stemmer=stemmer,
-                                                       show_progress=False), k=10, show_progress=False))
+        (lambda q=q: bm25_peer.retrieve(bm25s.tokenize([queries[q]], stopwords="en", stemmer=stemmer,
+                                                        show_progress=False), k=10, show_progress=False))
         for q in test_ids
     ]))  # fmt: skip
     for mode in ("bm25", "vector", "hybrid"):
-        calls = []
-        for q in test_ids:
-            body: dict[str, Any] = {"k": 10, "mode": mode}
-            if mode != "vector":
-                body["text"] = queries[q]
-            if mode != "bm25":
-                body["vector"] = vectors[q].tolist()
-            calls.append(rest(body, answers.setdefault(mode, [])))
-        times, qps = timed(calls)
-        line: dict[str, Any] = {
-            "bench": "latency", "mode": mode, "docs": docs, "queries": len(test_ids), "via": "rest",
-            "p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2),
-            "qps": round(qps, 1),
-        }  # fmt: skip
-        if mode == "vector":
-            # the first answer is the warm-up call's; the rest follow test_ids in order
-            line["recall_at_10_vs_exact"] = round(
-                recall_at_10(answers[mode][1:], test_ids, vectors, exact), 4
+        requests = [QueryRequest.model_validate(body) for body in bodies[mode]]
+        answers: list[list[str]] = []
+
+        def direct(request: QueryRequest, into: list[list[str]] = answers) -> Any:
+            return lambda: into.append(
+                [h.id for h in embedded.backend.query("bench", request).hits]
             )
-        if mode in peers:
-            name, (peer_times, peer_qps) = peers[mode]
-            line.update({"peer": name, "peer_p50_ms": round(percentile(peer_times, 50), 2),
-                         "peer_p99_ms": round(percentile(peer_times, 99), 2), "peer_qps": round(peer_qps, 1)})  # fmt: skip
-        print(json.dumps(line))
+
+        times, qps = timed([direct(r) for r in requests])
+        extra = {}
+        if mode == "vector":
+            extra["recall_at_10_vs_exact"] = round(
+                recall_at_10(answers[1:], test_ids, vectors, exact), 4
+            )
+        peer, run = peers.get(mode, (None, None))
+        line(mode, "in_process", times, qps, peer, run, **extra)
+
+    # --- over REST: unidb's server beside the same peers behind a bare FastAPI app -------
+    for mode in ("bm25", "vector", "hybrid"):
+        answers = []
+
+        def rest(body: dict[str, Any], into: list[list[str]] = answers) -> Any:
+            def call() -> None:
+                response = http.post("/v1/collections/bench/query", json=body)
+                assert response.status_code == 200, response.text
+                into.append([hit["id"] for hit in response.json()["hits"]])
+
+            return call
+
+        def peer_rest(path: str, body: dict[str, Any]) -> Any:
+            def call() -> None:
+                response = peer_http.post(path, json=body)
+                assert response.status_code == 200, response.text
+
+            return call
+
+        peer_run = None
+        if mode in ("bm25", "vector"):
+            peer_run = timed([peer_rest(f"/{mode}", body) for body in bodies[mode]])
+        before = stage_means(http)
+        times, qps = timed([rest(body) for body in bodies[mode]])
+        after = stage_means(http)
+        extra = {}
+        if mode == "vector":
+            extra["recall_at_10_vs_exact"] = round(
+                recall_at_10(answers[1:], test_ids, vectors, exact), 4
+            )
+        line(mode, "rest", times, qps, {"bm25": "bm25s_fastapi", "vector": "pgvector_fastapi"}.get(mode),
+             peer_run, **extra)  # fmt: skip
+        stages = {
+            stage: round((total - before.get(stage, (0.0, 0.0))[0])
+                         / max(1.0, count - before.get(stage, (0.0, 0.0))[1]) * 1000, 3)
+            for stage, (total, count) in after.items()
+            if count > before.get(stage, (0.0, 0.0))[1]
+        }  # fmt: skip
+        print(json.dumps({"bench": "latency_stages", "mode": mode, "via": "rest",
+                          "mean_ms": stages}))  # fmt: skip
 
 
 def freshness(http: httpx.Client, trials: int) -> None:

@@ -15,6 +15,7 @@ from psycopg import pq
 from unidb.errors import NotFound
 from unidb.indexing.pg import Connection
 from unidb.models import CollectionCreate, Document, QueryRequest
+from unidb.service.auth.tenancy import DEFAULT_TENANT
 from unidb.service.db.pool import open_pool
 from unidb.service.engine import Engine
 
@@ -122,7 +123,9 @@ def test_a_query_on_a_known_collection_takes_one_or_two_round_trips(
         strong = QueryRequest(text="zebra", mode="bm25", k=3)
         eventual = strong.model_copy(update={"consistency": "eventual"})
         trace = tmp_path / "trace"
-        # the first query looks the collection up; it is remembered after
+        own.query(collection, strong)  # the connection prepares the statements a read sends
+        own.planner.collections.forget((DEFAULT_TENANT, collection))
+        # a query on a collection not yet remembered looks it up first
         first = _round_trips(conn, lambda: own.query(collection, strong), trace)
         assert _round_trips(conn, lambda: own.query(collection, strong), trace) == 2
         assert _round_trips(conn, lambda: own.query(collection, eventual), trace) == 1

@@ -4,9 +4,12 @@ driver failures mapped to the service's errors by SQLSTATE."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from hashlib import blake2b
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -121,6 +124,15 @@ class Database:
             yield read
 
 
+class ReadAgain(Exception):
+    """The read failed for a reason of the connection's, not the query's: run it again."""
+
+
+# what each connection has prepared for ReadTransaction (forgotten with the connection)
+_PREPARED: WeakKeyDictionary[Connection, set[str]] = WeakKeyDictionary()
+_PLACEHOLDER = re.compile(r"%s")
+
+
 class ReadTransaction:
     """A read-only transaction in as few round trips as its statements allow.
 
@@ -155,16 +167,50 @@ class ReadTransaction:
             except psycopg.Error:
                 conn.close()  # the pool replaces a connection it gets back closed
 
+    def _prepared(self) -> set[str]:
+        """The names of our statements this connection holds. psycopg deallocates every
+        prepared statement of a connection after it sees a ROLLBACK, DROP or ALTER; when it
+        is about to, or when we lost track, the server is asked."""
+        pending = getattr(getattr(self.conn, "_prepared", None), "_to_flush", None)
+        if pending:
+            self.conn.execute("SELECT 1")  # let psycopg deallocate now, before we prepare
+            _PREPARED.pop(self.conn, None)
+        prepared = _PREPARED.get(self.conn)
+        if prepared is None:
+            rows = self.conn.execute(
+                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'unidb\\_%'"
+            ).fetchall()
+            prepared = _PREPARED[self.conn] = {name for (name,) in rows}
+        return prepared
+
     def _sql(self, statement: Statement) -> str:
+        """``statement`` as text for a simple query: ``EXECUTE`` of it prepared on this
+        connection (so Postgres plans it once per connection, not on every query), its
+        parameters bound as literals."""
         query, params = statement
-        return self._literal.mogrify(query, params)
+        if not params:
+            return self._literal.mogrify(query, params)
+        name = "unidb_" + blake2b(query.encode(), digest_size=8).hexdigest()
+        prepared = self._prepared()
+        if name not in prepared:
+            numbered = iter(range(1, len(params) + 1))
+            body = _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", query)
+            self.conn.execute(f"PREPARE {name} AS {body}".encode())
+            prepared.add(name)
+        values = ", ".join(self._literal.mogrify("%s", (value,)) for value in params)
+        return f"EXECUTE {name}({values})"
 
     def _tenant(self) -> str:
         return self._sql(("SELECT set_config('unidb.tenant', %s, true)", (self.tenant,)))
 
     def _send(self, parts: list[str]) -> list[list[tuple[Any, ...]]]:
         """Send ``parts`` as one simple query; each one's rows, in order."""
-        cursor = self.conn.execute("; ".join(parts).encode())
+        try:
+            cursor = self.conn.execute("; ".join(parts).encode())
+        except pg_errors.InvalidSqlStatementName as exc:
+            # deallocated behind our back: learn what the connection holds, then run again
+            _PREPARED.pop(self.conn, None)
+            raise ReadAgain from exc
         results: list[list[tuple[Any, ...]]] = []
         while True:
             results.append(cursor.fetchall() if cursor.description is not None else [])

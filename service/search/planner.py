@@ -15,7 +15,7 @@ from unidb.models import QueryExplain, QueryRequest, QueryResponse
 from unidb.service.auth.tenancy import current_tenant
 from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.config import Settings
-from unidb.service.db.database import Database, ReadTransaction, Statement
+from unidb.service.db.database import Database, ReadAgain, ReadTransaction, Statement
 from unidb.service.metrics import Metrics
 from unidb.service.query_stages import StageClock, lap, query_clock
 from unidb.service.search import hits
@@ -110,7 +110,12 @@ class QueryPlanner:
                 # answered from a collection row that no longer holds (dropped, re-created,
                 # changed): forget it and answer from the catalog as it is now
                 self.collections.forget(key)
-        return self._run(key, request, None)
+            except ReadAgain:
+                pass
+        try:
+            return self._run(key, request, None)
+        except ReadAgain:
+            return self._run(key, request, None)  # its statements are prepared again now
 
     def _run(
         self, key: tuple[str, str], request: QueryRequest, remembered: catalog.CollectionRow | None
