@@ -124,6 +124,23 @@ class Database:
             yield read
 
 
+# statements each connection prepares for reads at most; past it, they are sent as text
+MAX_PREPARED = 256
+
+
+class Rows:
+    """A statement's rows, read like a cursor's."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+
 class ReadAgain(Exception):
     """The read failed for a reason of the connection's, not the query's: run it again."""
 
@@ -188,10 +205,14 @@ class ReadTransaction:
         connection (so Postgres plans it once per connection, not on every query), its
         parameters bound as literals."""
         query, params = statement
+        if not isinstance(query, str):
+            query = query.as_string(self.conn)
         if not params:
             return self._literal.mogrify(query, params)
         name = "unidb_" + blake2b(query.encode(), digest_size=8).hexdigest()
         prepared = self._prepared()
+        if name not in prepared and len(prepared) >= MAX_PREPARED:
+            return self._literal.mogrify(query, params)  # planned each time, as sent
         if name not in prepared:
             numbered = iter(range(1, len(params) + 1))
             body = _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", query)
@@ -235,18 +256,11 @@ class ReadTransaction:
         self._opening, self._open = None, True
         return self._send(parts)[len(parts) - len(statements) :]
 
-    def execute(
-        self,
-        query: Any,
-        params: Params | None = None,
-        *,
-        prepare: bool | None = None,
-        binary: bool = False,
-    ) -> psycopg.Cursor[Any]:
-        if self._opening is not None:
-            self._send(self._opening)
-            self._opening, self._open = None, True
-        return self.conn.execute(query, params, prepare=prepare, binary=binary)
+    def execute(self, query: Any, params: Params | None = None) -> Rows:
+        """Run one statement now (with the transaction's opening if it is still to be
+        sent), prepared on this connection like the others; its rows."""
+        (rows,) = self.first((query, params))
+        return Rows(rows)
 
     def finish(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` and end the transaction in one round trip; their rows."""

@@ -81,13 +81,17 @@ def score_keys(
     return [(key, _score(collection.metric, distance)) for key, distance in rows]
 
 
+HNSW_MAX_EF_SEARCH = 1000
+
+
 def scan_settings(k: int, ef_search: int, max_scan_tuples: int) -> tuple[str, tuple[str, str]]:
     """The HNSW scan settings for a ``k``-deep search, local to the transaction."""
     return (
         "SELECT set_config('hnsw.ef_search', %s, true),"
         " set_config('hnsw.iterative_scan', 'strict_order', true),"
         " set_config('hnsw.max_scan_tuples', %s, true)",
-        (str(max(ef_search, k)), str(max_scan_tuples)),
+        # pgvector takes at most 1000; past it the iterative scan walks on for the rest
+        (str(min(max(ef_search, k), HNSW_MAX_EF_SEARCH)), str(max_scan_tuples)),
     )
 
 
