@@ -13,6 +13,7 @@ import httpx
 from ._client import (
     json_body,
     json_headers,
+    query_body,
     response_body,
     state_body,
     unreachable,
@@ -140,7 +141,9 @@ class _AsyncHttpBackend:
 
     async def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         path = f"{collection_path(collection)}/query"
-        return QueryResponse.model_validate_json(await self._send("POST", path, json_body(request)))
+        return QueryResponse.model_validate_json(
+            await self._send("POST", path, query_body(request))
+        )
 
     async def get_state(self, namespace: str, key: str) -> StateEntry:
         body = await self._send("GET", state_path(namespace, key))

@@ -297,10 +297,14 @@ class AsyncClient:
         alpha: float = DEFAULT_ALPHA,
         consistency: Consistency = "strong",
         after: str | None = None,
+        explain: bool = False,
     ) -> QueryResponse:
         """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``, rrf or
-        weighted with ``alpha`` the vector share). See ``QueryRequest`` for the fields."""
-        request = query_request(text, vector, k, mode, filter, fusion, alpha, consistency, after)
+        weighted with ``alpha`` the vector share). See ``QueryRequest`` for the fields;
+        ``explain`` answers where the time went (``QueryResponse.explain``)."""
+        request = query_request(
+            text, vector, k, mode, filter, fusion, alpha, consistency, after, explain
+        )
         return await self._backend.query(collection, request)
 
     async def context(

@@ -115,6 +115,13 @@ def state_body(body: StatePut) -> bytes:
     return body.model_dump_json(exclude=exclude).encode()
 
 
+def query_body(request: QueryRequest) -> bytes:
+    """A query as JSON, its vector packed as base64 float32."""
+    if isinstance(request.vector, list):
+        request = request.model_copy(update={"vector": pack_vector(request.vector)})
+    return json_body(request)
+
+
 def wire_documents(documents: list[Document]) -> bytes:
     packed = [doc.model_copy(update={"embedding": pack_vector(doc.embedding)}) for doc in documents]
     return (
@@ -151,10 +158,12 @@ def query_request(
     alpha: float,
     consistency: Consistency,
     after: str | None = None,
+    explain: bool = False,
 ) -> QueryRequest:
     if vector is not None and hasattr(vector, "tolist"):
         vector = vector.tolist()
     return QueryRequest(
+        explain=explain,
         text=text,
         vector=list(vector) if vector is not None else None,
         k=k,

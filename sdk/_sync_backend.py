@@ -10,6 +10,7 @@ import httpx
 from ._client import (
     json_body,
     json_headers,
+    query_body,
     response_body,
     state_body,
     unreachable,
@@ -133,7 +134,7 @@ class _HttpBackend:
 
     def query(self, collection: str, request: QueryRequest) -> QueryResponse:
         path = f"{collection_path(collection)}/query"
-        return QueryResponse.model_validate_json(self._send("POST", path, json_body(request)))
+        return QueryResponse.model_validate_json(self._send("POST", path, query_body(request)))
 
     def get_state(self, namespace: str, key: str) -> StateEntry:
         body = self._send("GET", state_path(namespace, key))

@@ -342,7 +342,11 @@ class QueryRequest(_Model):
     text: Text | None = Field(
         default=None, max_length=MAX_QUERY_CHARS, description="at most the server's max_query_chars"
     )
-    vector: list[float] | None = None
+    vector: list[float] | str | None = Field(
+        default=None,
+        description="the query vector: a list of floats, or base64 of its little-endian "
+        "float32 bytes (what the SDK sends: a third of the JSON, decoded at once)",
+    )
     k: int = Field(default=10, ge=1, le=MAX_K, description="at most the server's max_k")
     mode: QueryMode = "hybrid"
     filter: dict[str, Any] | None = None
@@ -378,7 +382,8 @@ class Hit(_Model):
 class QueryExplain(_Model):
     stages_ms: dict[str, float] = Field(
         description="milliseconds per stage up to building this answer: auth, parse, "
-        "connect, plan, embed, vector, bm25, delta, fuse, hydrate, commit (those that ran)"
+        "dispatch, connect, plan, embed, vector, bm25, delta, fuse, hydrate, commit (those "
+        "that ran; return and serialise come after, in /metrics only)"
     )
     candidates: int = Field(description="how deep each retriever ranked")
     changed_since_index: int | None = Field(

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 STAGES = (
     "auth",  # the API key checked (REST)
     "parse",  # the body read and validated (REST)
+    "dispatch",  # handed from the event loop to a worker thread (REST)
     "connect",  # a pooled connection, its transaction and tenant
     "plan",  # the collection looked up, the filter compiled
     "embed",  # the query text embedded by the collection's embedder
@@ -25,6 +26,7 @@ STAGES = (
     "fuse",  # the two rankings fused
     "hydrate",  # the hits' text and metadata read
     "commit",  # the read transaction ended and the connection returned
+    "return",  # the answer handed back to the event loop (REST)
     "serialise",  # the response encoded (REST; after the explained answer is built)
 )
 

@@ -45,8 +45,8 @@ def test_rest_query_explains_every_stage_it_ran(api: TestClient, collection: str
     explain = answer.json()["explain"]
     stages = explain["stages_ms"]
     assert set(stages) == {
-        "auth", "parse", "connect", "plan", "vector", "bm25", "delta", "fuse", "hydrate",
-        "commit",
+        "auth", "parse", "dispatch", "connect", "plan", "vector", "bm25", "delta", "fuse",
+        "hydrate", "commit",
     }  # fmt: skip
     assert all(ms >= 0 for ms in stages.values())
     assert explain["candidates"] >= 3
@@ -54,7 +54,7 @@ def test_rest_query_explains_every_stage_it_ran(api: TestClient, collection: str
     assert explain["changed_since_index"] is not None
 
     after = _stage_counts(api)
-    for stage in ("auth", "parse", "plan", "bm25", "hydrate", "serialise"):
+    for stage in ("auth", "parse", "dispatch", "plan", "bm25", "hydrate", "return", "serialise"):
         assert after[stage] - before.get(stage, 0) == 2, stage  # both queries, once each
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+import numpy as np
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound
@@ -30,6 +31,7 @@ from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.pgvector import scan_settings, vector_search
 from unidb.service.store import catalog, documents
 from unidb.service.store.commit_tokens import token_xid
+from unidb.vector_encoding import unpack as unpack_vector
 
 
 class QueryPlanner:
@@ -61,6 +63,8 @@ class QueryPlanner:
         if clock is None:  # not started by the REST route: this call records its stages
             clock = StageClock(began)
             token = query_clock.set(clock)
+        else:
+            clock.lap("dispatch")  # from the event loop to this worker thread
         try:
             answer = self._query(collection, request)
             clock.lap("commit")
@@ -140,7 +144,8 @@ class QueryPlanner:
                 and row.embedder is not None
             )
             if not wants_embedding:
-                return self._answer(read, key, row, request, request.vector, where, remembered)
+                query_vector = _query_vector(request.vector)
+                return self._answer(read, key, row, request, query_vector, where, remembered)
             embedder = self.embedders.get(row)
             read.finish()
         # embed outside a transaction: a model call must not hold a connection
@@ -274,3 +279,10 @@ class QueryPlanner:
             max_conditions=self.settings.max_filter_conditions,
             max_in_values=self.settings.max_filter_in_values,
         )
+
+
+def _query_vector(vector: list[float] | str | None) -> Any:
+    """The request's vector as sent (a list) or as float32 when sent as base64."""
+    if isinstance(vector, str):
+        return np.frombuffer(unpack_vector(vector, "vector"), dtype="<f4")
+    return vector

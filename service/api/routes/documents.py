@@ -72,6 +72,7 @@ async def query(name: str, request: Request, engine: EngineDep) -> Response:
         body = await parse_body(request, QueryRequest)
         clock.lap("parse")
         result = await run_in_threadpool(engine.query, name, body)
+        clock.lap("return")
         content = result.model_dump_json()
         clock.lap("serialise")
     finally:
