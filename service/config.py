@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)) or 1,
+        ge=1,
+        le=64,
+        description="processes `unidb serve` answers requests with (default: this machine's "
+        "cores); one more process keeps the indexes and runs builds",
+    )
     auth: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="API keys on /v1 and /mcp; auto: on unless the service binds loopback only",

@@ -32,6 +32,9 @@ from unidb.service.db.embedded import EmbeddedPostgres
 from unidb.service.db.pool import migrate, service_dsn
 from unidb.service.engine import Engine
 
+# servers the tests start answer with one process unless a test asks for more
+os.environ.setdefault("UNIDB_WORKERS", "1")
+
 # small enough that tests can cross it; production default is 10,000
 TEST_HNSW_MIN_ROWS = 200
 

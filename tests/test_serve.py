@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def _start_serve(
-    data_dir: Path, port: int, env: dict[str, str] | None = None
+    data_dir: Path, port: int, env: dict[str, str] | None = None, *flags: str
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -35,6 +35,7 @@ def _start_serve(
             str(port),
             "--data-dir",
             str(data_dir),
+            *flags,
         ],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -191,3 +192,41 @@ def test_unreachable_database_gets_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot connect to Postgres" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_answer_on_one_port_and_share_the_indexes(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _start_serve(tmp_path / "data", port, None, "--workers", "2")
+    try:
+        _wait_healthy(url, process, timeout=120)
+        with unidb.Client(url) as client:
+            client.create_collection("shared", dim=2)
+            client.upsert(
+                "shared",
+                [{"id": f"d{i}", "text": f"zebra {i}", "embedding": [1, i]} for i in range(5)],
+            )
+            # strong reads, whichever worker answers: every write is seen at once
+            for _ in range(20):
+                found = client.query("shared", text="zebra", mode="bm25", k=10).hits
+                assert len(found) == 5
+        python_children = [
+            child for child in _children(process.pid)
+            if "python" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        ]  # fmt: skip
+        assert len(python_children) >= 2, python_children
+    finally:
+        output = _stop(process, signal.SIGTERM)
+    assert "answering with 2 worker processes" in output

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from unidb.service.cli.common import backend_for, settings_from, with_database
+from unidb.service.config import Settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -31,6 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "API keys are off: %s; every caller acts as tenant 'default' with every scope",
                 "UNIDB_AUTH=off" if settings.auth == "off" else "bound to loopback only",
             )
+        if settings.workers > 1:
+            serve_with_workers(settings, args.log_level)
+            return 0
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown whose lifespan closes the
         # engine (stopping embedded Postgres), then re-raises the signal to exit
         uvicorn.run(
@@ -42,6 +47,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     return 0
+
+
+def serve_with_workers(settings: Settings, log_level: str) -> None:
+    """Answer requests with ``settings.workers`` processes on one port (uvicorn's workers),
+    each with its own engine on the same database and data directory: this process keeps
+    the BM25 indexes and runs build jobs, the workers follow the indexes it writes."""
+    import uvicorn
+
+    # the workers read their settings from the environment, the flags included
+    os.environ.update(
+        UNIDB_HOST=settings.host,
+        UNIDB_PORT=str(settings.port),
+        UNIDB_DATA_DIR=str(settings.data_dir),
+        UNIDB_WORKERS="1",
+    )
+    logging.getLogger("unidb").info("answering with %d worker processes", settings.workers)
+    uvicorn.run(
+        "unidb.service.api.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=log_level,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -70,6 +99,9 @@ def add_commands(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the REST API (embedded Postgres by default)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=int, help="processes answering requests (UNIDB_WORKERS; default: cores)"
+    )
     with_database(serve, url=False)
     serve.set_defaults(run=cmd_serve)
     migrate = commands.add_parser(
