@@ -117,9 +117,11 @@ def state_body(body: StatePut) -> bytes:
 
 def query_body(request: QueryRequest) -> bytes:
     """A query as JSON, its vector packed as base64 float32."""
-    if isinstance(request.vector, list):
-        request = request.model_copy(update={"vector": pack_vector(request.vector)})
-    return json_body(request)
+    if request.vector is None:
+        return json_body(request)
+    fields = request.model_dump(mode="json", exclude_none=True, exclude={"vector"})
+    fields["vector"] = pack_vector(request.vector)
+    return json.dumps(fields).encode()
 
 
 def wire_documents(documents: list[Document]) -> bytes:

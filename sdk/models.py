@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+from array import array
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
     WithJsonSchema,
 )
+
+from . import vector_encoding
+from .errors import UnidbError
 
 __all__ = [
     "Metric",
@@ -331,6 +337,21 @@ class TransactionResult(_Model):
     )
 
 
+def _unpacked_vector(value: Any) -> Any:
+    """A base64 query vector (little-endian float32) as its floats; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        raw = vector_encoding.unpack(value, "vector")
+    except UnidbError as exc:
+        raise ValueError(exc.message) from None
+    floats = array("f")
+    floats.frombytes(raw)
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
+
+
 class QueryRequest(_Model):
     """A search over one collection.
 
@@ -342,7 +363,7 @@ class QueryRequest(_Model):
     text: Text | None = Field(
         default=None, max_length=MAX_QUERY_CHARS, description="at most the server's max_query_chars"
     )
-    vector: list[float] | str | None = Field(
+    vector: Annotated[list[float] | None, BeforeValidator(_unpacked_vector)] = Field(
         default=None,
         description="the query vector: a list of floats, or base64 of its little-endian "
         "float32 bytes (what the SDK sends: a third of the JSON, decoded at once)",

@@ -252,6 +252,8 @@ class ReadTransaction:
     def first(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` now, with the transaction's opening if it is still to be sent;
         their rows, in order."""
+        if self._opening is None and not self._open:
+            self._opening = ["BEGIN", self._tenant()]  # never a statement without the tenant
         parts = [*(self._opening or []), *(self._sql(s) for s in statements)]
         self._opening, self._open = None, True
         return self._send(parts)[len(parts) - len(statements) :]

@@ -71,23 +71,32 @@ class AnnIndexes:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._served: dict[int, Served] = {}
+        self._seen: dict[int, tuple[int, int, int]] = {}  # the manifest's inode, mtime, size
         self._lock = threading.Lock()
 
     def path(self, collection_id: int) -> Path:
         return self.root / f"c{collection_id}" / "ann"
 
     def get(self, collection_id: int) -> Served | None:
+        """The collection's snapshot, loaded once; a query pays one ``stat`` of its manifest
+        (a new snapshot replaces the manifest file, so it has a new inode and mtime)."""
+        try:
+            stamp = os.stat(self.path(collection_id) / snapshots.MANIFEST)
+        except FileNotFoundError:
+            return None
+        seen = (stamp.st_ino, stamp.st_mtime_ns, stamp.st_size)
+        with self._lock:
+            served = self._served.get(collection_id)
+            if served is not None and self._seen.get(collection_id) == seen:
+                return served
         manifest = snapshots.read_manifest(self.path(collection_id))
         if manifest is None:
             return None
-        with self._lock:
-            served = self._served.get(collection_id)
-            if served is not None and served.manifest == manifest:
-                return served
-        index = snapshots.load(self.path(collection_id), manifest)
-        served = Served(index, manifest)
+        if served is None or served.manifest != manifest:
+            served = Served(snapshots.load(self.path(collection_id), manifest), manifest)
         with self._lock:
             self._served[collection_id] = served
+            self._seen[collection_id] = seen
         return served
 
     def status(self, conn: Connection, collection_id: int) -> AnnStatus | None:
@@ -109,6 +118,7 @@ class AnnIndexes:
     def drop(self, collection_id: int) -> None:
         with self._lock:
             self._served.pop(collection_id, None)
+            self._seen.pop(collection_id, None)
 
     def build(
         self, pool: ConnectionPool[Connection], task: BuildTask, owner: str

@@ -64,6 +64,29 @@ def _select(
     return statement, [query, *params, *([keys] if keys else [])]
 
 
+def nearest_with_rows(
+    collection: CollectionRow,
+    query: np.ndarray,
+    k: int,
+    where: CompiledFilter | None,
+    *,
+    indexed: bool,
+) -> tuple[sql.Composed, list[Any]]:
+    """The ``k`` nearest documents with their rows: (key, distance, id, text, metadata) in
+    order, so that a vector query needs no second statement for its hits."""
+    nearest, params = _select(collection, query, k, where, indexed=indexed)
+    statement = sql.SQL(
+        "SELECT n.document_key, n.distance, d.id, d.text, d.metadata FROM ({nearest}) n"
+        " JOIN unidb.documents d ON d.collection_id = {collection} AND d.key = n.document_key"
+        " ORDER BY n.distance"
+    ).format(nearest=nearest, collection=sql.Literal(collection.id))
+    return statement, params
+
+
+def scored(collection: CollectionRow, distance: float) -> float:
+    return _score(collection.metric, distance)
+
+
 def score_keys(
     conn: Executor,
     collection: CollectionRow,

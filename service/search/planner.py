@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import numpy as np
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound
@@ -28,10 +27,14 @@ from unidb.service.search.collection_rows import CollectionRows, StaleCollection
 from unidb.service.search.filters import CompiledFilter, compile_filter
 from unidb.service.search.fusion import fuse
 from unidb.service.search.hnsw_builds import HnswBuilds
-from unidb.service.search.pgvector import scan_settings, vector_search
+from unidb.service.search.pgvector import (
+    nearest_with_rows,
+    scan_settings,
+    scored,
+    vector_search,
+)
 from unidb.service.store import catalog, documents
 from unidb.service.store.commit_tokens import token_xid
-from unidb.vector_encoding import unpack as unpack_vector
 
 
 class QueryPlanner:
@@ -144,8 +147,7 @@ class QueryPlanner:
                 and row.embedder is not None
             )
             if not wants_embedding:
-                query_vector = _query_vector(request.vector)
-                return self._answer(read, key, row, request, query_vector, where, remembered)
+                return self._answer(read, key, row, request, request.vector, where, remembered)
             embedder = self.embedders.get(row)
             read.finish()
         # embed outside a transaction: a model call must not hold a connection
@@ -186,6 +188,12 @@ class QueryPlanner:
             raise InvalidInput("give query text, a query vector, or both", field="text")
         vector = documents.check_vector(row, query_vector, "vector") if run_vector else None
 
+        if request.mode == "vector" and vector is not None:
+            one_trip = self._vector_in_one_round_trip(
+                read, key, row, request, vector, where, remembered is not None
+            )
+            if one_trip is not None:
+                return one_trip
         depth = self.depth(request)
         bm25_hits: list[tuple[int, float]] = []
         vector_hits: list[tuple[int, float]] = []
@@ -229,6 +237,40 @@ class QueryPlanner:
         )
         lap("hydrate")
         return QueryResponse(hits=found, exhaustive=exhaustive, vector_index=served_by)
+
+    def _vector_in_one_round_trip(
+        self,
+        read: ReadTransaction,
+        key: tuple[str, str],
+        row: catalog.CollectionRow,
+        request: QueryRequest,
+        vector: Any,
+        where: CompiledFilter | None,
+        remembered: bool,
+    ) -> QueryResponse | None:
+        """A vector query pgvector answers (no FAISS snapshot), as one statement that reads
+        the hits' rows too, sent with the collection check in one round trip; None when
+        the HNSW walk came up short or FAISS serves the collection, for the general path."""
+        if self.ann.get(row.id) is not None:
+            return None
+        use_index = row.vector_index == "hnsw"
+        if not use_index:
+            self.hnsw.schedule(read, row)
+        nearest = nearest_with_rows(row, vector, request.k, where, indexed=use_index)
+        found, current = read.finish(nearest, catalog.lookup(row.name))
+        self.collections.check(key, row, current, remembered)
+        if use_index and len(found) < request.k:
+            read.begin(self._scan_settings(request))  # the general path reads afresh
+            return None  # short of k after the walk: the exact path fills it
+        lap("vector")
+        vector_hits = [(doc_key, scored(row, distance)) for doc_key, distance, *_ in found]
+        ranked = fuse(request, [], vector_hits, depth=request.k)[: request.k]
+        rows = [(doc_key, doc_id, text, metadata) for doc_key, _, doc_id, text, metadata in found]
+        hit_list = hits.build(rows, ranked, {}, dict(vector_hits))
+        lap("hydrate")
+        return QueryResponse(
+            hits=hit_list, exhaustive=not use_index, vector_index="hnsw" if use_index else "exact"
+        )
 
     def _vector_hits(
         self,
@@ -279,10 +321,3 @@ class QueryPlanner:
             max_conditions=self.settings.max_filter_conditions,
             max_in_values=self.settings.max_filter_in_values,
         )
-
-
-def _query_vector(vector: list[float] | str | None) -> Any:
-    """The request's vector as sent (a list) or as float32 when sent as base64."""
-    if isinstance(vector, str):
-        return np.frombuffer(unpack_vector(vector, "vector"), dtype="<f4")
-    return vector
