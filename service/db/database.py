@@ -11,6 +11,7 @@ from hashlib import blake2b
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
@@ -18,7 +19,7 @@ from psycopg.abc import Params
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from unidb.errors import InvalidInput, ServerError, Unavailable, UnidbError
-from unidb.indexing.pg import Connection
+from unidb.indexing.pg import Connection, Fetches
 from unidb.models import Consistency
 from unidb.service.auth.tenancy import SERVICE_WIDE, current_tenant
 from unidb.service.config import Settings
@@ -258,9 +259,15 @@ class ReadTransaction:
         self._opening, self._open = None, True
         return self._send(parts)[len(parts) - len(statements) :]
 
-    def execute(self, query: Any, params: Params | None = None) -> Rows:
+    def execute(self, query: Any, params: Params | None = None) -> Fetches:
         """Run one statement now (with the transaction's opening if it is still to be
-        sent), prepared on this connection like the others; its rows."""
+        sent); its rows. A statement carrying a vector goes by the extended protocol, the
+        vector in binary (as text it costs more to write and to parse than a round trip),
+        prepared by psycopg; any other is prepared on this connection like the rest."""
+        if params is not None and any(isinstance(p, np.ndarray) for p in params):
+            if self._opening is not None or not self._open:
+                self.first()
+            return self.conn.execute(query, params, prepare=True)
         (rows,) = self.first((query, params))
         return Rows(rows)
 

@@ -256,8 +256,9 @@ class QueryPlanner:
         use_index = row.vector_index == "hnsw"
         if not use_index:
             self.hnsw.schedule(read, row)
-        nearest = nearest_with_rows(row, vector, request.k, where, indexed=use_index)
-        found, current = read.finish(nearest, catalog.lookup(row.name))
+        statement, params = nearest_with_rows(row, vector, request.k, where, indexed=use_index)
+        found = read.execute(statement, params).fetchall()
+        (current,) = read.finish(catalog.lookup(row.name))
         self.collections.check(key, row, current, remembered)
         if use_index and len(found) < request.k:
             read.begin(self._scan_settings(request))  # the general path reads afresh
