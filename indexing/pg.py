@@ -12,14 +12,12 @@ Connection: TypeAlias = psycopg.Connection[Any]
 Pool: TypeAlias = ConnectionPool[Connection]
 
 
+class Fetches(Protocol):
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+
+
 class Executor(Protocol):
     """What runs a read's statements: a connection, or a read transaction over one."""
 
-    def execute(
-        self,
-        query: Any,
-        params: Params | None = None,
-        *,
-        prepare: bool | None = None,
-        binary: bool = False,
-    ) -> psycopg.Cursor[Any]: ...
+    def execute(self, query: Any, params: Params | None = None) -> Fetches: ...
