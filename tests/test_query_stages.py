@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import pq
 
-from unidb.errors import NotFound
+from unidb.errors import InvalidInput, NotFound
 from unidb.indexing.pg import Connection
 from unidb.models import CollectionCreate, Document, QueryRequest
 from unidb.service.auth.tenancy import DEFAULT_TENANT
@@ -134,6 +134,29 @@ def test_a_query_on_a_known_collection_takes_one_or_two_round_trips(
         assert len(hits) == 3 and all(h.text.startswith("zebra") for h in hits)
 
 
+def _id(engine: Engine, name: str) -> int:
+    with engine.transaction() as conn:
+        row = conn.execute("SELECT id FROM unidb.collections WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_callers_mistake_on_a_remembered_collection_is_answered_once(
+    engine: Engine, collection: str
+) -> None:
+    engine.create_collection(CollectionCreate(name=collection, dim=2))
+    engine.upsert_documents(collection, [Document(id="a", text="zebra", embedding=[1, 0])])
+    engine.query(collection, QueryRequest(text="zebra", mode="bm25"))
+    key = (DEFAULT_TENANT, collection)
+    remembered = engine.planner.collections.get(key)
+    assert remembered is not None
+    with pytest.raises(InvalidInput):
+        engine.query(collection, QueryRequest(vector=[1, 0, 0], mode="vector"))
+    with pytest.raises(InvalidInput):
+        engine.query(collection, QueryRequest(text="zebra", filter={"n": {"$bogus": 1}}))
+    assert engine.planner.collections.get(key) is remembered  # still the row it was
+
+
 def test_a_remembered_collection_changed_elsewhere_is_answered_as_it_is_now(
     engine: Engine, collection: str
 ) -> None:
@@ -145,9 +168,14 @@ def test_a_remembered_collection_changed_elsewhere_is_answered_as_it_is_now(
         bm25 = QueryRequest(text="zebra", mode="bm25")
         assert [h.id for h in engine.query(collection, bm25).hits] == ["old"]
 
+        old_id = _id(engine, collection)
         other.delete_collection(collection)
+        # this process's tailer lets go of the dropped collection's index, as it does when
+        # it reads the drop from the outbox
+        engine.text_indexes.drop(old_id)
         with pytest.raises(NotFound):
             engine.query(collection, bm25)
+        assert not engine.text_indexes.path(old_id).exists()  # not rebuilt for a gone row
 
         other.create_collection(CollectionCreate(name=collection, dim=3))
         other.upsert_documents(collection, [Document(id="new", text="zebra", embedding=[0, 0, 1])])

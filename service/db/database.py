@@ -217,7 +217,8 @@ class ReadTransaction:
         if name not in prepared:
             numbered = iter(range(1, len(params) + 1))
             body = _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", query)
-            self.conn.execute(f"PREPARE {name} AS {body}".encode())
+            # as text: psycopg encodes it in the connection's encoding, the literals' too
+            self.conn.execute(f"PREPARE {name} AS {body}")
             prepared.add(name)
         values = ", ".join(self._literal.mogrify("%s", (value,)) for value in params)
         return f"EXECUTE {name}({values})"
@@ -228,7 +229,8 @@ class ReadTransaction:
     def _send(self, parts: list[str]) -> list[list[tuple[Any, ...]]]:
         """Send ``parts`` as one simple query; each one's rows, in order."""
         try:
-            cursor = self.conn.execute("; ".join(parts).encode())
+            # text, not UTF-8 bytes: the literals were escaped for the connection's encoding
+            cursor = self.conn.execute("; ".join(parts))
         except pg_errors.InvalidSqlStatementName as exc:
             # deallocated behind our back: learn what the connection holds, then run again
             _PREPARED.pop(self.conn, None)
@@ -263,11 +265,13 @@ class ReadTransaction:
         """Run one statement now (with the transaction's opening if it is still to be
         sent); its rows. A statement carrying a vector goes by the extended protocol, the
         vector in binary (as text it costs more to write and to parse than a round trip),
-        prepared by psycopg; any other is prepared on this connection like the rest."""
+        unprepared; any other is prepared on this connection like the rest."""
         if params is not None and any(isinstance(p, np.ndarray) for p in params):
             if self._opening is not None or not self._open:
                 self.first()
-            return self.conn.execute(query, params, prepare=True)
+            # planned on each run: psycopg's preparing is off on the request pool (it would
+            # deallocate our statements at every rollback), and EXECUTE takes no binary
+            return self.conn.execute(query, params)
         (rows,) = self.first((query, params))
         return Rows(rows)
 

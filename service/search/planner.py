@@ -110,12 +110,21 @@ class QueryPlanner:
             token_xid(request.after)  # a malformed token is refused before any work
         key = (current_tenant.get(), collection)
         remembered = self.collections.get(key)
+        if remembered is not None and request.mode != "vector":
+            if self.text_indexes.opened(remembered.id) is None:
+                # reopening an index for a row that may be gone would rebuild it on disk:
+                # look the collection up first
+                remembered = None
         if remembered is not None:
             try:
                 return self._run(key, request, remembered)
-            except (StaleCollection, InvalidInput, NotFound):
-                # answered from a collection row that no longer holds (dropped, re-created,
-                # changed): forget it and answer from the catalog as it is now
+            except StaleCollection:
+                # answered from a row that no longer holds (dropped, re-created elsewhere)
+                self.collections.forget(key)
+            except (InvalidInput, NotFound):
+                # the caller's mistake, unless the remembered row misled the checks
+                if self._still_current(key, remembered):
+                    raise
                 self.collections.forget(key)
             except ReadAgain:
                 pass
@@ -123,6 +132,12 @@ class QueryPlanner:
             return self._run(key, request, None)
         except ReadAgain:
             return self._run(key, request, None)  # its statements are prepared again now
+
+    def _still_current(self, key: tuple[str, str], remembered: catalog.CollectionRow) -> bool:
+        """Whether the collection is still the one ``remembered`` describes."""
+        with self.db.reading(consistency="strong", after=None) as read:
+            (found,) = read.finish(catalog.lookup(key[1]))
+        return bool(found) and catalog.found(found, key[1]) == remembered
 
     def _run(
         self, key: tuple[str, str], request: QueryRequest, remembered: catalog.CollectionRow | None
