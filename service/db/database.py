@@ -186,13 +186,8 @@ class ReadTransaction:
                 conn.close()  # the pool replaces a connection it gets back closed
 
     def _prepared(self) -> set[str]:
-        """The names of our statements this connection holds. psycopg deallocates every
-        prepared statement of a connection after it sees a ROLLBACK, DROP or ALTER; when it
-        is about to, or when we lost track, the server is asked."""
-        pending = getattr(getattr(self.conn, "_prepared", None), "_to_flush", None)
-        if pending:
-            self.conn.execute("SELECT 1")  # let psycopg deallocate now, before we prepare
-            _PREPARED.pop(self.conn, None)
+        """The names of our statements this connection holds, asked of the server when this
+        process lost track (a new connection, or statements deallocated behind our back)."""
         prepared = _PREPARED.get(self.conn)
         if prepared is None:
             rows = self.conn.execute(

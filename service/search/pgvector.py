@@ -126,23 +126,18 @@ def vector_search(
     k: int,
     where: CompiledFilter | None,
     use_index: bool,
-    ef_search: int,
-    max_scan_tuples: int,
-    configured: bool = False,
 ) -> tuple[list[tuple[int, float]], bool]:
     """The ``k`` nearest documents that pass ``where``, as (document key, score), and
     whether the answer is exact.
 
     With the index, pgvector's iterative scan keeps walking the graph until ``k`` rows pass
     the filter; if it still comes up short (a very selective filter) the query is answered
-    by an exact scan, so k hits come back whenever k rows match. ``configured``: the
-    transaction already ran ``scan_settings`` for this ``k``.
+    by an exact scan, so k hits come back whenever k rows match. The transaction has run
+    ``scan_settings`` for this ``k`` already (the planner sends them with its opening).
     """
     rows: list[tuple[Any, ...]] = []
     exhaustive = True
     if use_index:
-        if not configured:
-            conn.execute(*scan_settings(k, ef_search, max_scan_tuples))
         statement, params = _select(collection, query, k, where, indexed=True)
         rows = conn.execute(statement, params).fetchall()
         exhaustive = False

@@ -322,9 +322,6 @@ class QueryPlanner:
             k=k,
             where=where,
             use_index=use_index,
-            ef_search=self.settings.hnsw_ef_search,
-            max_scan_tuples=self.settings.hnsw_max_scan_tuples,
-            configured=True,  # the settings went with the collection's lookup
         )
         return found, "exact" if exhaustive else "hnsw"
 
