@@ -134,6 +134,51 @@ def test_a_query_on_a_known_collection_takes_one_or_two_round_trips(
         assert len(hits) == 3 and all(h.text.startswith("zebra") for h in hits)
 
 
+def test_a_vector_query_pgvector_answers_takes_one_round_trip(
+    engine: Engine, collection: str, tmp_path: Path
+) -> None:
+    engine.create_collection(CollectionCreate(name=collection, dim=2))
+    engine.upsert_documents(
+        collection, [Document(id=f"d{i}", text=f"zebra {i}", embedding=[1, i]) for i in range(5)]
+    )
+    assert engine.build_vector_index(collection)
+    with one_connection_engine(engine) as (own, conn):
+        strong = QueryRequest(vector=[1, 4], mode="vector", k=3)
+        eventual = strong.model_copy(update={"consistency": "eventual"})
+        trace = tmp_path / "trace"
+        # not remembered: the lookup, then the statement with the collection check
+        assert _round_trips(conn, lambda: own.query(collection, strong), trace) == 2
+        # the HNSW index keeps up with every commit, so a strong read needs no more
+        assert _round_trips(conn, lambda: own.query(collection, strong), trace) == 1
+        assert _round_trips(conn, lambda: own.query(collection, eventual), trace) == 1
+        answer = own.query(collection, strong)
+        assert answer.vector_index == "hnsw"
+        assert [h.id for h in answer.hits] == ["d4", "d3", "d2"]
+
+
+def test_a_connection_holds_at_most_prepared_max_statements(
+    engine: Engine, collection: str
+) -> None:
+    """Each k is its own statement text: past psycopg's cache size, the connection
+    deallocates the least recently used, so a server connection's prepared statements
+    stay bounded however many kinds of query it serves."""
+    engine.create_collection(CollectionCreate(name=collection, dim=2))
+    engine.upsert_documents(
+        collection, [Document(id=f"d{i}", text=f"zebra {i}", embedding=[1, i]) for i in range(5)]
+    )
+    assert engine.build_vector_index(collection)
+    with one_connection_engine(engine) as (own, conn):
+        kinds = conn.prepared_max + 30
+        for k in range(1, kinds + 1):
+            hits = own.query(collection, QueryRequest(vector=[1, 4], mode="vector", k=k)).hits
+            assert len(hits) == min(k, 5)
+        with own.pool.connection() as held:
+            (prepared,) = held.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+        assert 0 < prepared <= conn.prepared_max
+        hits = own.query(collection, QueryRequest(vector=[1, 4], mode="vector", k=1)).hits
+        assert [h.id for h in hits] == ["d4"]  # an evicted statement is prepared again
+
+
 def _id(engine: Engine, name: str) -> int:
     with engine.transaction() as conn:
         row = conn.execute("SELECT id FROM unidb.collections WHERE name = %s", (name,)).fetchone()

@@ -4,14 +4,10 @@ driver failures mapped to the service's errors by SQLSTATE."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from hashlib import blake2b
 from typing import Any
-from weakref import WeakKeyDictionary
 
-import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
@@ -125,10 +121,6 @@ class Database:
             yield read
 
 
-# statements each connection prepares for reads at most; past it, they are sent as text
-MAX_PREPARED = 256
-
-
 class Rows:
     """A statement's rows, read like a cursor's."""
 
@@ -142,31 +134,31 @@ class Rows:
         return self.rows[0] if self.rows else None
 
 
-class ReadAgain(Exception):
-    """The read failed for a reason of the connection's, not the query's: run it again."""
-
-
-# what each connection has prepared for ReadTransaction (forgotten with the connection)
-_PREPARED: WeakKeyDictionary[Connection, set[str]] = WeakKeyDictionary()
-_PLACEHOLDER = re.compile(r"%s")
+_BEGIN: Statement = ("BEGIN", None)
+_COMMIT: Statement = ("COMMIT", None)
 
 
 class ReadTransaction:
     """A read-only transaction in as few round trips as its statements allow.
 
-    ``begin`` opens it lazily: ``BEGIN``, the tenant setting and any settings given travel
-    as one simple query (parameters bound as literals by psycopg) with the first statement
-    run through ``execute``, which otherwise works like ``Connection.execute`` (prepared,
-    binary). ``finish`` sends its statements with ``COMMIT``; if nothing ran since
-    ``begin``, they run as one implicit transaction instead. So a read whose only
-    statements are the last ones is one round trip, however many statements it holds.
+    Statements are pipelined: each round trip sends every statement queued so far, by the
+    extended protocol, then one Sync. ``begin`` opens the transaction lazily: ``BEGIN``, the
+    tenant setting and any settings given travel with the first statement run through
+    ``first`` or ``execute``. ``finish`` sends its statements with ``COMMIT``; if nothing ran
+    since ``begin``, they run as the implicit transaction a Sync closes, without ``BEGIN``.
+    So a read whose only statements are the last ones is one round trip, however many
+    statements it holds.
+
+    Statements with parameters are prepared (psycopg names each once per connection and
+    keeps at most ``prepared_max`` of them, deallocating them all after a rollback or a
+    ``DROP`` could have made them stale), so Postgres plans a query once per connection;
+    parameters travel in binary where their type has a binary form (a vector does).
     """
 
     def __init__(self, conn: Connection, tenant: str) -> None:
         self.conn = conn
         self.tenant = tenant
-        self._literal = psycopg.ClientCursor(conn)
-        self._opening: list[str] | None = None  # begun, not yet sent
+        self._opening: list[Statement] = []  # begun, not yet sent
         self._open = False  # BEGIN sent
 
     @classmethod
@@ -185,100 +177,53 @@ class ReadTransaction:
             except psycopg.Error:
                 conn.close()  # the pool replaces a connection it gets back closed
 
-    def _prepared(self) -> set[str]:
-        """The names of our statements this connection holds, asked of the server when this
-        process lost track (a new connection, or statements deallocated behind our back)."""
-        prepared = _PREPARED.get(self.conn)
-        if prepared is None:
-            rows = self.conn.execute(
-                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'unidb\\_%'"
-            ).fetchall()
-            prepared = _PREPARED[self.conn] = {name for (name,) in rows}
-        return prepared
+    def _tenant(self) -> Statement:
+        return ("SELECT set_config('unidb.tenant', %s, true)", (self.tenant,))
 
-    def _sql(self, statement: Statement) -> str:
-        """``statement`` as text for a simple query: ``EXECUTE`` of it prepared on this
-        connection (so Postgres plans it once per connection, not on every query), its
-        parameters bound as literals."""
-        query, params = statement
-        if not isinstance(query, str):
-            query = query.as_string(self.conn)
-        if not params:
-            return self._literal.mogrify(query, params)
-        name = "unidb_" + blake2b(query.encode(), digest_size=8).hexdigest()
-        prepared = self._prepared()
-        if name not in prepared and len(prepared) >= MAX_PREPARED:
-            return self._literal.mogrify(query, params)  # planned each time, as sent
-        if name not in prepared:
-            numbered = iter(range(1, len(params) + 1))
-            body = _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", query)
-            # as text: psycopg encodes it in the connection's encoding, the literals' too
-            self.conn.execute(f"PREPARE {name} AS {body}")
-            prepared.add(name)
-        values = ", ".join(self._literal.mogrify("%s", (value,)) for value in params)
-        return f"EXECUTE {name}({values})"
-
-    def _tenant(self) -> str:
-        return self._sql(("SELECT set_config('unidb.tenant', %s, true)", (self.tenant,)))
-
-    def _send(self, parts: list[str]) -> list[list[tuple[Any, ...]]]:
-        """Send ``parts`` as one simple query; each one's rows, in order."""
-        try:
-            # text, not UTF-8 bytes: the literals were escaped for the connection's encoding
-            cursor = self.conn.execute("; ".join(parts))
-        except pg_errors.InvalidSqlStatementName as exc:
-            # deallocated behind our back: learn what the connection holds, then run again
-            _PREPARED.pop(self.conn, None)
-            raise ReadAgain from exc
-        results: list[list[tuple[Any, ...]]] = []
-        while True:
-            results.append(cursor.fetchall() if cursor.description is not None else [])
-            if not cursor.nextset():
-                return results
+    def _send(self, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
+        """Send ``statements`` in one round trip; each one's rows, in order."""
+        cursors = []
+        with self.conn.pipeline():
+            for query, params in statements:
+                cursor = self.conn.cursor()
+                cursor.execute(query, params, prepare=params is not None)
+                cursors.append(cursor)
+        return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
 
     def begin(self, *settings: Statement) -> None:
         """Open the transaction as this request's tenant, with ``settings`` (statements whose
         rows nobody reads), when the first statement runs."""
-        self._opening = ["BEGIN", self._tenant(), *(self._sql(s) for s in settings)]
+        self._opening = [_BEGIN, self._tenant(), *settings]
 
     def begin_with(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
         """Open the transaction now, running ``statements`` in the same round trip; their
         rows, in order."""
-        self._opening = ["BEGIN", self._tenant()]
+        self._opening = [_BEGIN, self._tenant()]
         return self.first(*statements)
 
     def first(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` now, with the transaction's opening if it is still to be sent;
         their rows, in order."""
-        if self._opening is None and not self._open:
-            self._opening = ["BEGIN", self._tenant()]  # never a statement without the tenant
-        parts = [*(self._opening or []), *(self._sql(s) for s in statements)]
-        self._opening, self._open = None, True
-        return self._send(parts)[len(parts) - len(statements) :]
+        if not self._opening and not self._open:
+            self._opening = [_BEGIN, self._tenant()]  # never a statement without the tenant
+        sent = [*self._opening, *statements]
+        self._opening, self._open = [], True
+        return self._send(sent)[len(sent) - len(statements) :]
 
     def execute(self, query: Any, params: Params | None = None) -> Fetches:
-        """Run one statement now (with the transaction's opening if it is still to be
-        sent); its rows. A statement carrying a vector goes by the extended protocol, the
-        vector in binary (as text it costs more to write and to parse than a round trip),
-        unprepared; any other is prepared on this connection like the rest."""
-        if params is not None and any(isinstance(p, np.ndarray) for p in params):
-            if self._opening is not None or not self._open:
-                self.first()
-            # planned on each run: psycopg's preparing is off on the request pool (it would
-            # deallocate our statements at every rollback), and EXECUTE takes no binary
-            return self.conn.execute(query, params)
+        """Run one statement now, like ``Connection.execute`` (with the transaction's
+        opening if it is still to be sent); its rows."""
         (rows,) = self.first((query, params))
         return Rows(rows)
 
     def finish(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` and end the transaction in one round trip; their rows."""
-        parts = [self._sql(s) for s in statements]
         if self._open:
             self._open = False
-            return self._send([*parts, "COMMIT"])[:-1]
-        opening, self._opening = self._opening, None
-        if not parts:
+            return self._send([*statements, _COMMIT])[:-1]
+        opening, self._opening = self._opening, []
+        if not statements:
             return []  # nothing was sent: nothing to end
         # nothing ran since begin: one implicit transaction, with the tenant (and settings)
-        prelude = opening[1:] if opening is not None else [self._tenant()]
-        return self._send([*prelude, *parts])[len(prelude) :]
+        prelude = opening[1:] if opening else [self._tenant()]
+        return self._send([*prelude, *statements])[len(prelude) :]

@@ -120,10 +120,6 @@ def open_pool(
         )
         conn.execute("SET application_name = 'unidb'")
         act_as_service(conn)
-        if not background:
-            # reads prepare their own statements (ReadTransaction); psycopg's automatic
-            # preparing would deallocate them all at every rollback
-            conn.prepare_threshold = None
 
     pool: ConnectionPool[Connection] = ConnectionPool(
         dsn,

@@ -118,6 +118,19 @@ def scan_settings(k: int, ef_search: int, max_scan_tuples: int) -> tuple[str, tu
     )
 
 
+def nearest(
+    collection: CollectionRow,
+    query: np.ndarray,
+    k: int,
+    where: CompiledFilter | None,
+    *,
+    indexed: bool,
+) -> tuple[sql.Composed, list[Any]]:
+    """The statement for the ``k`` nearest documents, as (key, distance): on the HNSW
+    index with ``indexed``, exactly otherwise."""
+    return _select(collection, query, k, where, indexed=indexed)
+
+
 def vector_search(
     conn: Executor,
     collection: CollectionRow,
@@ -126,22 +139,23 @@ def vector_search(
     k: int,
     where: CompiledFilter | None,
     use_index: bool,
+    found: list[tuple[Any, ...]] | None = None,
 ) -> tuple[list[tuple[int, float]], bool]:
     """The ``k`` nearest documents that pass ``where``, as (document key, score), and
-    whether the answer is exact.
+    whether the answer is exact. ``found``: the rows of ``nearest(..., indexed=use_index)``
+    when the caller has sent it already (with other statements, in one round trip).
 
     With the index, pgvector's iterative scan keeps walking the graph until ``k`` rows pass
     the filter; if it still comes up short (a very selective filter) the query is answered
     by an exact scan, so k hits come back whenever k rows match. The transaction has run
     ``scan_settings`` for this ``k`` already (the planner sends them with its opening).
     """
-    rows: list[tuple[Any, ...]] = []
-    exhaustive = True
-    if use_index:
-        statement, params = _select(collection, query, k, where, indexed=True)
+    rows = found
+    if rows is None:
+        statement, params = _select(collection, query, k, where, indexed=use_index)
         rows = conn.execute(statement, params).fetchall()
-        exhaustive = False
-    if len(rows) < k:
+    exhaustive = not use_index
+    if use_index and len(rows) < k:
         statement, params = _select(collection, query, k, where, indexed=False)
         rows = conn.execute(statement, params).fetchall()
         exhaustive = True

@@ -15,7 +15,7 @@ from unidb.models import QueryExplain, QueryRequest, QueryResponse
 from unidb.service.auth.tenancy import current_tenant
 from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.config import Settings
-from unidb.service.db.database import Database, ReadAgain, ReadTransaction, Statement
+from unidb.service.db.database import Database, ReadTransaction, Statement
 from unidb.service.metrics import Metrics
 from unidb.service.query_stages import StageClock, lap, query_clock
 from unidb.service.search import hits
@@ -28,6 +28,7 @@ from unidb.service.search.filters import CompiledFilter, compile_filter
 from unidb.service.search.fusion import fuse
 from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.pgvector import (
+    nearest,
     nearest_with_rows,
     scan_settings,
     scored,
@@ -126,12 +127,7 @@ class QueryPlanner:
                 if self._still_current(key, remembered):
                     raise
                 self.collections.forget(key)
-            except ReadAgain:
-                pass
-        try:
-            return self._run(key, request, None)
-        except ReadAgain:
-            return self._run(key, request, None)  # its statements are prepared again now
+        return self._run(key, request, None)
 
     def _still_current(self, key: tuple[str, str], remembered: catalog.CollectionRow) -> bool:
         """Whether the collection is still the one ``remembered`` describes."""
@@ -224,14 +220,29 @@ class QueryPlanner:
         watermarks = [index.watermark] if index is not None and strong else []
         if served is not None:
             watermarks.append(served.manifest.watermark)
-        changes = Changes([])
+        # the outbox read and a pgvector statement (it needs no changes) in one round trip
+        ahead: list[Statement] = []
         if watermarks:
-            (rows,) = read.first(Changes.statement(row, min(watermarks)))
-            changes = Changes(rows)
+            ahead.append(Changes.statement(row, min(watermarks)))
+        use_hnsw = row.vector_index == "hnsw"
+        if vector is not None and served is None:
+            if not use_hnsw:
+                self.hnsw.schedule(read, row)
+            ahead.append(nearest(row, vector, depth, where, indexed=use_hnsw))
+        results = read.first(*ahead) if ahead else []
+        changes = Changes(results[0] if watermarks else [])
+        if watermarks:
             lap("delta")
         if vector is not None:
             vector_hits, served_by = self._vector_hits(
-                read, row, vector, depth, where, served, changes
+                read,
+                row,
+                vector,
+                depth,
+                where,
+                served,
+                changes,
+                results[-1] if served is None else None,
             )
             exhaustive = served_by == "exact"
             lap("vector")
@@ -271,9 +282,8 @@ class QueryPlanner:
         use_index = row.vector_index == "hnsw"
         if not use_index:
             self.hnsw.schedule(read, row)
-        statement, params = nearest_with_rows(row, vector, request.k, where, indexed=use_index)
-        found = read.execute(statement, params).fetchall()
-        (current,) = read.finish(catalog.lookup(row.name))
+        nearest = nearest_with_rows(row, vector, request.k, where, indexed=use_index)
+        found, current = read.finish(nearest, catalog.lookup(row.name))
         self.collections.check(key, row, current, remembered)
         if use_index and len(found) < request.k:
             read.begin(self._scan_settings(request))  # the general path reads afresh
@@ -297,7 +307,10 @@ class QueryPlanner:
         where: CompiledFilter | None,
         served: Served | None,
         changes: Changes,
+        nearest_rows: list[tuple[Any, ...]] | None,
     ) -> tuple[list[tuple[int, float]], Literal["faiss", "hnsw", "exact"]]:
+        """The vector retriever's hits and what served them. ``nearest_rows``: what the
+        pgvector statement already sent answered (no FAISS snapshot served)."""
         if served is not None:
             found = ann_search(
                 conn,
@@ -313,7 +326,7 @@ class QueryPlanner:
             if found is not None:
                 return found, "faiss"
         use_index = row.vector_index == "hnsw"
-        if not use_index:
+        if nearest_rows is None and not use_index:
             self.hnsw.schedule(conn, row)
         found, exhaustive = vector_search(
             conn,
@@ -322,6 +335,7 @@ class QueryPlanner:
             k=k,
             where=where,
             use_index=use_index,
+            found=nearest_rows,
         )
         return found, "exact" if exhaustive else "hnsw"
 
