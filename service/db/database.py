@@ -180,14 +180,19 @@ class ReadTransaction:
     def _tenant(self) -> Statement:
         return ("SELECT set_config('unidb.tenant', %s, true)", (self.tenant,))
 
-    def _send(self, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
-        """Send ``statements`` in one round trip; each one's rows, in order."""
+    def _send(
+        self, statements: list[Statement], meanwhile: Callable[[], object] | None = None
+    ) -> list[list[tuple[Any, ...]]]:
+        """Send ``statements`` in one round trip, running ``meanwhile`` while the server
+        executes them; each one's rows, in order."""
         cursors = []
         with self.conn.pipeline():
             for query, params in statements:
                 cursor = self.conn.cursor()
                 cursor.execute(query, params, prepare=params is not None)
                 cursors.append(cursor)
+            if meanwhile is not None:
+                meanwhile()
         return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
 
     def begin(self, *settings: Statement) -> None:
@@ -201,14 +206,16 @@ class ReadTransaction:
         self._opening = [_BEGIN, self._tenant()]
         return self.first(*statements)
 
-    def first(self, *statements: Statement) -> list[list[tuple[Any, ...]]]:
+    def first(
+        self, *statements: Statement, meanwhile: Callable[[], object] | None = None
+    ) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` now, with the transaction's opening if it is still to be sent;
-        their rows, in order."""
+        their rows, in order. ``meanwhile`` runs here while the server works on them."""
         if not self._opening and not self._open:
             self._opening = [_BEGIN, self._tenant()]  # never a statement without the tenant
         sent = [*self._opening, *statements]
         self._opening, self._open = [], True
-        return self._send(sent)[len(sent) - len(statements) :]
+        return self._send(sent, meanwhile)[len(sent) - len(statements) :]
 
     def execute(self, query: Any, params: Params | None = None) -> Fetches:
         """Run one statement now, like ``Connection.execute`` (with the transaction's

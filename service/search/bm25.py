@@ -25,11 +25,17 @@ def bm25_search(
     limit: int,
     where: CompiledFilter | None,
     masked: set[int],
+    searched: list[tuple[int, float]] | None = None,
 ) -> list[tuple[int, float]]:
     """The best ``limit`` (document key, BM25 score) pairs, filtered before ranking.
 
     ``masked``: documents changed since the index's watermark (read before it searches: a
-    newer searcher only overlaps), left out of its answer and scored from their rows."""
+    newer searcher only overlaps), left out of its answer and scored from their rows.
+    ``searched``: the index's own best ``limit`` for ``text``, unfiltered, if the caller
+    searched already (while the database worked); it is the answer when nothing is masked
+    and no filter applies."""
+    if searched is not None and not masked and where is None:
+        return searched
     allowed = admitted_keys(conn, collection, where).tolist() if where is not None else None
     if allowed is not None and not allowed:
         return []

@@ -229,7 +229,17 @@ class QueryPlanner:
             if not use_hnsw:
                 self.hnsw.schedule(read, row)
             ahead.append(nearest(row, vector, depth, where, indexed=use_hnsw))
-        results = read.first(*ahead) if ahead else []
+        searched: list[tuple[int, float]] | None = None
+        results: list[list[tuple[Any, ...]]] = []
+        if ahead and index is not None and request.text and where is None:
+            # the index searches while the database works; used unless something is masked
+            def search_index(text: str = request.text) -> None:
+                nonlocal searched
+                searched = index.search(text, limit=depth)
+
+            results = read.first(*ahead, meanwhile=search_index)
+        elif ahead:
+            results = read.first(*ahead)
         changes = Changes(results[0] if watermarks else [])
         if watermarks:
             lap("delta")
@@ -249,7 +259,14 @@ class QueryPlanner:
         if index is not None and request.text:
             masked = changes.since(index.watermark) if strong else set()
             bm25_hits = bm25_search(
-                read, row, index, request.text, limit=depth, where=where, masked=masked
+                read,
+                row,
+                index,
+                request.text,
+                limit=depth,
+                where=where,
+                masked=masked,
+                searched=searched,
             )
             lap("bm25")
         ranked = fuse(request, bm25_hits, vector_hits, depth=depth)[: request.k]
