@@ -8,10 +8,12 @@ Prints one JSON line per figure, each with its peer from the same run:
 - latency: p50/p99 ms and QPS per mode on SciFact plus filler documents, in process (the
   engine, beside bm25s over the same texts and the same HNSW query sent with psycopg) and
   over REST (the server, beside the same two peers behind a bare FastAPI app,
-  bench/peer_server.py); vector mode also reports recall@10 against exact search;
-- latency_stages: where the server's REST query time went, stage by stage (/metrics). Vectors: MiniLM embeddings of the
-  first 1,000 abstracts, the rest mixtures of those (see realistic_vectors); queries are
-  the test claims embedded with MiniLM;
+  bench/peer_server.py); vector mode also reports recall@10 against exact search, and in
+  process the peer's p50 for the same statement reading each hit's id, text and metadata
+  too (what unidb answers);
+- latency_stages: where the server's REST query time went, stage by stage (/metrics).
+  Vectors: MiniLM embeddings of the first 1,000 abstracts, the rest mixtures of those
+  (see realistic_vectors); queries are the test claims embedded with MiniLM;
 - freshness: commit to visible in eventual mode, beside strong mode.
 """
 
@@ -321,7 +323,20 @@ def latency(
                 (vector,),
             ).fetchall()
 
+        def pgvector_with_rows(vector: np.ndarray) -> Any:
+            # what unidb answers: each hit's id, text, metadata and distance
+            return lambda: conn.execute(
+                "SELECT d.id, d.text, d.metadata, n.distance FROM ("
+                f"SELECT document_key, (c.embedding::vector({DIM})) <=> %s::vector({DIM})"
+                f" AS distance FROM unidb.chunks c WHERE c.collection_id = {collection_id}"
+                f" ORDER BY distance LIMIT 10) n JOIN unidb.documents d"
+                f" ON d.collection_id = {collection_id} AND d.key = n.document_key"
+                " ORDER BY n.distance",
+                (vector,),
+            ).fetchall()
+
         peers["vector"] = ("pgvector_sql", timed([pgvector(vectors[q]) for q in test_ids]))
+        with_rows, _ = timed([pgvector_with_rows(vectors[q]) for q in test_ids])
     peers["bm25"] = ("bm25s", timed([
         (lambda q=q: bm25_peer.retrieve(bm25s.tokenize([queries[q]], stopwords="en", stemmer=stemmer,
                                                         show_progress=False), k=10, show_progress=False))
@@ -342,6 +357,7 @@ def latency(
             extra["recall_at_10_vs_exact"] = round(
                 recall_at_10(answers[1:], test_ids, vectors, exact), 4
             )
+            extra["peer_with_rows_p50_ms"] = round(percentile(with_rows, 50), 2)
         peer, run = peers.get(mode, (None, None))
         line(mode, "in_process", times, qps, peer, run, **extra)
 
