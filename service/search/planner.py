@@ -9,6 +9,7 @@ from typing import Any, Literal
 from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound
+from unidb.indexing.bm25 import Bm25Index
 from unidb.indexing.pg import Executor
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import QueryExplain, QueryRequest, QueryResponse
@@ -17,7 +18,7 @@ from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.config import Settings
 from unidb.service.db.database import Database, ReadTransaction, Statement
 from unidb.service.metrics import Metrics
-from unidb.service.query_stages import StageClock, lap, query_clock
+from unidb.service.query_stages import StageClock, lap, note_changed, query_clock
 from unidb.service.search import hits
 from unidb.service.search.ann import ann_search
 from unidb.service.search.ann_indexes import AnnIndexes, Served
@@ -220,6 +221,12 @@ class QueryPlanner:
         watermarks = [index.watermark] if index is not None and strong else []
         if served is not None:
             watermarks.append(served.manifest.watermark)
+        if request.mode == "bm25" and index is not None and request.text and where is None:
+            one_trip = self._bm25_in_one_round_trip(
+                read, key, row, request, index, watermarks, remembered is not None
+            )
+            if one_trip is not None:
+                return one_trip
         # the outbox read and a pgvector statement (it needs no changes) in one round trip
         ahead: list[Statement] = []
         if watermarks:
@@ -280,6 +287,39 @@ class QueryPlanner:
         )
         lap("hydrate")
         return QueryResponse(hits=found, exhaustive=exhaustive, vector_index=served_by)
+
+    def _bm25_in_one_round_trip(
+        self,
+        read: ReadTransaction,
+        key: tuple[str, str],
+        row: catalog.CollectionRow,
+        request: QueryRequest,
+        index: Bm25Index,
+        watermarks: list[int],
+        remembered: bool,
+    ) -> QueryResponse | None:
+        """A BM25 query without a filter: the index's answer, its hits' rows, the
+        collection check and (strong) the outbox read since the index's watermark, in one
+        round trip. None when documents changed since then, for the general path to mask
+        them and score them from their rows."""
+        assert request.text
+        searched = index.search(request.text, limit=request.k)
+        lap("bm25")
+        ranked = fuse(request, searched, [], depth=request.k)[: request.k]
+        statements = [Changes.statement(row, min(watermarks))] if watermarks else []
+        statements += [hits.statement(row, ranked)] if ranked else []
+        *results, current = read.finish(*statements, catalog.lookup(row.name))
+        self.collections.check(key, row, current, remembered)
+        if watermarks:
+            changed, *results = results
+            if changed:
+                read.begin()  # the general path reads afresh
+                return None
+            note_changed(0)
+            lap("delta")
+        found = hits.build(results[0] if results else [], ranked, dict(searched), {})
+        lap("hydrate")
+        return QueryResponse(hits=found, exhaustive=True, vector_index=None)
 
     def _vector_in_one_round_trip(
         self,
