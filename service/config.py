@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=10, ge=1)
     pool_timeout_s: float = Field(default=10.0, gt=0)
     statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # background work (index builds, tailers): 0 is none, so a build of any size finishes
+    background_statement_timeout_ms: int = Field(default=0, ge=0)
 
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_batch_documents: int = Field(default=10_000, ge=1, le=1 << 20)

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 import unidb
 from unidb.indexing import snapshots
 from unidb.indexing.faiss_index import plan
+from unidb.service.db.pool import open_pool
 from unidb.service.engine import Engine
 from unidb.service.search.ann_indexes import BuildTask, Cancelled
 from unidb.service.store import catalog, jobs
@@ -150,6 +152,35 @@ def test_dropping_a_collection_stops_its_builds(
         task = BuildTask(late.id, row, plan("auto", "auto", 300, {}))
         engine.ann.build(engine.pool, task, engine.jobs.owner)
     assert not engine.ann.path(row.id).exists()
+
+
+def test_a_build_outlasts_the_request_statement_timeout(engine: Engine, collection: str) -> None:
+    """Requests keep their statement timeout; a build, whose read stays open while FAISS
+    adds each chunk, runs under the background one (none by default)."""
+    _load(engine, collection, 20_000)
+    row = _row(engine, collection)
+    settings = engine.settings.model_copy(update={"statement_timeout_ms": 20})
+    requests = open_pool(engine.dsn, settings)
+    background = open_pool(engine.dsn, settings, background=True)
+    try:
+        with requests.connection() as conn:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(0.2)")
+        with background.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+        with engine.transaction() as conn:
+            job = jobs.create(conn, collection_id=row.id, collection=row.name,
+                              kind="index_build", params={}, owner=engine.jobs.owner)  # fmt: skip
+        began = time.monotonic()
+        task = BuildTask(job.id, row, plan("hnsw", "cpu", 20_000, {}))
+        stats = engine.ann.build(background, task, engine.jobs.owner)
+        assert time.monotonic() - began > 0.02  # longer than a request may run
+        assert stats["vectors"] == 20_000
+        manifest = snapshots.read_manifest(engine.ann.path(row.id))
+        assert manifest is not None and manifest.count == 20_000
+    finally:
+        requests.close()
+        background.close()
 
 
 @pytest.mark.slow

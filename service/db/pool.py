@@ -110,14 +110,16 @@ def open_pool(
 ) -> ConnectionPool[Connection]:
     """The process's pool for requests, or with ``background`` the small one its own work
     uses (index tailing, prefix invalidation, index builds), so that work never queues behind
-    requests; every connection knows the vector type and the statement timeout."""
+    requests; every connection knows the vector type and its statement timeout (requests'
+    ``statement_timeout_ms``, background work's ``background_statement_timeout_ms``)."""
+
+    timeout_ms = (
+        settings.background_statement_timeout_ms if background else settings.statement_timeout_ms
+    )
 
     def configure(conn: Connection) -> None:
         register_vector(conn)
-        conn.execute(
-            "SELECT set_config(%s, %s, false)",
-            ("statement_timeout", str(settings.statement_timeout_ms)),
-        )
+        conn.execute("SELECT set_config(%s, %s, false)", ("statement_timeout", str(timeout_ms)))
         conn.execute("SET application_name = 'unidb'")
         act_as_service(conn)
 
