@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import faiss as _faiss
@@ -26,6 +27,34 @@ DEFAULT_HNSW_M = 16
 DEFAULT_EF_CONSTRUCTION = 40
 DEFAULT_EF_SEARCH = 256
 DEFAULT_CAGRA_DEGREE = 32
+
+
+# the distributions that ship a `faiss` module: two installed overwrite each other's files
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12-cuvs", "faiss-gpu-cu12", "faiss-gpu")
+
+
+def installed_faiss() -> list[str]:
+    """The FAISS distributions installed in this environment (one, unless misinstalled)."""
+    found = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def faiss_install_problem() -> str | None:
+    """What is wrong with the FAISS installation: two distributions sharing the module."""
+    found = installed_faiss()
+    if len(found) < 2:
+        return None
+    return (
+        f"{' and '.join(found)} are installed together and overwrite each other's `faiss` "
+        f"module; keep one: pip uninstall -y {' '.join(found)}, then install "
+        "'unidb[server]' (FAISS for the CPU) or 'unidb[gpu]' (FAISS for NVIDIA GPUs)"
+    )
 
 
 class BuildRefused(ValueError):
@@ -202,10 +231,24 @@ def _cagra_to_cpu(
     served = faiss.IndexHNSWCagra()
     served.base_level_only = True
     cagra.copyTo(served)
-    served.hnsw.efSearch = plan.params.get("ef_search", DEFAULT_EF_SEARCH)
-    mapped = faiss.IndexIDMap2(served)
-    mapped.id_map.resize(0)
-    faiss.copy_array_to_vector(keys, mapped.id_map)
+    return keyed(served, keys, ef_search=plan.params.get("ef_search", DEFAULT_EF_SEARCH))
+
+
+def keyed(served: Any, keys: np.ndarray, *, ef_search: int) -> Any:
+    """``served``, a filled HNSW graph (the ``IndexHNSWCagra`` a GPU build converts to),
+    answering with document keys: its i-th vector is ``keys[i]``. FAISS refuses to wrap a
+    filled index in an id map, so the map is made around an empty stand-in and then given
+    ``served``; the map and the graph are written to the snapshot together."""
+    if len(keys) != served.ntotal:
+        raise ValueError(f"{len(keys)} keys for an index of {served.ntotal} vectors")
+    served.hnsw.efSearch = ef_search
+    mapped = faiss.IndexIDMap2(faiss.IndexFlat(served.d, served.metric_type))
+    mapped.index = served
+    mapped.own_fields = False  # ``served`` is Python's to free, and kept alive here
+    mapped.referenced_objects = [served]
+    mapped.ntotal = served.ntotal
+    faiss.copy_array_to_vector(np.ascontiguousarray(keys, dtype=np.int64), mapped.id_map)
+    mapped.construct_rev_map()
     return mapped
 
 

@@ -10,12 +10,14 @@ Constructing an engine starts no thread: ``start`` (or ``start_background``) doe
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from unidb.indexing.faiss_index import faiss_install_problem
 from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import (
@@ -61,6 +63,8 @@ from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.planner import QueryPlanner
 from unidb.service.store import catalog, documents, jobs, state
 from unidb.service.writes import Writes
+
+log = logging.getLogger("unidb.engine")
 
 
 class Engine:
@@ -160,6 +164,9 @@ class Engine:
 
     def start_background(self) -> None:
         """Start following the outbox (BM25, prefixes, KV events) and running build jobs."""
+        problem = faiss_install_problem()
+        if problem is not None:
+            log.warning("%s", problem)
         self.text_indexes.start()
         self.context.start()
         self.jobs.start()

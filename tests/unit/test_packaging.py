@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from typing import Any
 
 import yaml
 
@@ -133,3 +134,48 @@ def test_dockerfile_serves_on_the_composed_port() -> None:
     assert 'CMD ["unidb", "serve"]' in dockerfile
     for folder in ("sdk", "schema", "indexing", "service"):
         assert f"COPY {folder} ./{folder}" in dockerfile
+
+
+def _extra_closure(extra: str) -> set[str]:
+    """The distributions ``unidb[extra]`` installs, following its ``unidb[...]`` references."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    found: set[str] = set()
+    pending = [extra]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for requirement in extras[name]:
+            if requirement.startswith("unidb["):
+                pending += requirement[len("unidb[") : requirement.index("]")].split(",")
+            else:
+                found.add(re.split(r"[<>=\[;! ]", requirement, maxsplit=1)[0].lower())
+    return found
+
+
+def test_each_install_brings_exactly_one_faiss() -> None:
+    from unidb.indexing.faiss_index import FAISS_DISTRIBUTIONS
+
+    for extra, expected in (("server", "faiss-cpu"), ("all", "faiss-cpu"),
+                            ("gpu", "faiss-gpu-cu12-cuvs")):  # fmt: skip
+        assert _extra_closure(extra) & set(FAISS_DISTRIBUTIONS) == {expected}, extra
+    assert "fastapi" in _extra_closure("gpu")  # the whole service, with the GPU's FAISS
+
+
+def test_two_faiss_distributions_are_reported_with_the_fix(monkeypatch: Any) -> None:
+    from unidb.indexing import faiss_index
+
+    assert faiss_index.faiss_install_problem() is None  # this environment has one
+    monkeypatch.setattr(
+        faiss_index, "installed_faiss", lambda: ["faiss-cpu", "faiss-gpu-cu12-cuvs"]
+    )
+    problem = faiss_index.faiss_install_problem()
+    assert problem is not None
+    assert "pip uninstall -y faiss-cpu faiss-gpu-cu12-cuvs" in problem
+    assert "'unidb[server]'" in problem and "'unidb[gpu]'" in problem
