@@ -117,13 +117,24 @@ class Bm25Index:
         return self._index is not None
 
     def _read_watermark(self) -> int:
+        return self.read_watermark(self.path)
+
+    @staticmethod
+    def read_watermark(path: Path) -> int:
+        """The watermark written in the index folder ``path``; 0 if none (never built)."""
         try:
-            return int(json.loads((self.path / _WATERMARK_FILE).read_text())["watermark"])
+            return int(json.loads((path / _WATERMARK_FILE).read_text())["watermark"])
         except (OSError, ValueError, KeyError):
             return 0
 
+    @property
+    def persisted_watermark(self) -> int:
+        """The watermark as written to disk: what a restart would read."""
+        return self._persisted
+
     def _write_watermark(self, watermark: int) -> None:
-        staged = self.path / (_WATERMARK_FILE + ".tmp")
+        # a name of its own: processes sharing the folder may each persist at once
+        staged = self.path / f"{_WATERMARK_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         staged.write_text(json.dumps({"watermark": watermark}))
         os.replace(staged, self.path / _WATERMARK_FILE)
         self._persisted = watermark
@@ -203,7 +214,8 @@ class Bm25Index:
         self._watermark = max(self._watermark, watermark)
 
     def persist_watermark(self) -> None:
-        """Write a watermark `advance` moved (at shutdown), so a restart reads less outbox."""
+        """Write a watermark `advance` moved (at shutdown, and before the outbox retention
+        reports it), so a restart reads less outbox and never less than was reported."""
         with self._lock:
             if self._watermark > self._persisted and (self.path / "meta.json").exists():
                 self._write_watermark(self._watermark)

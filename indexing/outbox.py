@@ -87,3 +87,106 @@ def read_all_changes(conn: Connection, *, since: int, upto: int) -> list[Collect
         (since, upto),
     ).fetchall()
     return [CollectionChange(*row) for row in rows]
+
+
+class Horizon:
+    """How far the outbox has been pruned, as this process last read it: a follower whose
+    watermark is below it has lost changes and rebuilds from the tables instead."""
+
+    def __init__(self) -> None:
+        self._value: int | None = None
+
+    def read(self, conn: Connection, *, wait_for_prune: bool = True) -> int:
+        """The horizon now (and remember it). It waits for a prune under way, so that a
+        follower that has just reported (and committed) reads the horizon its report holds
+        back. A transaction that holds its follower row's lock must not wait (the prune
+        waits for that row): ``wait_for_prune=False``, safe there because no prune can
+        pass the row while it is held."""
+        row = conn.execute(
+            "SELECT horizon FROM unidb.outbox_horizon FOR SHARE"
+            if wait_for_prune
+            else "SELECT horizon FROM unidb.outbox_horizon"
+        ).fetchone()
+        self._value = int(row[0]) if row else 0
+        return self._value
+
+    def remember(self, horizon: int) -> None:
+        """This process pruned up to ``horizon`` (and committed)."""
+        self._value = horizon
+
+    def known(self, conn: Connection) -> int:
+        """The horizon as last read, reading it if it never was."""
+        return self._value if self._value is not None else self.read(conn)
+
+    @property
+    def value(self) -> int | None:
+        """The horizon as last read; None before the first read."""
+        return self._value
+
+
+def report_follower(conn: Connection, name: str, watermark: int) -> None:
+    """Record that follower ``name`` holds everything below ``watermark`` (and is alive)."""
+    conn.execute(
+        "INSERT INTO unidb.outbox_followers (name, watermark, seen_at) VALUES (%s, %s, now())"
+        " ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, seen_at = now()",
+        (name, watermark),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    horizon: int
+    deleted: int
+    stale: list[str]  # followers silent past the stale limit, not waited on
+
+
+def prune(conn: Connection, *, stale_after_s: float, batch: int) -> Pruned:
+    """Delete the outbox rows every live follower has passed, and the rows of collections
+    that no longer exist (their ``drop`` records go with the horizon, once every follower
+    has read them). One transaction; the horizon row is locked so prunes do not overlap."""
+    (horizon,) = conn.execute("SELECT horizon FROM unidb.outbox_horizon FOR UPDATE").fetchone() or (
+        0,
+    )
+    followers = conn.execute(
+        "SELECT name, watermark, seen_at < now() - make_interval(secs => %s)"
+        " FROM unidb.outbox_followers FOR SHARE",
+        (stale_after_s,),
+    ).fetchall()
+    stale = sorted(name for name, _, silent in followers if silent)
+    live = [int(watermark) for _, watermark, silent in followers if not silent]
+    # never past the safe watermark (a transaction above it may still commit), nor past a
+    # snapshot still open: an index build reading as of it catches up from there
+    target = min([*live, safe_watermark(conn), *open_snapshots(conn)])
+    deleted = 0
+    if target > horizon:
+        while True:
+            cursor = conn.execute(
+                "DELETE FROM unidb.changes WHERE seq IN (SELECT seq FROM unidb.changes"
+                " WHERE xid < %s::text::xid8 LIMIT %s)",
+                (target, batch),
+            )
+            deleted += cursor.rowcount
+            if cursor.rowcount < batch:
+                break
+        conn.execute("UPDATE unidb.outbox_horizon SET horizon = %s, pruned_at = now()", (target,))
+        horizon = target
+    cursor = conn.execute(
+        "DELETE FROM unidb.changes c WHERE c.op <> 'drop' AND NOT EXISTS"
+        " (SELECT 1 FROM unidb.collections k WHERE k.id = c.collection_id)"
+    )
+    deleted += cursor.rowcount
+    return Pruned(int(horizon), deleted, stale)
+
+
+def open_snapshots(conn: Connection) -> list[int]:
+    """The oldest snapshot xmin of each backend on this database that holds one, as 64-bit
+    transaction ids (``backend_xmin`` is 32-bit, at most 2^32 behind the safe watermark)."""
+    rows = conn.execute(
+        "WITH now AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS safe)"
+        " SELECT now.safe - ((now.safe - a.backend_xmin::text::bigint) % 4294967296"
+        "   + 4294967296) % 4294967296"
+        " FROM pg_stat_activity a, now"
+        " WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()"
+        "   AND a.datname = current_database()"
+    ).fetchall()
+    return [int(row[0]) for row in rows]

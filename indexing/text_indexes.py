@@ -22,7 +22,7 @@ from pathlib import Path
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing.bm25 import Bm25Index, IndexBusy
-from unidb.indexing.outbox import safe_watermark
+from unidb.indexing.outbox import Horizon, safe_watermark
 from unidb.indexing.pg import Connection
 from unidb.indexing.tailer import catch_up, rebuild
 
@@ -41,6 +41,7 @@ class TextIndexes:
         workers: int = 2,
         open_indexes: int = 16,
         idle_s: float = 30.0,
+        horizon: Horizon | None = None,
     ) -> None:
         if workers < 1 or open_indexes < 1 or idle_s <= 0:
             raise ValueError("workers and open_indexes must be >= 1 and idle_s > 0")
@@ -49,6 +50,7 @@ class TextIndexes:
         self.interval_s = interval_s
         self.idle_s = idle_s
         self.open_indexes = open_indexes
+        self.horizon = horizon or Horizon()
         self._indexes: dict[int, Bm25Index] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._registry_lock = threading.Lock()
@@ -82,12 +84,53 @@ class TextIndexes:
             with self._lock_for(collection_id):
                 index = self._indexes.get(collection_id)
                 if index is None:
-                    index = Bm25Index(self.path(collection_id))
+                    index = self._opened_from_disk(collection_id)
                     if index.watermark == 0:
                         self._build(collection_id, index)
                     self._indexes[collection_id] = index
         self._used_now(collection_id)
         return index
+
+    def _opened_from_disk(self, collection_id: int, conn: Connection | None = None) -> Bm25Index:
+        """The index as the folder holds it; emptied (to be built from the table) if the
+        outbox has been pruned past its watermark, since the changes it lacks are gone."""
+        index = Bm25Index(self.path(collection_id))
+        if index.watermark == 0:
+            return index
+        if conn is None:
+            with self.pool.connection() as own:
+                horizon = self.horizon.known(own)
+        else:
+            horizon = self.horizon.known(conn)
+        if index.watermark >= horizon:
+            return index
+        log.warning(
+            "BM25 index of collection %d holds changes below %d, but the outbox is pruned "
+            "below %d: rebuilding it from the table",
+            collection_id,
+            index.watermark,
+            horizon,
+        )
+        index.destroy()
+        return Bm25Index(self.path(collection_id))
+
+    def floor(self, collection_ids: set[int]) -> int | None:
+        """The lowest watermark on disk among these collections' built indexes (after
+        writing the ones that moved in memory): what this folder's indexes need the outbox
+        to keep. None when none is built."""
+        for opened in list(self._indexes.values()):
+            opened.persist_watermark()
+        marks = []
+        for collection_id in collection_ids:
+            known = self._indexes.get(collection_id)
+            mark = (
+                known.persisted_watermark
+                if known is not None
+                else Bm25Index.read_watermark(self.path(collection_id))
+            )
+            if mark > 0:
+                marks.append(mark)
+        return min(marks) if marks else None
 
     def _build(self, collection_id: int, index: Bm25Index) -> None:
         try:
@@ -227,7 +270,7 @@ class TextIndexes:
                 continue
             try:
                 if collection_id not in self._indexes:
-                    index = Bm25Index(self.path(collection_id))
+                    index = self._opened_from_disk(collection_id, conn)
                     if index.watermark > 0:
                         self._indexes[collection_id] = index
                     else:

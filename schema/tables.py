@@ -149,6 +149,19 @@ outbox_followers = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("watermark", BigInteger, nullable=False, server_default=text("0")),
+    # when the follower last reported: one silent past UNIDB_OUTBOX_FOLLOWER_STALE_S is
+    # not waited on
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# how far the outbox has been pruned: no row below ``horizon`` is left
+outbox_horizon = Table(
+    "outbox_horizon",
+    metadata,
+    Column("only_row", Boolean, primary_key=True, server_default=text("true")),
+    Column("horizon", BigInteger, nullable=False, server_default=text("0")),
+    Column("pruned_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("only_row", name="outbox_horizon_only_row_check"),
 )
 
 jobs = Table(

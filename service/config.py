@@ -182,6 +182,21 @@ class Settings(BaseSettings):
     bm25_idle_s: float = Field(
         default=30.0, gt=0, description="a BM25 index unused this long is closed until next use"
     )
+    outbox_prune_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often each serving process reports its indexes' watermark and prunes "
+        "the outbox rows every live follower has read",
+    )
+    outbox_follower_stale_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="an outbox follower silent this long is logged and not waited on; its "
+        "indexes rebuild from the tables if it returns below the pruned horizon",
+    )
+    outbox_prune_batch: int = Field(
+        default=10_000, ge=1, description="outbox rows deleted per statement while pruning"
+    )
     hybrid_candidates: int = Field(
         default=100, ge=1, le=10_000, description="hits taken from each retriever before fusion"
     )

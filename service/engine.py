@@ -18,6 +18,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing.faiss_index import faiss_install_problem
+from unidb.indexing.outbox import Horizon
 from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import (
@@ -58,6 +59,7 @@ from unidb.service.db.replicas import Replicas
 from unidb.service.jobs.runner import JobRunner
 from unidb.service.metrics import Metrics, database_gauges
 from unidb.service.outbound import Outbound
+from unidb.service.outbox_retention import OutboxRetention
 from unidb.service.search.ann_indexes import AnnIndexes
 from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.planner import QueryPlanner
@@ -97,6 +99,7 @@ class Engine:
         )
         self.outbound = Outbound.from_settings(settings)
         indexes = settings.data_dir / "indexes"
+        self.horizon = Horizon()
         self.text_indexes = TextIndexes(
             indexes,
             self.background_pool,
@@ -104,8 +107,16 @@ class Engine:
             workers=settings.bm25_workers,
             open_indexes=settings.bm25_open_indexes,
             idle_s=settings.bm25_idle_s,
+            horizon=self.horizon,
         )
-        self.ann = AnnIndexes(indexes)
+        self.ann = AnnIndexes(indexes, self.horizon)
+        self.retention = OutboxRetention(
+            self.background_pool,
+            settings,
+            text_indexes=self.text_indexes,
+            ann=self.ann,
+            horizon=self.horizon,
+        )
         self.context = ContextService(settings, self.background_pool)
         self.keys = KeyChecker(
             concurrency=settings.key_check_concurrency,
@@ -167,6 +178,7 @@ class Engine:
         problem = faiss_install_problem()
         if problem is not None:
             log.warning("%s", problem)
+        self.retention.start()  # reported before the indexes are followed
         self.text_indexes.start()
         self.context.start()
         self.jobs.start()
@@ -184,6 +196,7 @@ class Engine:
         self.hnsw.wait()
         self.jobs.close()
         self.context.close()
+        self.retention.close()
         self.text_indexes.close()
         if self._owns_background_pool:
             self.background_pool.close()

@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from unidb.errors import NotFound
 from unidb.service.api.main import create_app
@@ -104,6 +104,24 @@ def engine(settings: Settings) -> Iterator[Engine]:
         yield engine
     finally:
         engine.close()
+
+
+@pytest.fixture
+def scratch_database(database_url: str) -> Iterator[str]:
+    """A database of its own, so migrating down does not disturb the session's schema."""
+    name = f"unidb_migrations_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test role may not create databases")
+    params = conninfo_to_dict(database_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 class LocalClient(TestClient):

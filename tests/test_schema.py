@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import inspect, text
 
 import unidb
 from unidb.schema import downgrade, head_revision, upgrade
 from unidb.service.db.pool import sqlalchemy_engine
 from unidb.service.engine import Engine
-
-
-@pytest.fixture
-def scratch_database(database_url: str) -> Iterator[str]:
-    """A database of its own, so migrating down does not disturb the session's schema."""
-    name = f"unidb_migrations_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.errors.InsufficientPrivilege:
-        pytest.skip("the test role may not create databases")
-    params = conninfo_to_dict(database_url)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _tables(url: str) -> set[str]:
@@ -52,6 +29,7 @@ TABLES = {
     "prefixes",
     "context_sessions",
     "outbox_followers",
+    "outbox_horizon",
     "jobs",
     "api_keys",
     "tenant_roles",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from unidb.indexing.outbox import read_all_changes, safe_watermark
+from unidb.indexing.outbox import Horizon, read_all_changes, report_follower, safe_watermark
 from unidb.indexing.pg import Connection
 from unidb.models import Prefix, PrefixChunk
 
@@ -166,7 +166,14 @@ def invalidate(conn: Connection) -> int:
     ).fetchone()
     assert row is not None
     since, upto = int(row[0]), safe_watermark(conn)
+    if since < Horizon().read(conn, wait_for_prune=False):
+        # silent so long that the outbox was pruned past it: the changes that would say
+        # which prefixes went stale are gone, so every prefix goes
+        dropped = conn.execute("DELETE FROM unidb.prefixes").rowcount
+        report_follower(conn, FOLLOWER, upto)
+        return dropped
     if upto <= since:
+        report_follower(conn, FOLLOWER, since)  # alive, with nothing new
         return 0
     changed: dict[int, set[int]] = {}
     dropped_collections: set[int] = set()
@@ -198,9 +205,7 @@ def invalidate(conn: Connection) -> int:
             (collection_id, sorted(keys)),
         )
         dropped += cursor.rowcount
-    conn.execute(
-        "UPDATE unidb.outbox_followers SET watermark = %s WHERE name = %s", (upto, FOLLOWER)
-    )
+    report_follower(conn, FOLLOWER, upto)
     return dropped
 
 

@@ -68,10 +68,12 @@ def progress_reporter(
 class AnnIndexes:
     """Loaded snapshots by collection, reloaded when a new one is swapped in."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, horizon: outbox.Horizon | None = None) -> None:
         self.root = root
+        self.horizon = horizon or outbox.Horizon()
         self._served: dict[int, Served] = {}
         self._seen: dict[int, tuple[int, int, int]] = {}  # the manifest's inode, mtime, size
+        self._pruned_past: set[int] = set()  # warned of once
         self._lock = threading.Lock()
 
     def path(self, collection_id: int) -> Path:
@@ -79,7 +81,9 @@ class AnnIndexes:
 
     def get(self, collection_id: int) -> Served | None:
         """The collection's snapshot, loaded once; a query pays one ``stat`` of its manifest
-        (a new snapshot replaces the manifest file, so it has a new inode and mtime)."""
+        (a new snapshot replaces the manifest file, so it has a new inode and mtime). None
+        when there is none, or when the outbox is pruned past its watermark: the changes it
+        lacks are gone, so pgvector answers until a build replaces it."""
         try:
             stamp = os.stat(self.path(collection_id) / snapshots.MANIFEST)
         except FileNotFoundError:
@@ -88,7 +92,7 @@ class AnnIndexes:
         with self._lock:
             served = self._served.get(collection_id)
             if served is not None and self._seen.get(collection_id) == seen:
-                return served
+                return self._unless_pruned(collection_id, served)
         manifest = snapshots.read_manifest(self.path(collection_id))
         if manifest is None:
             return None
@@ -97,7 +101,32 @@ class AnnIndexes:
         with self._lock:
             self._served[collection_id] = served
             self._seen[collection_id] = seen
-        return served
+        return self._unless_pruned(collection_id, served)
+
+    def _unless_pruned(self, collection_id: int, served: Served) -> Served | None:
+        pruned = self.horizon.value
+        if pruned is None or served.manifest.watermark >= pruned:
+            return served
+        if collection_id not in self._pruned_past:
+            self._pruned_past.add(collection_id)
+            log.warning(
+                "collection %d: its FAISS snapshot holds changes below %d and the outbox is "
+                "pruned below %d; not served until a build replaces it",
+                collection_id,
+                served.manifest.watermark,
+                pruned,
+            )
+        return None
+
+    def floor(self, collection_ids: set[int]) -> int | None:
+        """The lowest watermark among these collections' snapshots on disk: what they need
+        the outbox to keep. None when there is none."""
+        marks = []
+        for collection_id in collection_ids:
+            manifest = snapshots.read_manifest(self.path(collection_id))
+            if manifest is not None:
+                marks.append(manifest.watermark)
+        return min(marks) if marks else None
 
     def status(self, conn: Connection, collection_id: int) -> AnnStatus | None:
         manifest = snapshots.read_manifest(self.path(collection_id))
