@@ -289,6 +289,17 @@ class Settings(BaseSettings):
         ge=0,
         description="documents changed since the FAISS snapshot beyond which pgvector answers",
     )
+    ann_rebuild_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        description="a FAISS snapshot is rebuilt when the changes since it pass this fraction "
+        "of its vectors (and UNIDB_ANN_REBUILD_MIN_CHANGES); 0: only when asked",
+    )
+    ann_rebuild_min_changes: int = Field(
+        default=1_000,
+        ge=1,
+        description="a FAISS snapshot is never rebuilt for fewer changes than this",
+    )
     job_orphan_after_s: float = Field(
         default=30.0,
         gt=0,

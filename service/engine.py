@@ -127,6 +127,14 @@ class Engine:
             self.ann,
             orphan_after_s=settings.job_orphan_after_s,
             take_over=take_over_jobs,
+            rebuild_after=(
+                None
+                if settings.ann_rebuild_fraction == 0
+                else lambda vectors: max(
+                    settings.ann_rebuild_min_changes,
+                    int(settings.ann_rebuild_fraction * vectors),
+                )
+            ),
         )
         self.embedders = CollectionEmbedders(self.outbound)
         self.hnsw = HnswBuilds(dsn, settings)

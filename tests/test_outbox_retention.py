@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,11 +158,7 @@ def test_a_faiss_snapshot_holds_the_horizon_and_is_not_served_below_it(own: Engi
     rng = np.random.default_rng(5)
     client.upsert("vectors", [{"id": f"v{i}", "embedding": rng.standard_normal(4).tolist()}
                               for i in range(300)])  # fmt: skip
-    job = own.build_index("vectors", IndexBuildRequest(kind="hnsw"))
-    deadline = time.monotonic() + 60
-    while own.get_job(job.id).status != "done":
-        assert time.monotonic() < deadline, own.get_job(job.id)
-        time.sleep(0.05)
+    _wait_done(own, own.build_index("vectors", IndexBuildRequest(kind="hnsw")).id)
     manifest = own.ann.get(_collection_id(own, "vectors"))
     assert manifest is not None
     watermark = manifest.manifest.watermark
@@ -186,3 +183,52 @@ def test_a_faiss_snapshot_holds_the_horizon_and_is_not_served_below_it(own: Engi
     assert past.horizon > watermark and past.stale == [own.retention.name]
     answer = own.query("vectors", near)
     assert answer.vector_index != "faiss" and [h.id for h in answer.hits] == ["new"]
+
+
+def test_a_snapshot_far_behind_the_outbox_is_rebuilt_once(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=_service_url(scratch_database),
+        migration_database_url=scratch_database,
+        data_dir=tmp_path / "data",
+        outbox_prune_interval_s=3600,
+        ann_rebuild_min_changes=50,
+        ann_rebuild_fraction=0.1,
+    )
+    # no heartbeat checks of its own: each check here is the test's
+    engine = Engine.start(settings, take_over_jobs=False)
+    try:
+        client = unidb.Client(backend=engine)
+        client.create_collection("vectors", dim=4, metric="l2")
+        rng = np.random.default_rng(6)
+        client.upsert("vectors", [{"id": f"v{i}", "embedding": rng.standard_normal(4).tolist()}
+                                  for i in range(300)])  # fmt: skip
+        first = engine.build_index("vectors", IndexBuildRequest(kind="hnsw", params={"m": 8}))
+        _wait_done(engine, first.id)
+        collection_id = _collection_id(engine, "vectors")
+        assert engine.jobs.rebuild_behind() == []  # nothing changed
+
+        # 49 changes: below the bound (50, over 10 % of 300)
+        client.upsert("vectors", [{"id": f"v{i}", "embedding": [9, 9, 9, i]} for i in range(49)])
+        assert engine.jobs.rebuild_behind() == []
+        client.upsert("vectors", [{"id": "v49", "embedding": [9, 9, 9, 49]}])
+        (rebuild,) = engine.jobs.rebuild_behind()
+        assert engine.jobs.rebuild_behind() == []  # one build per collection at a time
+        job = _wait_done(engine, rebuild)
+        assert job.params["rebuild"] is True and job.params["params"]["m"] == 8
+        served = engine.ann.get(collection_id)
+        assert served is not None and served.manifest.job_id == rebuild
+        assert engine.get_collection("vectors").ann.lag == 0  # type: ignore[union-attr]
+        answer = engine.query("vectors", QueryRequest(vector=[9, 9, 9, 49], mode="vector", k=1))
+        assert answer.vector_index == "faiss" and [h.id for h in answer.hits] == ["v49"]
+    finally:
+        engine.close()
+
+
+def _wait_done(engine: Engine, job_id: int) -> Any:
+    deadline = time.monotonic() + 60
+    while (job := engine.get_job(job_id)).status != "done":
+        assert job.status in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job

@@ -15,7 +15,8 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from unidb.errors import InvalidInput
+from unidb.errors import InvalidInput, NotFound
+from unidb.indexing import outbox, snapshots
 from unidb.indexing.faiss_index import BuildRefused, Plan, plan
 from unidb.indexing.pg import Connection
 from unidb.indexing.vectors import count_vectors
@@ -52,6 +53,7 @@ def create_build_job(
 
 
 BUILD_LOCK = 0x756E6964
+REBUILD_LOCK = BUILD_LOCK + 1  # held while deciding whether to queue a rebuild
 LOCK_POLL_S = 0.5
 
 
@@ -78,11 +80,15 @@ class JobRunner:
         *,
         orphan_after_s: float,
         take_over: bool = True,
+        rebuild_after: Callable[[int], int] | None = None,
     ) -> None:
         self.pool = pool
         self.indexes = indexes
         self.orphan_after_s = orphan_after_s
         self.take_over = take_over
+        # changes since a snapshot's watermark, given its vector count, past which it is
+        # rebuilt (None: never); a serving process checks at each heartbeat
+        self.rebuild_after = rebuild_after
         self.owner = process_name()
         self._tasks: queue.Queue[BuildTask | None] = queue.Queue()
         self._mine: set[int] = set()
@@ -130,6 +136,7 @@ class JobRunner:
                         jobs.beat(conn, mine, self.owner)
                 if self.take_over:
                     self.take_over_orphans()
+                    self.rebuild_behind()
             except PoolClosed:
                 return  # an engine never closed, its pool finalized at exit: nothing to beat
             except Exception:
@@ -161,6 +168,68 @@ class JobRunner:
                 continue
             self._tasks.put(task)
         return [orphan.id for orphan in orphans]
+
+    def rebuild_behind(self) -> list[int]:
+        """Queue a build of each snapshot in this data directory that has fallen
+        ``rebuild_after`` changes behind the outbox, as its last build was asked for, unless
+        a build of that collection is queued or running already (here or elsewhere). So a
+        query's delta from Postgres stays bounded, and the snapshot releases the outbox it
+        holds. Returns the jobs queued."""
+        if self.rebuild_after is None:
+            return []
+        queued = []
+        for collection_id in self.indexes.collections():
+            manifest = snapshots.read_manifest(self.indexes.path(collection_id))
+            if manifest is None:
+                continue
+            with self.pool.connection() as conn:
+                behind = outbox.lag(conn, collection_id, since=manifest.watermark)
+                if behind < self.rebuild_after(manifest.count):
+                    continue
+                task = self._rebuild_task(conn, collection_id, manifest)
+            if task is not None:
+                log.info(
+                    "collection %d: its FAISS snapshot is %d changes behind; rebuilding it "
+                    "(job %d)", collection_id, behind, task.job_id,
+                )  # fmt: skip
+                self.submit(task)
+                queued.append(task.job_id)
+        return queued
+
+    def _rebuild_task(
+        self, conn: Connection, collection_id: int, manifest: snapshots.Manifest
+    ) -> BuildTask | None:
+        """The job (committed with ``conn``) and task of a rebuild, or None if the collection
+        is gone or a build of it is queued or running."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (REBUILD_LOCK, collection_id))
+        found = conn.execute(
+            "SELECT tenant, EXISTS (SELECT 1 FROM unidb.jobs j WHERE j.collection_id = c.id"
+            "   AND j.kind = %s AND j.status IN ('queued', 'running'))"
+            " FROM unidb.collections c WHERE c.id = %s",
+            (INDEX_BUILD, collection_id),
+        ).fetchone()
+        if found is None or found[1]:
+            return None
+        # the job is the collection's tenant's, as if it had asked for it
+        conn.execute("SELECT set_config('unidb.tenant', %s, true)", (found[0],))
+        asked: dict[str, Any] = {"kind": manifest.kind}
+        if manifest.job_id is not None:
+            try:
+                previous = jobs.get(conn, manifest.job_id).params
+            except NotFound:
+                previous = {}
+            asked.update({k: v for k, v in previous.items() if k in IndexBuildRequest.model_fields})
+        row = catalog.get_by_id(conn, collection_id)
+        request = IndexBuildRequest.model_validate(asked)
+        try:
+            chosen = plan_build(conn, row, request)
+        except BuildRefused as exc:
+            log.warning("collection %d: its snapshot cannot be rebuilt here: %s", row.id, exc)
+            return None
+        job = create_build_job(conn, row, request, chosen, owner=self.owner, rebuild=True)
+        with self._lock:
+            self._mine.add(job.id)
+        return BuildTask(job.id, row, chosen)
 
     def _task_for(self, orphan: jobs.Orphan) -> BuildTask:
         request = IndexBuildRequest.model_validate(

@@ -118,6 +118,15 @@ class AnnIndexes:
             )
         return None
 
+    def collections(self) -> list[int]:
+        """The collections with a snapshot in this data directory."""
+        found = []
+        for manifest in self.root.glob(f"c*/ann/{snapshots.MANIFEST}"):
+            name = manifest.parent.parent.name
+            if name[1:].isdigit():
+                found.append(int(name[1:]))
+        return sorted(found)
+
     def floor(self, collection_ids: set[int]) -> int | None:
         """The lowest watermark among these collections' snapshots on disk: what they need
         the outbox to keep. None when there is none."""
