@@ -412,6 +412,12 @@ class QueryExplain(_Model):
         description="documents changed since the answering index's watermark, scored from "
         "their rows (null when no index watermark applied)",
     )
+    vector_plan: str | None = Field(
+        default=None,
+        description="how a filtered query on a FAISS snapshot was answered: the snapshot "
+        "with the filter checked on its candidates (and how many rounds), or an exact scan "
+        "and why (null when no filter met a snapshot)",
+    )
 
 
 class QueryResponse(_Model):

@@ -32,13 +32,14 @@ STAGES = (
 
 
 class StageClock:
-    __slots__ = ("_mark", "changed", "seconds")
+    __slots__ = ("_mark", "changed", "seconds", "vector_plan")
 
     def __init__(self, started: float | None = None) -> None:
         self._mark = time.perf_counter() if started is None else started
         self.seconds: dict[str, float] = {}
         # documents changed since an answering index's watermark (the most any index had)
         self.changed: int | None = None
+        self.vector_plan: str | None = None  # how a filtered FAISS query was answered
 
     def lap(self, stage: str) -> None:
         """Charge the time since the last lap to ``stage``."""
@@ -70,3 +71,10 @@ def note_changed(count: int) -> None:
     clock = query_clock.get()
     if clock is not None:
         clock.changed = max(count, clock.changed or 0)
+
+
+def note_vector_plan(plan: str) -> None:
+    """Note how the vector retriever answered a filtered query (for ``explain``)."""
+    clock = query_clock.get()
+    if clock is not None:
+        clock.vector_plan = plan

@@ -70,11 +70,54 @@ def test_recall_against_exact(engine: Engine, indexed: tuple[str, np.ndarray]) -
     assert found / (10 * len(queries)) >= 0.95
     assert filtered / (10 * len(queries)) >= 0.95
 
+    explained = client.query(name, vector=queries[0], k=10, mode="vector", filter={"half": 1},
+                             explain=True).explain  # fmt: skip
+    assert explained is not None and explained.vector_plan is not None
+    assert explained.vector_plan.startswith("faiss: the filter checked on the snapshot's")
+
     # a filter admitting 60 documents: answered by an exact scan, exactly
     rare = np.arange(N) % 100 == 0
-    few = client.query(name, vector=queries[0], k=10, mode="vector", filter={"rare": True})
+    few = client.query(name, vector=queries[0], k=10, mode="vector", filter={"rare": True},
+                       explain=True)  # fmt: skip
     assert few.vector_index == "exact" and few.exhaustive
     assert [h.id for h in few.hits] == _exact(vectors, queries[0], 10, rare)
+    assert few.explain is not None
+    assert few.explain.vector_plan == "exact: the filter admits at most 2000 documents"
+
+
+def test_a_narrow_filter_widens_the_snapshots_search_and_never_under_fills(
+    engine: Engine, indexed: tuple[str, np.ndarray]
+) -> None:
+    """A filter admitting more documents than an exact scan should take, but few enough
+    that the first round's candidates hold fewer than k of them."""
+    name, vectors = indexed
+    settings = engine.settings.model_copy(update={"ann_exact_below": 10})
+    narrow = Engine(settings, engine.pool, engine.dsn, background_pool=engine.background_pool)
+    narrow.planner.text_indexes = engine.text_indexes
+    try:
+        rare = np.arange(N) % 100 == 0  # 60 documents, over the 10 answered exactly
+        widened = 0
+        for query in _clustered(20, 3):
+            answer = narrow.query(
+                name,
+                unidb.models.QueryRequest(
+                    vector=query.tolist(), k=10, mode="vector", filter={"rare": True},
+                    explain=True,
+                ),
+            )  # fmt: skip
+            assert answer.explain is not None and answer.explain.vector_plan is not None
+            assert len(answer.hits) == 10 and all(h.metadata["rare"] for h in answer.hits)
+            if answer.vector_index == "faiss":
+                widened += "rounds" in answer.explain.vector_plan
+                found = {h.id for h in answer.hits}
+                assert len(found & set(_exact(vectors, query, 10, rare))) >= 8
+            else:  # the widest round came up short: the exact path answered
+                assert answer.explain.vector_plan.startswith("exact: 4 rounds")
+                assert [h.id for h in answer.hits] == _exact(vectors, query, 10, rare)
+        assert widened > 0
+    finally:
+        narrow.text_indexes.close()
+        narrow.outbound.close()
 
 
 def test_writes_after_the_build_are_answered(engine: Engine, collection: str) -> None:

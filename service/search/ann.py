@@ -3,21 +3,32 @@
 The snapshot holds the collection as of its watermark. Documents changed since (per the
 outbox) are masked in the snapshot's answer and scored from their current rows instead, so
 new, updated and deleted documents are answered as Postgres has them until the next build.
-A filter becomes an ID selector over the keys it admits; one admitting very few keys is
-better answered by an exact scan, and so is a snapshot too far behind.
+
+A filter never moves the keys it admits into this process. A bounded count says whether it
+admits at most ``exact_below`` documents: then an exact scan in Postgres answers. Otherwise
+the snapshot is searched without it, and Postgres checks the filter on the candidates,
+widening the search until ``k`` pass. The exact path answers when the widest round still
+comes up short, so k hits come back whenever k documents match.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from psycopg import sql
 
 from unidb.indexing.faiss_index import search
 from unidb.indexing.pg import Executor
+from unidb.service.query_stages import note_vector_plan
 from unidb.service.search.ann_indexes import Served
-from unidb.service.search.candidates import admitted_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.search.pgvector import score_keys
 from unidb.service.store.catalog import CollectionRow
+
+# candidates per hit wanted in the first round, how much each round widens, and how many
+# rounds there are before the exact path answers (4 rounds: up to 256 candidates a hit)
+FIRST_ROUND = 4
+WIDEN = 4
+ROUNDS = 4
 
 
 def ann_search(
@@ -36,23 +47,61 @@ def ann_search(
     ``changed``: the documents changed since the snapshot's watermark."""
     if len(changed) > max_delta:
         return None  # the snapshot is far behind: pgvector answers until the next build
-    allowed: np.ndarray | None = None
-    if where is not None:
-        admitted = admitted_keys(conn, collection, where)
-        if len(admitted) <= exact_below:
-            return None  # a few rows: an exact scan is fast and exact
-        allowed = np.setdiff1d(admitted, np.fromiter(changed, np.int64, len(changed)))
-    fetch = k if allowed is not None else k + len(changed)
-    found = search(
-        served.index,
-        query,
-        fetch,
-        served.manifest.metric,
-        allowed=allowed,
-        search_params=served.manifest.search,
-    )
-    from_index = [(key, score) for key, score in found if key not in changed][:k]
-    if allowed is not None and len(from_index) < min(k, len(allowed)):
+    if where is not None and _admits_at_most(conn, collection, where, exact_below):
+        note_vector_plan(f"exact: the filter admits at most {exact_below} documents")
+        return None  # a few rows: an exact scan is fast and exact
+    total = int(served.index.ntotal)
+    fetch = k + len(changed) if where is None else FIRST_ROUND * k + len(changed)
+    rounds = 0
+    for _ in range(ROUNDS):
+        rounds += 1
+        found = search(
+            served.index, query, fetch, served.manifest.metric, search_params=served.manifest.search
+        )
+        candidates = [(key, score) for key, score in found if key not in changed]
+        if where is not None:
+            passing = _passing(conn, collection, where, [key for key, _ in candidates])
+            candidates = [(key, score) for key, score in candidates if key in passing]
+        from_index = candidates[:k]
+        # enough, or every indexed document was looked at
+        if len(from_index) >= k or fetch >= total:
+            break
+        fetch *= WIDEN
+    else:
+        note_vector_plan(
+            f"exact: {ROUNDS} rounds of the snapshot, up to {fetch // WIDEN} candidates, found "
+            f"fewer than {k} that pass the filter"
+        )
         return None  # the filtered walk came up short: let the exact path fill it
+    if where is not None:
+        note_vector_plan(
+            f"faiss: the filter checked on the snapshot's candidates, {rounds} "
+            f"round{'s' if rounds > 1 else ''} ({fetch} candidates)"
+        )
     fresh = score_keys(conn, collection, query, sorted(changed), k=k, where=where)
     return sorted(from_index + fresh, key=lambda hit: -hit[1])[:k]
+
+
+def _admits_at_most(
+    conn: Executor, collection: CollectionRow, where: CompiledFilter, limit: int
+) -> bool:
+    """Whether ``where`` admits at most ``limit`` of the collection's documents, counting no
+    further than ``limit + 1``."""
+    statement = sql.SQL(
+        "SELECT count(*) FROM (SELECT 1 FROM unidb.documents d"
+        " WHERE d.collection_id = {} AND {} LIMIT {}) admitted"
+    ).format(sql.Literal(collection.id), where.expression, sql.Literal(limit + 1))
+    row = conn.execute(statement, where.params).fetchone()
+    return row is not None and int(row[0]) <= limit
+
+
+def _passing(
+    conn: Executor, collection: CollectionRow, where: CompiledFilter, keys: list[int]
+) -> set[int]:
+    """Which of ``keys`` the filter admits."""
+    if not keys:
+        return set()
+    statement = sql.SQL(
+        "SELECT d.key FROM unidb.documents d WHERE d.collection_id = {} AND d.key = ANY({}) AND {}"
+    ).format(sql.Literal(collection.id), sql.Placeholder(), where.expression)
+    return {row[0] for row in conn.execute(statement, [keys, *where.params]).fetchall()}

@@ -85,6 +85,7 @@ class QueryPlanner:
                 stages_ms=clock.milliseconds(),
                 candidates=self.depth(request),
                 changed_since_index=clock.changed,
+                vector_plan=clock.vector_plan,
             )
         return answer
 
