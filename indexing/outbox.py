@@ -63,11 +63,13 @@ def changed_since(collection_id: int, since: int) -> tuple[str, tuple[int, int]]
     )
 
 
-def lag(conn: Connection, collection_id: int, *, since: int) -> int:
-    """How many changes an index with watermark ``since`` does not hold yet."""
+def lag(conn: Connection, collection_id: int, *, since: int, upto: int | None = None) -> int:
+    """How many changes an index with watermark ``since`` does not hold yet (counting no
+    further than ``upto``, when given)."""
     row = conn.execute(
-        "SELECT count(*) FROM unidb.changes WHERE collection_id = %s AND xid >= %s::text::xid8",
-        (collection_id, since),
+        "SELECT count(*) FROM (SELECT 1 FROM unidb.changes"
+        " WHERE collection_id = %s AND xid >= %s::text::xid8 LIMIT %s) behind",
+        (collection_id, since, upto),
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -111,8 +113,9 @@ class Horizon:
         return self._value
 
     def remember(self, horizon: int) -> None:
-        """This process pruned up to ``horizon`` (and committed)."""
-        self._value = horizon
+        """The horizon is at least ``horizon`` (this process pruned to it, or a query read
+        it); it only ever moves up."""
+        self._value = max(horizon, self._value or 0)
 
     def known(self, conn: Connection) -> int:
         """The horizon as last read, reading it if it never was."""
@@ -122,6 +125,15 @@ class Horizon:
     def value(self) -> int | None:
         """The horizon as last read; None before the first read."""
         return self._value
+
+
+# read with a query's outbox read: an index below it has lost changes and must not answer
+HORIZON_STATEMENT = ("SELECT horizon FROM unidb.outbox_horizon WHERE only_row = %s", (True,))
+
+
+def forget_follower(conn: Connection, name: str) -> None:
+    """A follower that stops following (a process closing) holds nothing back any more."""
+    conn.execute("DELETE FROM unidb.outbox_followers WHERE name = %s", (name,))
 
 
 def report_follower(conn: Connection, name: str, watermark: int) -> None:
@@ -171,10 +183,17 @@ def prune(conn: Connection, *, stale_after_s: float, batch: int) -> Pruned:
         conn.execute("UPDATE unidb.outbox_horizon SET horizon = %s, pruned_at = now()", (target,))
         horizon = target
     cursor = conn.execute(
-        "DELETE FROM unidb.changes c WHERE c.op <> 'drop' AND NOT EXISTS"
-        " (SELECT 1 FROM unidb.collections k WHERE k.id = c.collection_id)"
+        "DELETE FROM unidb.changes WHERE seq IN (SELECT c.seq FROM unidb.changes c"
+        " WHERE c.op <> 'drop' AND NOT EXISTS"
+        " (SELECT 1 FROM unidb.collections k WHERE k.id = c.collection_id) LIMIT %s)",
+        (batch,),
     )
     deleted += cursor.rowcount
+    # a follower silent ten times the limit is gone for good: its row goes too
+    conn.execute(
+        "DELETE FROM unidb.outbox_followers WHERE seen_at < now() - make_interval(secs => %s)",
+        (10 * stale_after_s,),
+    )
     return Pruned(int(horizon), deleted, stale)
 
 

@@ -80,6 +80,10 @@ class TextIndexes:
         """The collection's index, built from the table if it has never been."""
         # opened already: no lock, which the tailer holds while it applies changes
         index = self._indexes.get(collection_id)
+        pruned = self.horizon.value
+        if index is not None and pruned is not None and 0 < index.watermark < pruned:
+            self.behind(pruned)
+            index = None
         if index is None:
             with self._lock_for(collection_id):
                 index = self._indexes.get(collection_id)
@@ -115,22 +119,52 @@ class TextIndexes:
         return Bm25Index(self.path(collection_id))
 
     def floor(self, collection_ids: set[int]) -> int | None:
-        """The lowest watermark on disk among these collections' built indexes (after
-        writing the ones that moved in memory): what this folder's indexes need the outbox
-        to keep. None when none is built."""
+        """The lowest watermark among these collections' built indexes, as this process
+        holds them in memory and as the folder holds them on disk (after writing the ones
+        that moved in memory): what this process's indexes need the outbox to keep. None
+        when none is built."""
         for opened in list(self._indexes.values()):
             opened.persist_watermark()
         marks = []
         for collection_id in collection_ids:
             known = self._indexes.get(collection_id)
-            mark = (
-                known.persisted_watermark
-                if known is not None
-                else Bm25Index.read_watermark(self.path(collection_id))
-            )
+            if known is None:
+                mark = Bm25Index.read_watermark(self.path(collection_id))
+            elif known.watermark == 0:
+                continue  # being built: its build's open snapshot holds the outbox
+            else:
+                mark = min(known.watermark, known.persisted_watermark or known.watermark)
             if mark > 0:
                 marks.append(mark)
         return min(marks) if marks else None
+
+    def behind(self, horizon: int) -> list[int]:
+        """Let go of the indexes this process holds below ``horizon`` (the outbox is pruned
+        past them: catching up would miss changes); they rebuild from the table on next
+        use. Returns their collections."""
+        self.horizon.remember(horizon)
+        gone = [c for c, index in list(self._indexes.items()) if 0 < index.watermark < horizon]
+        for collection_id in gone:
+            log.warning(
+                "BM25 index of collection %d is below the pruned outbox horizon %d: "
+                "rebuilding it from the table",
+                collection_id,
+                horizon,
+            )
+            self._reset(collection_id)
+        return gone
+
+    def _reset(self, collection_id: int) -> None:
+        """Forget the collection's BM25 index and remove its folder (not the collection's
+        other indexes): the next use builds it from the table."""
+        with self._lock_for(collection_id):
+            index = self._indexes.pop(collection_id, None)
+            if index is not None:
+                index.destroy()
+            shutil.rmtree(self.path(collection_id), ignore_errors=True)
+        with self._registry_lock:
+            self._used.pop(collection_id, None)
+            self._seen.discard(collection_id)
 
     def _build(self, collection_id: int, index: Bm25Index) -> None:
         try:
@@ -207,6 +241,8 @@ class TextIndexes:
         watermarks in memory, close the handles idle for ``idle_s``."""
         with self.pool.connection() as conn:
             upto = safe_watermark(conn)
+            # a process silent past the stale limit may find the outbox pruned past it
+            self.behind(self.horizon.read(conn, wait_for_prune=False))
             ids = {row[0] for row in conn.execute("SELECT id FROM unidb.collections")}
             unbuilt = self._look_at(conn, ids)
             ready = dict(self._indexes)

@@ -1,21 +1,19 @@
 """Outbox retention: what every follower has read is pruned from ``unidb.changes``.
 
 Followers report their watermarks in ``unidb.outbox_followers``: the prefix registry as it
-moves, and each data directory's indexes (BM25 and FAISS snapshots) as one follower, named
-by an id kept in the directory, reporting the lowest watermark any of its indexes holds on
-disk. A pass here reports this directory, then prunes every outbox row below the lowest
+moves, and each serving process's indexes (BM25 and FAISS snapshots) as one follower,
+reporting the lowest watermark any of its indexes holds, on disk or in memory. A pass here reports this directory, then prunes every outbox row below the lowest
 watermark of the followers seen within ``UNIDB_OUTBOX_FOLLOWER_STALE_S`` (and below every
 open snapshot, so a build reading as of one can catch up from it), plus the rows of
 collections that no longer exist. A silent follower is logged, not waited on: when it
-comes back, an index whose watermark is below the pruned horizon rebuilds from the tables.
+comes back, an index whose watermark is below the pruned horizon rebuilds from the tables
+(its tailer checks every pass, and each query's outbox read carries the horizon).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from pathlib import Path
 
 from psycopg_pool import ConnectionPool
 
@@ -23,27 +21,10 @@ from unidb.indexing import outbox
 from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.service.config import Settings
+from unidb.service.jobs.runner import process_name
 from unidb.service.search.ann_indexes import AnnIndexes
 
 log = logging.getLogger("unidb.outbox")
-
-_ID_FILE = "follower-id"
-
-
-def directory_follower(indexes_root: Path) -> str:
-    """This data directory's follower name, the same for every process that shares it."""
-    indexes_root.mkdir(parents=True, exist_ok=True)
-    path = indexes_root / _ID_FILE
-    if not path.exists():
-        staged = indexes_root / f".{_ID_FILE}.{uuid.uuid4().hex}.tmp"
-        staged.write_text(uuid.uuid4().hex)
-        try:
-            path.hardlink_to(staged)  # the first process to name the directory wins
-        except FileExistsError:
-            pass
-        finally:
-            staged.unlink(missing_ok=True)
-    return f"indexes:{path.read_text().strip()}"
 
 
 class OutboxRetention:
@@ -61,7 +42,9 @@ class OutboxRetention:
         self.text_indexes = text_indexes
         self.ann = ann
         self.horizon = horizon
-        self.name = directory_follower(settings.data_dir / "indexes")
+        # one follower per process, even on a shared data directory: each process's indexes
+        # are at its own watermarks in memory
+        self.name = f"indexes:{process_name()}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -122,5 +105,11 @@ class OutboxRetention:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return
+        self._thread.join()
+        try:
+            with self.pool.connection() as conn:
+                outbox.forget_follower(conn, self.name)
+        except Exception:  # closing: a row left behind goes stale, then goes
+            log.warning("could not remove outbox follower %s", self.name, exc_info=True)

@@ -82,7 +82,7 @@ def test_recall_against_exact(engine: Engine, indexed: tuple[str, np.ndarray]) -
     assert few.vector_index == "exact" and few.exhaustive
     assert [h.id for h in few.hits] == _exact(vectors, queries[0], 10, rare)
     assert few.explain is not None
-    assert few.explain.vector_plan == "exact: the filter admits at most 2000 documents"
+    assert few.explain.vector_plan == "pgvector: the filter admits at most 2000 documents"
 
 
 def test_a_narrow_filter_widens_the_snapshots_search_and_never_under_fills(
@@ -111,8 +111,8 @@ def test_a_narrow_filter_widens_the_snapshots_search_and_never_under_fills(
                 widened += "rounds" in answer.explain.vector_plan
                 found = {h.id for h in answer.hits}
                 assert len(found & set(_exact(vectors, query, 10, rare))) >= 8
-            else:  # the widest round came up short: the exact path answered
-                assert answer.explain.vector_plan.startswith("exact: 4 rounds")
+            else:  # the widest round came up short: pgvector answered (exactly, here)
+                assert answer.explain.vector_plan.startswith("pgvector: 4 rounds")
                 assert [h.id for h in answer.hits] == _exact(vectors, query, 10, rare)
         assert widened > 0
     finally:

@@ -182,11 +182,21 @@ class JobRunner:
             manifest = snapshots.read_manifest(self.indexes.path(collection_id))
             if manifest is None:
                 continue
-            with self.pool.connection() as conn:
-                behind = outbox.lag(conn, collection_id, since=manifest.watermark)
-                if behind < self.rebuild_after(manifest.count):
-                    continue
-                task = self._rebuild_task(conn, collection_id, manifest)
+            bound = self.rebuild_after(manifest.count)
+            try:
+                with self.pool.connection() as conn:
+                    # below the pruned horizon it is not served at all: rebuild it whatever
+                    # its lag says (the rows it lacks are gone)
+                    pruned = manifest.watermark < self.indexes.horizon.known(conn)
+                    behind = outbox.lag(conn, collection_id, since=manifest.watermark, upto=bound)
+                    if behind < bound and not pruned:
+                        continue
+                    task = self._rebuild_task(conn, collection_id, manifest)
+            except Exception:  # one collection's trouble does not stop the others' rebuilds
+                log.exception(
+                    "collection %d: could not queue its snapshot's rebuild", collection_id
+                )
+                continue
             if task is not None:
                 log.info(
                     "collection %d: its FAISS snapshot is %d changes behind; rebuilding it "

@@ -5,10 +5,11 @@ outbox) are masked in the snapshot's answer and scored from their current rows i
 new, updated and deleted documents are answered as Postgres has them until the next build.
 
 A filter never moves the keys it admits into this process. A bounded count says whether it
-admits at most ``exact_below`` documents: then an exact scan in Postgres answers. Otherwise
-the snapshot is searched without it, and Postgres checks the filter on the candidates,
-widening the search until ``k`` pass. The exact path answers when the widest round still
-comes up short, so k hits come back whenever k documents match.
+admits at most ``exact_below`` documents: then pgvector answers in Postgres (its HNSW index
+if the collection has one, an exact scan otherwise). Otherwise the snapshot is searched
+without it, and Postgres checks the filter on the candidates, widening the search until
+``k`` pass. pgvector answers when the widest round still comes up short, so k hits come
+back whenever k documents match.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def ann_search(
     if len(changed) > max_delta:
         return None  # the snapshot is far behind: pgvector answers until the next build
     if where is not None and _admits_at_most(conn, collection, where, exact_below):
-        note_vector_plan(f"exact: the filter admits at most {exact_below} documents")
+        note_vector_plan(f"pgvector: the filter admits at most {exact_below} documents")
         return None  # a few rows: an exact scan is fast and exact
     total = int(served.index.ntotal)
     fetch = k + len(changed) if where is None else FIRST_ROUND * k + len(changed)
@@ -69,7 +70,7 @@ def ann_search(
         fetch *= WIDEN
     else:
         note_vector_plan(
-            f"exact: {ROUNDS} rounds of the snapshot, up to {fetch // WIDEN} candidates, found "
+            f"pgvector: {ROUNDS} rounds of the snapshot, up to {fetch // WIDEN} candidates, found "
             f"fewer than {k} that pass the filter"
         )
         return None  # the filtered walk came up short: let the exact path fill it

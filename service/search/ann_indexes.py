@@ -131,9 +131,12 @@ class AnnIndexes:
         """The lowest watermark among these collections' snapshots on disk: what they need
         the outbox to keep. None when there is none."""
         marks = []
+        pruned = self.horizon.value or 0
         for collection_id in collection_ids:
             manifest = snapshots.read_manifest(self.path(collection_id))
-            if manifest is not None:
+            # one below the horizon is not served and waits for its rebuild: holding the
+            # outbox for it would stop retention for every collection
+            if manifest is not None and manifest.watermark >= pruned:
                 marks.append(manifest.watermark)
         return min(marks) if marks else None
 
@@ -183,18 +186,20 @@ class AnnIndexes:
                     builder.add(keys, vectors)
                     done += len(keys)
                     report(0.95 * done / max(total, 1))
-        index = builder.finish()
-        report(0.97)
-        return self.swap_in(
-            pool,
-            row,
-            index,
-            plan,
-            job_id=task.job_id,
-            watermark=watermark,
-            search=builder.search_params,
-            seconds=time.monotonic() - began,
-        )
+                # the snapshot stays open until the manifest is on disk: until then it is
+                # what keeps the outbox from being pruned past the watermark
+                index = builder.finish()
+                report(0.97)
+                return self.swap_in(
+                    pool,
+                    row,
+                    index,
+                    plan,
+                    job_id=task.job_id,
+                    watermark=watermark,
+                    search=builder.search_params,
+                    seconds=time.monotonic() - began,
+                )
 
     def swap_in(
         self,

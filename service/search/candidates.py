@@ -24,6 +24,10 @@ def admitted_keys(conn: Executor, collection: CollectionRow, where: CompiledFilt
     return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
 
+# past every watermark: such a change is masked in every index's answer
+_EVERY_WATERMARK = (1 << 63) - 1
+
+
 class Changes:
     """The collection's changes since the oldest watermark a query's indexes have, read
     once (with the transaction's first round trip) and handed to each index by its own."""
@@ -32,7 +36,14 @@ class Changes:
         self.rows = [(int(xid), int(key)) for xid, key in rows]
 
     @staticmethod
-    def statement(collection: CollectionRow, since: int) -> tuple[str, tuple[int, int]]:
+    def statement(collection: CollectionRow, since: int) -> tuple[str, tuple[int, ...]]:
+        if since == 0:
+            # an index not built yet (another process builds it) lacks everything, and the
+            # outbox may be pruned: every current document counts as changed
+            return (
+                "SELECT %s::bigint, key FROM unidb.documents WHERE collection_id = %s",
+                (_EVERY_WATERMARK, collection.id),
+            )
         return changed_since(collection.id, since)
 
     def since(self, watermark: int) -> set[int]:

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from unidb.errors import InvalidInput, NotFound
 from unidb.indexing.bm25 import Bm25Index
+from unidb.indexing.outbox import HORIZON_STATEMENT
 from unidb.indexing.pg import Executor
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import QueryExplain, QueryRequest, QueryResponse
@@ -37,6 +38,10 @@ from unidb.service.search.pgvector import (
 )
 from unidb.service.store import catalog, documents
 from unidb.service.store.commit_tokens import token_xid
+
+
+class IndexBehind(Exception):
+    """An index answering the query is below the pruned outbox horizon: answer again."""
 
 
 class QueryPlanner:
@@ -129,7 +134,12 @@ class QueryPlanner:
                 if self._still_current(key, remembered):
                     raise
                 self.collections.forget(key)
-        return self._run(key, request, None)
+            except IndexBehind:
+                pass  # the indexes below the horizon are let go of: they answer no more
+        try:
+            return self._run(key, request, None)
+        except IndexBehind:
+            return self._run(key, request, None)
 
     def _still_current(self, key: tuple[str, str], remembered: catalog.CollectionRow) -> bool:
         """Whether the collection is still the one ``remembered`` describes."""
@@ -219,7 +229,8 @@ class QueryPlanner:
         if index is not None and request.after is not None:
             if index.watermark <= token_xid(request.after):
                 strong = True  # the index has not reached that commit: merge what it lacks
-        watermarks = [index.watermark] if index is not None and strong else []
+        bm25_watermark = index.watermark if index is not None else 0
+        watermarks = [bm25_watermark] if index is not None and strong else []
         if served is not None:
             watermarks.append(served.manifest.watermark)
         if request.mode == "bm25" and index is not None and request.text and where is None:
@@ -231,7 +242,7 @@ class QueryPlanner:
         # the outbox read and a pgvector statement (it needs no changes) in one round trip
         ahead: list[Statement] = []
         if watermarks:
-            ahead.append(Changes.statement(row, min(watermarks)))
+            ahead += [Changes.statement(row, min(watermarks)), HORIZON_STATEMENT]
         use_hnsw = row.vector_index == "hnsw"
         if vector is not None and served is None:
             if not use_hnsw:
@@ -248,6 +259,8 @@ class QueryPlanner:
             results = read.first(*ahead, meanwhile=search_index)
         elif ahead:
             results = read.first(*ahead)
+        if watermarks:
+            self._check_horizon(results[1], watermarks)
         changes = Changes(results[0] if watermarks else [])
         if watermarks:
             lap("delta")
@@ -265,7 +278,9 @@ class QueryPlanner:
             exhaustive = served_by == "exact"
             lap("vector")
         if index is not None and request.text:
-            masked = changes.since(index.watermark) if strong else set()
+            # against the watermark read before the search ran: a newer one could hide what
+            # the searcher used lacks
+            masked = changes.since(bm25_watermark) if strong else set()
             bm25_hits = bm25_search(
                 read,
                 row,
@@ -289,6 +304,15 @@ class QueryPlanner:
         lap("hydrate")
         return QueryResponse(hits=found, exhaustive=exhaustive, vector_index=served_by)
 
+    def _check_horizon(self, rows: list[tuple[Any, ...]], watermarks: list[int]) -> None:
+        """Raise IndexBehind if the outbox is pruned past an answering index's watermark:
+        the changes it lacks are gone (a process silent past the stale limit)."""
+        horizon = int(rows[0][0]) if rows else 0
+        built = [w for w in watermarks if w > 0]  # an unbuilt index counts every row changed
+        if built and min(built) < horizon:
+            self.text_indexes.behind(horizon)  # and remembered: FAISS snapshots below it too
+            raise IndexBehind
+
     def _bm25_in_one_round_trip(
         self,
         read: ReadTransaction,
@@ -307,12 +331,16 @@ class QueryPlanner:
         searched = index.search(request.text, limit=request.k)
         lap("bm25")
         ranked = fuse(request, searched, [], depth=request.k)[: request.k]
-        statements = [Changes.statement(row, min(watermarks))] if watermarks else []
+        statements: list[Statement] = (
+            [Changes.statement(row, min(watermarks))] if watermarks else []
+        )
+        statements += [HORIZON_STATEMENT] if watermarks else []
         statements += [hits.statement(row, ranked)] if ranked else []
         *results, current = read.finish(*statements, catalog.lookup(row.name))
         self.collections.check(key, row, current, remembered)
         if watermarks:
-            changed, *results = results
+            changed, horizon, *results = results
+            self._check_horizon(horizon, watermarks)
             if changed:
                 read.begin()  # the general path reads afresh
                 return None

@@ -37,8 +37,12 @@ def upgrade() -> None:
     )
     op.execute("INSERT INTO unidb.outbox_horizon (only_row) VALUES (true)")
     op.execute(f"ALTER TABLE unidb.outbox_horizon OWNER TO {SERVICE}")
+    # a collection's changes since a watermark (each strong query, each lag count) without
+    # reading every other collection's
+    op.execute("CREATE INDEX changes_collection_xid ON unidb.changes (collection_id, xid)")
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX unidb.changes_collection_xid")
     op.execute("DROP TABLE unidb.outbox_horizon")
     op.execute("ALTER TABLE unidb.outbox_followers DROP COLUMN seen_at")
