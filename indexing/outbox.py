@@ -109,7 +109,8 @@ class Horizon:
             if wait_for_prune
             else "SELECT horizon FROM unidb.outbox_horizon"
         ).fetchone()
-        self._value = int(row[0]) if row else 0
+        # a read that began before a prune may end after a newer value was remembered
+        self._value = max(int(row[0]) if row else 0, self._value or 0)
         return self._value
 
     def remember(self, horizon: int) -> None:

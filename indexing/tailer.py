@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidb.indexing.bm25 import Bm25Index, document_body
-from unidb.indexing.outbox import read_changes, safe_watermark
+from unidb.indexing.outbox import Horizon, read_changes, safe_watermark
 from unidb.indexing.pg import Connection
 
 _FETCH = 2000
@@ -37,15 +37,24 @@ def rebuild(conn: Connection, collection_id: int, index: Bm25Index) -> int:
     return count
 
 
-def catch_up(conn: Connection, collection_id: int, index: Bm25Index) -> int:
+class BelowHorizon(Exception):
+    """The outbox is pruned past the index's watermark: it must be rebuilt, not caught up."""
+
+
+def catch_up(
+    conn: Connection, collection_id: int, index: Bm25Index, horizon: Horizon | None = None
+) -> int:
     """Apply the outbox from the index's watermark to the safe watermark; returns changes read.
 
     When none of them is this collection's, the watermark moves in memory only: no commit,
-    no file written."""
+    no file written. With ``horizon``, the pruned horizon is read after the changes: if a
+    prune passed the watermark before they were read, BelowHorizon, and nothing moves."""
     upto = safe_watermark(conn)
     if upto <= index.watermark:
         return 0
     changes = read_changes(conn, collection_id, since=index.watermark, upto=upto)
+    if horizon is not None and index.watermark < horizon.read(conn, wait_for_prune=False):
+        raise BelowHorizon
     if not changes:
         index.advance(upto)
         return 0

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 from unidb.indexing.bm25 import Bm25Index, IndexBusy
 from unidb.indexing.outbox import Horizon, safe_watermark
 from unidb.indexing.pg import Connection
-from unidb.indexing.tailer import catch_up, rebuild
+from unidb.indexing.tailer import BelowHorizon, catch_up, rebuild
 
 log = logging.getLogger("unidb.text_indexes")
 
@@ -151,17 +151,17 @@ class TextIndexes:
                 collection_id,
                 horizon,
             )
-            self._reset(collection_id)
+            self._let_go(collection_id)
         return gone
 
-    def _reset(self, collection_id: int) -> None:
-        """Forget the collection's BM25 index and remove its folder (not the collection's
-        other indexes): the next use builds it from the table."""
+    def _let_go(self, collection_id: int) -> None:
+        """Forget this process's object for the collection's BM25 index. The next use opens
+        it from the folder again, which other processes may have kept current; only if the
+        folder too is below the horizon is it rebuilt from the table (``_opened_from_disk``)."""
         with self._lock_for(collection_id):
             index = self._indexes.pop(collection_id, None)
             if index is not None:
-                index.destroy()
-            shutil.rmtree(self.path(collection_id), ignore_errors=True)
+                index.close()
         with self._registry_lock:
             self._used.pop(collection_id, None)
             self._seen.discard(collection_id)
@@ -201,11 +201,17 @@ class TextIndexes:
         index = self.get(collection_id)
         # the connection before the lock: waiting for one must not hold up this index's opener
         with self.pool.connection() as conn, self._lock_for(collection_id), self._writers:
+            if self._indexes.get(collection_id) is not index:
+                return 0  # let go of meanwhile (below the horizon, or dropped)
             try:
-                return catch_up(conn, collection_id, index)
+                return catch_up(conn, collection_id, index, self.horizon)
             except IndexBusy:
                 self._follow_writer(collection_id, index)
                 return 0
+            except BelowHorizon:
+                pass
+        self.behind(self.horizon.value or 0)
+        return 0
 
     def _follow_writer(self, collection_id: int, index: Bm25Index) -> None:
         if collection_id not in self._followed:
@@ -258,6 +264,9 @@ class TextIndexes:
                         (floor, upto),
                     ).fetchall()
                 }
+            # read after the changes: a prune that passed ``floor`` before they were read
+            # shows here, and no index below it may advance
+            pruned = self.horizon.read(conn, wait_for_prune=False)
         # a collection created or dropped since the listing waits for the next pass;
         # an index another process has not finished building is looked at every pass
         due = (changed & ids) | unbuilt
@@ -280,8 +289,9 @@ class TextIndexes:
         for collection_id, index in ready.items():
             # nothing of it in [floor, upto), and it holds everything below its watermark
             if collection_id not in changed and collection_id not in due:
-                if index.watermark >= floor and index.watermark > 0:
+                if index.watermark >= max(floor, pruned) and index.watermark > 0:
                     index.advance(upto)
+        self.behind(pruned)
         with self._registry_lock:
             self._seen -= failed & unbuilt  # looked at again next pass
             gone = self._seen - ids  # dropped by another process

@@ -204,8 +204,8 @@ class Engine:
         self.hnsw.wait()
         self.jobs.close()
         self.context.close()
-        self.retention.close()
         self.text_indexes.close()
+        self.retention.close()  # its row protected the indexes until they stopped
         if self._owns_background_pool:
             self.background_pool.close()
         self.replicas.close()

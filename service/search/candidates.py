@@ -41,8 +41,10 @@ class Changes:
             # an index not built yet (another process builds it) lacks everything, and the
             # outbox may be pruned: every current document counts as changed
             return (
-                "SELECT %s::bigint, key FROM unidb.documents WHERE collection_id = %s",
-                (_EVERY_WATERMARK, collection.id),
+                "SELECT %s::bigint, key FROM unidb.documents WHERE collection_id = %s"
+                " UNION ALL SELECT %s::bigint, document_key FROM unidb.changes"
+                " WHERE collection_id = %s AND op = 'delete' AND document_key IS NOT NULL",
+                (_EVERY_WATERMARK, collection.id, _EVERY_WATERMARK, collection.id),
             )
         return changed_since(collection.id, since)
 

@@ -1,0 +1,254 @@
+"""Outbox retention against the races two reviews reproduced: a prune landing between a
+tailer's reads, a sibling process lagging on a shared directory, a refresh holding an
+index let go of meanwhile, and a BM25 index still being built beside a FAISS snapshot.
+Each forces its order through a seam rather than timing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+import unidb
+from unidb.indexing.bm25 import Bm25Index
+from unidb.models import IndexBuildRequest
+from unidb.service.config import Settings
+from unidb.service.context import registry
+from unidb.service.engine import Engine
+
+from .conftest import _service_url
+from .test_outbox_retention import _wait_done
+
+
+def _start(database: str, data_dir: Path) -> Engine:
+    return Engine.start(
+        Settings(
+            database_url=_service_url(database),
+            migration_database_url=database,
+            data_dir=data_dir,
+            outbox_prune_interval_s=3600,
+            tailer_interval_s=3600,
+        ),
+        take_over_jobs=False,
+    )
+
+
+def _cid(e: Engine, name: str) -> int:
+    with e.transaction() as conn:
+        return conn.execute("SELECT id FROM unidb.collections WHERE name=%s", (name,)).fetchone()[0]
+
+
+def test_a_prune_between_a_tailers_reads_never_lets_it_advance_past_lost_changes(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    """B (stale) resumes; A prunes right after B's tailer read the horizon: B advances past d1."""
+    a = _start(scratch_database, tmp_path / "a")
+    b = _start(scratch_database, tmp_path / "b")
+    try:
+        ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
+        ca.create_collection("notes", dim=2)
+        ca.upsert("notes", [{"id": "d0", "text": "apple", "embedding": [1, 0]}])
+        assert [h.id for h in cb.query("notes", text="apple", mode="bm25").hits] == ["d0"]
+        ca.upsert("notes", [{"id": "d1", "text": "banana", "embedding": [0, 1]}])
+        with a.transaction(service_wide=True) as conn:
+            conn.execute(
+                "UPDATE unidb.outbox_followers SET seen_at = now() - interval '2 hours'"
+                " WHERE name = %s",
+                (b.retention.name,),
+            )
+        a.text_indexes.follow_once()
+        with a.transaction(service_wide=True) as conn:
+            registry.invalidate(conn)
+        real = b.text_indexes.behind
+
+        def behind(h):
+            gone = real(h)
+            a.retention.run_once()  # A's heartbeat lands just after B's check
+            return gone
+
+        b.text_indexes.behind = behind
+        b.text_indexes.follow_once()
+        b.text_indexes.behind = real
+        b.text_indexes.follow_once()  # and the next pass
+        with b.transaction() as conn:
+            conn.execute("SELECT horizon FROM unidb.outbox_horizon").fetchone()[0]
+        b.text_indexes.opened(_cid(b, "notes"))
+        got = [
+            h.id for h in cb.query("notes", text="banana", mode="bm25", consistency="strong").hits
+        ]
+        assert got == ["d1"], f"strong query on B missed d1: {got}"
+    finally:
+        b.close()
+        a.close()
+
+
+def test_an_unbuilt_bm25_index_beside_a_faiss_snapshot_still_fills_k(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    """Hybrid strong query, FAISS snapshot, BM25 being built by a sibling (watermark 0): a
+    document deleted since the snapshot is not masked, takes a slot, and is dropped."""
+    e = _start(scratch_database, tmp_path / "d")
+    try:
+        c = unidb.Client(backend=e)
+        c.create_collection("vectors", dim=4, metric="l2")
+        rng = np.random.default_rng(5)
+        docs = [
+            {"id": f"v{i}", "text": f"doc {i}", "embedding": rng.standard_normal(4).tolist()}
+            for i in range(300)
+        ]
+        docs.append({"id": "gone", "text": "doc gone", "embedding": [9, 9, 9, 9]})
+        c.upsert("vectors", docs)
+        _wait_done(e, e.build_index("vectors", IndexBuildRequest(kind="hnsw")).id)
+        cid = _cid(e, "vectors")
+        assert e.ann.get(cid) is not None
+        c.delete("vectors", "gone") if hasattr(c, "delete") else e.delete_document(
+            "vectors", "gone"
+        )
+        # a sibling process holds the BM25 writer while it builds: this one follows it
+        assert e.text_indexes.opened(cid) is None  # nothing opened here yet
+        shutil.rmtree(e.text_indexes.path(cid), ignore_errors=True)
+        sibling = Bm25Index(e.text_indexes.path(cid))
+        with sibling.writing():
+            e.text_indexes.get(cid)
+            ans = c.query(
+                "vectors",
+                text="doc",
+                vector=[9, 9, 9, 9],
+                mode="hybrid",
+                k=5,
+                consistency="strong",
+                explain=True,
+            )
+        assert len(ans.hits) == 5, f"under-filled: {[h.id for h in ans.hits]}"
+    finally:
+        e.close()
+
+
+def test_a_lagging_sibling_leaves_a_current_shared_index_in_place(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "shared"
+    a = _start(scratch_database, data)
+    b = _start(scratch_database, data)
+    try:
+        ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
+        ca.create_collection("notes", dim=2)
+        ca.upsert(
+            "notes", [{"id": f"d{i}", "text": "apple", "embedding": [1, i]} for i in range(5)]
+        )
+        cid = _cid(a, "notes")
+        a.text_indexes.refresh(cid)
+        assert len(cb.query("notes", text="apple", mode="bm25").hits) == 5  # B opens it
+        ca.upsert("notes", [{"id": "d5", "text": "banana", "embedding": [0, 1]}])
+        with a.transaction(service_wide=True) as conn:
+            conn.execute(
+                "UPDATE unidb.outbox_followers SET seen_at = now() - interval '2 hours'"
+                " WHERE name = %s",
+                (b.retention.name,),
+            )
+        a.text_indexes.follow_once()  # A applies d5 to the shared folder
+        with a.transaction(service_wide=True) as conn:
+            registry.invalidate(conn)
+        a.retention.run_once()
+        # B resumes: its in-memory watermark is below the horizon, the shared folder is not
+        with b.transaction() as conn:
+            h = conn.execute("SELECT horizon FROM unidb.outbox_horizon").fetchone()[0]
+        b.text_indexes.behind(h)  # what B's tailer or a B query does first
+        a.text_indexes._release(cid)  # A's idle sweep closes its handle meanwhile
+        got = [
+            h.id for h in ca.query("notes", text="apple", mode="bm25", consistency="strong").hits
+        ]
+        assert len(got) == 5, f"A's strong query lost documents: {got}"
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_built_bm25_index_beside_a_faiss_snapshot_fills_k(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    """Hybrid strong query, FAISS snapshot, BM25 being built by a sibling (watermark 0): a
+    document deleted since the snapshot is not masked, takes a slot, and is dropped."""
+    e = _start(scratch_database, tmp_path / "d")
+    try:
+        c = unidb.Client(backend=e)
+        c.create_collection("vectors", dim=4, metric="l2")
+        rng = np.random.default_rng(5)
+        docs = [
+            {"id": f"v{i}", "text": f"doc {i}", "embedding": rng.standard_normal(4).tolist()}
+            for i in range(300)
+        ]
+        docs.append({"id": "gone", "text": "doc gone", "embedding": [9, 9, 9, 9]})
+        c.upsert("vectors", docs)
+        _wait_done(e, e.build_index("vectors", IndexBuildRequest(kind="hnsw")).id)
+        cid = _cid(e, "vectors")
+        assert e.ann.get(cid) is not None
+        c.delete("vectors", "gone") if hasattr(c, "delete") else e.delete_document(
+            "vectors", "gone"
+        )
+        # a sibling process holds the BM25 writer while it builds: this one follows it
+        assert e.text_indexes.opened(cid) is None  # nothing opened here yet
+        shutil.rmtree(e.text_indexes.path(cid), ignore_errors=True)
+        e.text_indexes.get(cid)
+        ans = c.query(
+            "vectors",
+            text="doc",
+            vector=[9, 9, 9, 9],
+            mode="hybrid",
+            k=5,
+            consistency="strong",
+            explain=True,
+        )
+        assert len(ans.hits) == 5, f"under-filled: {[h.id for h in ans.hits]}"
+    finally:
+        e.close()
+
+
+def test_a_refresh_holding_an_index_let_go_of_meanwhile_writes_nothing(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    """refresh() takes the index (get) before its lock; a query thread's behind() resets it
+    in between; catch_up then writes a partial index with a current watermark."""
+    a = _start(scratch_database, tmp_path / "a")
+    b = _start(scratch_database, tmp_path / "b")
+    try:
+        ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
+        ca.create_collection("notes", dim=2)
+        ca.upsert("notes", [{"id": "d0", "text": "apple", "embedding": [1, 0]}])
+        assert [h.id for h in cb.query("notes", text="apple", mode="bm25").hits] == ["d0"]
+        cid = _cid(b, "notes")
+        ca.upsert("notes", [{"id": "d1", "text": "banana", "embedding": [0, 1]}])
+        with a.transaction(service_wide=True) as conn:
+            conn.execute(
+                "UPDATE unidb.outbox_followers SET seen_at = now() - interval '2 hours'"
+                " WHERE name = %s",
+                (b.retention.name,),
+            )
+        a.text_indexes.follow_once()
+        with a.transaction(service_wide=True) as conn:
+            registry.invalidate(conn)
+        a.retention.run_once()
+        ti = b.text_indexes
+        old = ti.get(cid)  # refresh(): index = self.get(collection_id) -- B's horizon not read yet
+        with b.transaction() as conn:
+            h = conn.execute("SELECT horizon FROM unidb.outbox_horizon").fetchone()[0]
+        ti.behind(h)  # a query thread's _check_horizon, meanwhile
+        ca.upsert("notes", [{"id": "d2", "text": "cherry", "embedding": [1, 1]}])
+        real_get = ti.get
+        ti.get = lambda collection_id: old  # type: ignore[method-assign]
+        try:
+            ti.refresh(cid)  # its get() ran before the reset
+        finally:
+            ti.get = real_get  # type: ignore[method-assign]
+        ti.get(cid)
+        got = [
+            x.id
+            for x in cb.query(
+                "notes", text="apple banana cherry", mode="bm25", consistency="strong", k=5
+            ).hits
+        ]
+        assert sorted(got) == ["d0", "d1", "d2"], got
+    finally:
+        b.close()
+        a.close()
