@@ -53,12 +53,11 @@ class OutboxRetention:
         that report holds back; returns the watermark reported."""
         with self.pool.connection() as conn:
             ids = {row[0] for row in conn.execute("SELECT id FROM unidb.collections")}
+            # first what is open now: an index build under way reads as of an open snapshot
+            # and will catch up from it; one that finishes meanwhile is on disk below
+            held = [outbox.safe_watermark(conn), *outbox.open_snapshots(conn)]
             marks = [self.text_indexes.floor(ids), self.ann.floor(ids)]
-            # an index build under way reads as of an open snapshot and will catch up from it
-            watermark = min(
-                [m for m in marks if m is not None]
-                + [outbox.safe_watermark(conn), *outbox.open_snapshots(conn)]
-            )
+            watermark = min([m for m in marks if m is not None] + held)
             outbox.report_follower(conn, self.name, watermark)
         with self.pool.connection() as conn:  # after the report commits
             self.horizon.read(conn)
