@@ -90,6 +90,11 @@ class IndexBusy(RuntimeError):
     """Another process holds this index's writer; this one can only read it."""
 
 
+class IndexRetired(RuntimeError):
+    """This object was let go of (its collection dropped, or the outbox pruned past it):
+    it must not reopen its folder, which may be gone or being rebuilt."""
+
+
 class Bm25Index:
     """The index under ``path``; one writer (the tailer), any number of searchers."""
 
@@ -103,6 +108,7 @@ class Bm25Index:
         self._lock = threading.RLock()  # the writer's, held by `writing` and each `apply`
         self._watermark = self._read_watermark()
         self._persisted = self._watermark
+        self._retired = False
         # a seam for tests: runs after a commit, before the searcher reloads and the
         # watermark moves
         self.after_commit: Callable[[], None] | None = None
@@ -139,8 +145,16 @@ class Bm25Index:
         os.replace(staged, self.path / _WATERMARK_FILE)
         self._persisted = watermark
 
+    def retire(self) -> None:
+        """Close for good: every later use raises IndexRetired instead of reopening."""
+        with self._open_lock:
+            self._retired = True
+        self.close()
+
     def _handle(self) -> Any:
         with self._open_lock:
+            if self._retired:
+                raise IndexRetired(str(self.path))
             if self._index is None:
                 self.path.mkdir(parents=True, exist_ok=True)
                 index = tantivy.Index(self._schema, path=str(self.path))
@@ -246,7 +260,7 @@ class Bm25Index:
                 self._index = None
 
     def destroy(self) -> None:
-        self.close()
+        self.retire()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def _query(self, terms: Iterable[str]) -> Any:

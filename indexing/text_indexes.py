@@ -161,7 +161,7 @@ class TextIndexes:
         with self._lock_for(collection_id):
             index = self._indexes.pop(collection_id, None)
             if index is not None:
-                index.close()
+                index.retire()  # a query still holding it gets IndexRetired, and asks again
         with self._registry_lock:
             self._used.pop(collection_id, None)
             self._seen.discard(collection_id)

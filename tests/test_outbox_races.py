@@ -252,3 +252,31 @@ def test_a_refresh_holding_an_index_let_go_of_meanwhile_writes_nothing(
     finally:
         b.close()
         a.close()
+
+
+def test_a_query_searching_an_index_let_go_of_meanwhile_asks_again(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    """Between a strong query's horizon check and its search, the tailer lets go of the
+    index and its folder is rebuilt from empty: the query's object must not reopen it."""
+    e = _start(scratch_database, tmp_path / "d")
+    try:
+        c = unidb.Client(backend=e)
+        c.create_collection("notes", dim=2)
+        c.upsert("notes", [{"id": f"d{i}", "text": "apple", "metadata": {"n": i},
+                            "embedding": [1, i]} for i in range(3)])  # fmt: skip
+        cid = _cid(e, "notes")
+        e.text_indexes.refresh(cid)
+        index = e.text_indexes.get(cid)
+        real = index.search
+
+        def search(text: str, **options: object) -> object:
+            e.text_indexes._let_go(cid)  # the tailer's pass, while this query runs
+            shutil.rmtree(e.text_indexes.path(cid), ignore_errors=True)  # and its rebuild
+            return real(text, **options)  # type: ignore[arg-type]
+
+        index.search = search  # type: ignore[method-assign]
+        hits = c.query("notes", text="apple", mode="bm25", filter={"n": {"$gte": 0}}, k=5).hits
+        assert sorted(h.id for h in hits) == ["d0", "d1", "d2"]
+    finally:
+        e.close()

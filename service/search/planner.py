@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from unidb.errors import InvalidInput, NotFound
-from unidb.indexing.bm25 import Bm25Index
+from unidb.errors import InvalidInput, NotFound, Unavailable
+from unidb.indexing.bm25 import Bm25Index, IndexRetired
 from unidb.indexing.outbox import HORIZON_STATEMENT
 from unidb.indexing.pg import Executor
 from unidb.indexing.text_indexes import TextIndexes
@@ -134,12 +134,17 @@ class QueryPlanner:
                 if self._still_current(key, remembered):
                     raise
                 self.collections.forget(key)
-            except IndexBehind:
+            except (IndexBehind, IndexRetired):
                 pass  # the indexes below the horizon are let go of: they answer no more
-        try:
-            return self._run(key, request, None)
-        except IndexBehind:
-            return self._run(key, request, None)
+        for _ in range(2):
+            try:
+                return self._run(key, request, None)
+            except (IndexBehind, IndexRetired):
+                continue
+        raise Unavailable(
+            "the collection's indexes are being rebuilt (the outbox was pruned past them "
+            "while this process was silent); retry shortly"
+        )
 
     def _still_current(self, key: tuple[str, str], remembered: catalog.CollectionRow) -> bool:
         """Whether the collection is still the one ``remembered`` describes."""
