@@ -203,6 +203,17 @@ class TextIndexes:
         with self.pool.connection() as conn, self._lock_for(collection_id), self._writers:
             if self._indexes.get(collection_id) is not index:
                 return 0  # let go of meanwhile (below the horizon, or dropped)
+            if index.watermark == 0:
+                # following another process's build: its watermark, once it has written one
+                index.follow()
+            if index.watermark == 0:
+                # no build has finished: build it here from the table (the outbox may be
+                # pruned, so catching up from 0 could miss documents), or keep following
+                try:
+                    rebuild(conn, collection_id, index)
+                except IndexBusy:
+                    self._follow_writer(collection_id, index)
+                return 0
             try:
                 return catch_up(conn, collection_id, index, self.horizon)
             except IndexBusy:

@@ -12,6 +12,7 @@ import numpy as np
 
 import unidb
 from unidb.indexing.bm25 import Bm25Index
+from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import IndexBuildRequest
 from unidb.service.config import Settings
 from unidb.service.context import registry
@@ -280,3 +281,47 @@ def test_a_query_searching_an_index_let_go_of_meanwhile_asks_again(
         assert sorted(h.id for h in hits) == ["d0", "d1", "d2"]
     finally:
         e.close()
+
+
+def test_an_index_left_unbuilt_by_another_process_is_built_from_the_table(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    """Another process took the writer to build the index and stopped before committing,
+    with the outbox already pruned: following from watermark 0 would miss documents for
+    good, so the next pass builds it from the table."""
+    e = _start(scratch_database, tmp_path / "d")
+    try:
+        c = unidb.Client(backend=e)
+        c.create_collection("notes", dim=2)
+        c.upsert("notes", [{"id": f"d{i}", "text": "apple", "embedding": [1, i]}
+                           for i in range(3)])  # fmt: skip
+        cid = _cid(e, "notes")
+        e.text_indexes.follow_once()
+        with e.transaction(service_wide=True) as conn:
+            registry.invalidate(conn)
+        assert e.retention.run_once().horizon > 0
+        e.text_indexes.drop(cid)  # this process's copy gone: the other process builds it
+        second = TextIndexes(e.text_indexes.root, e.background_pool, interval_s=60)
+        builder = Bm25Index(second.path(cid))
+        try:
+            builder.apply([], [], watermark=0)  # holds the writer, commits nothing of use
+            follower = second.get(cid)
+            assert follower.watermark == 0  # following the build
+            builder.close()  # the other process stops before finishing
+            second.refresh(cid)
+            assert second.get(cid).watermark > 0
+            assert sorted(k for k, _ in second.get(cid).search("apple", limit=5)) == sorted(
+                int(row[0]) for row in _keys(e, cid)
+            )
+        finally:
+            builder.close()
+            second.close()
+    finally:
+        e.close()
+
+
+def _keys(engine: Engine, collection_id: int) -> list[tuple[int]]:
+    with engine.transaction() as conn:
+        return conn.execute(
+            "SELECT key FROM unidb.documents WHERE collection_id = %s", (collection_id,)
+        ).fetchall()
