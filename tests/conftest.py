@@ -124,6 +124,21 @@ def scratch_database(database_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+def quiet_engine(database: str, data_dir: Path) -> Engine:
+    """A service of its own on ``database`` whose background work waits for the test: no
+    tailer pass, prune or job take-over but those the test runs."""
+    return Engine.start(
+        Settings(
+            database_url=_service_url(database),
+            migration_database_url=database,
+            data_dir=data_dir,
+            outbox_prune_interval_s=3600,
+            tailer_interval_s=3600,
+        ),
+        take_over_jobs=False,
+    )
+
+
 class LocalClient(TestClient):
     """A TestClient that calls the app as a local client does: Host 127.0.0.1, which the
     service's host check admits (TestClient's own default, ``testserver``, it refuses)."""

@@ -10,31 +10,16 @@ import numpy as np
 import unidb
 from unidb.indexing import snapshots
 from unidb.models import IndexBuildRequest, QueryRequest
-from unidb.service.config import Settings
 from unidb.service.context import registry
-from unidb.service.engine import Engine
 from unidb.service.search import ann_indexes
 
-from .conftest import _service_url
+from .conftest import quiet_engine
 from .test_outbox_retention import _collection_id, _wait_done
 
 
-def _start(database: str, data_dir: Path) -> Engine:
-    return Engine.start(
-        Settings(
-            database_url=_service_url(database),
-            migration_database_url=database,
-            data_dir=data_dir,
-            outbox_prune_interval_s=3600,
-            tailer_interval_s=3600,
-        ),
-        take_over_jobs=False,
-    )
-
-
 def test_first_build_window(scratch_database: str, tmp_path: Path, monkeypatch) -> None:
-    a = _start(scratch_database, tmp_path / "d")
-    b = _start(scratch_database, tmp_path / "d")  # a --workers sibling, horizon read at start
+    a = quiet_engine(scratch_database, tmp_path / "d")
+    b = quiet_engine(scratch_database, tmp_path / "d")  # a --workers sibling, horizon read at start
     try:
         ca, _cb = unidb.Client(backend=a), unidb.Client(backend=b)
         ca.create_collection("vectors", dim=4, metric="l2")

@@ -6,28 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import unidb
-from unidb.service.config import Settings
 from unidb.service.context import registry
-from unidb.service.engine import Engine
 
-from .conftest import _service_url
-
-
-def _start(database: str, data_dir: Path) -> Engine:
-    settings = Settings(
-        database_url=_service_url(database),
-        migration_database_url=database,
-        data_dir=data_dir,
-        outbox_prune_interval_s=3600,
-        tailer_interval_s=3600,  # each tailer pass is the test's
-    )
-    return Engine.start(settings, take_over_jobs=False)
+from .conftest import quiet_engine
 
 
 def test_prune_passes_a_sibling_process_index(scratch_database: str, tmp_path: Path) -> None:
     data = tmp_path / "shared"
-    a = _start(scratch_database, data)
-    b = _start(scratch_database, data)  # a --workers sibling: same directory, same follower
+    a = quiet_engine(scratch_database, data)
+    b = quiet_engine(scratch_database, data)  # a --workers sibling: same directory, same follower
     try:
         ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
         ca.create_collection("notes", dim=2)
@@ -59,8 +46,8 @@ def test_prune_passes_a_sibling_process_index(scratch_database: str, tmp_path: P
 def test_a_live_process_silent_past_the_stale_limit(scratch_database: str, tmp_path: Path) -> None:
     """Different data directories: B (paused an hour, e.g. a frozen VM) is passed by A's
     prune; when it resumes, its index open in memory is below the horizon and rebuilds."""
-    a = _start(scratch_database, tmp_path / "a")
-    b = _start(scratch_database, tmp_path / "b")
+    a = quiet_engine(scratch_database, tmp_path / "a")
+    b = quiet_engine(scratch_database, tmp_path / "b")
     try:
         ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
         ca.create_collection("notes", dim=2)

@@ -14,25 +14,11 @@ import unidb
 from unidb.indexing.bm25 import Bm25Index
 from unidb.indexing.text_indexes import TextIndexes
 from unidb.models import IndexBuildRequest
-from unidb.service.config import Settings
 from unidb.service.context import registry
 from unidb.service.engine import Engine
 
-from .conftest import _service_url
+from .conftest import quiet_engine
 from .test_outbox_retention import _wait_done
-
-
-def _start(database: str, data_dir: Path) -> Engine:
-    return Engine.start(
-        Settings(
-            database_url=_service_url(database),
-            migration_database_url=database,
-            data_dir=data_dir,
-            outbox_prune_interval_s=3600,
-            tailer_interval_s=3600,
-        ),
-        take_over_jobs=False,
-    )
 
 
 def _cid(e: Engine, name: str) -> int:
@@ -44,8 +30,8 @@ def test_a_prune_between_a_tailers_reads_never_lets_it_advance_past_lost_changes
     scratch_database: str, tmp_path: Path
 ) -> None:
     """B (stale) resumes; A prunes right after B's tailer read the horizon: B advances past d1."""
-    a = _start(scratch_database, tmp_path / "a")
-    b = _start(scratch_database, tmp_path / "b")
+    a = quiet_engine(scratch_database, tmp_path / "a")
+    b = quiet_engine(scratch_database, tmp_path / "b")
     try:
         ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
         ca.create_collection("notes", dim=2)
@@ -89,7 +75,7 @@ def test_an_unbuilt_bm25_index_beside_a_faiss_snapshot_still_fills_k(
 ) -> None:
     """Hybrid strong query, FAISS snapshot, BM25 being built by a sibling (watermark 0): a
     document deleted since the snapshot is not masked, takes a slot, and is dropped."""
-    e = _start(scratch_database, tmp_path / "d")
+    e = quiet_engine(scratch_database, tmp_path / "d")
     try:
         c = unidb.Client(backend=e)
         c.create_collection("vectors", dim=4, metric="l2")
@@ -130,8 +116,8 @@ def test_a_lagging_sibling_leaves_a_current_shared_index_in_place(
     scratch_database: str, tmp_path: Path
 ) -> None:
     data = tmp_path / "shared"
-    a = _start(scratch_database, data)
-    b = _start(scratch_database, data)
+    a = quiet_engine(scratch_database, data)
+    b = quiet_engine(scratch_database, data)
     try:
         ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
         ca.create_collection("notes", dim=2)
@@ -171,7 +157,7 @@ def test_a_built_bm25_index_beside_a_faiss_snapshot_fills_k(
 ) -> None:
     """Hybrid strong query, FAISS snapshot, BM25 being built by a sibling (watermark 0): a
     document deleted since the snapshot is not masked, takes a slot, and is dropped."""
-    e = _start(scratch_database, tmp_path / "d")
+    e = quiet_engine(scratch_database, tmp_path / "d")
     try:
         c = unidb.Client(backend=e)
         c.create_collection("vectors", dim=4, metric="l2")
@@ -211,8 +197,8 @@ def test_a_refresh_holding_an_index_let_go_of_meanwhile_writes_nothing(
 ) -> None:
     """refresh() takes the index (get) before its lock; a query thread's behind() resets it
     in between; catch_up then writes a partial index with a current watermark."""
-    a = _start(scratch_database, tmp_path / "a")
-    b = _start(scratch_database, tmp_path / "b")
+    a = quiet_engine(scratch_database, tmp_path / "a")
+    b = quiet_engine(scratch_database, tmp_path / "b")
     try:
         ca, cb = unidb.Client(backend=a), unidb.Client(backend=b)
         ca.create_collection("notes", dim=2)
@@ -260,7 +246,7 @@ def test_a_query_searching_an_index_let_go_of_meanwhile_asks_again(
 ) -> None:
     """Between a strong query's horizon check and its search, the tailer lets go of the
     index and its folder is rebuilt from empty: the query's object must not reopen it."""
-    e = _start(scratch_database, tmp_path / "d")
+    e = quiet_engine(scratch_database, tmp_path / "d")
     try:
         c = unidb.Client(backend=e)
         c.create_collection("notes", dim=2)
@@ -289,7 +275,7 @@ def test_an_index_left_unbuilt_by_another_process_is_built_from_the_table(
     """Another process took the writer to build the index and stopped before committing,
     with the outbox already pruned: following from watermark 0 would miss documents for
     good, so the next pass builds it from the table."""
-    e = _start(scratch_database, tmp_path / "d")
+    e = quiet_engine(scratch_database, tmp_path / "d")
     try:
         c = unidb.Client(backend=e)
         c.create_collection("notes", dim=2)
