@@ -9,7 +9,6 @@ minus the L2 distance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -263,28 +262,46 @@ def search(
     k: int,
     metric: str,
     *,
-    allowed: Sequence[int] | np.ndarray | None = None,
+    selector: Any = None,
     search_params: dict[str, Any] | None = None,
 ) -> list[tuple[int, float]]:
-    """The ``k`` nearest (document key, score), only among ``allowed`` keys when given."""
+    """The ``k`` nearest (document key, score), only among the ids ``selector`` (a FAISS
+    ``IDSelector`` over the index's ids) admits when given."""
     if index.ntotal == 0 or k <= 0:
         return []
-    ready = prepare(np.asarray(query, dtype=np.float32).reshape(1, -1), metric)
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    selector = (
-        faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)) if allowed is not None else None
+    distances, labels = nearest(
+        index, prepare_query(query, metric), k, selector=selector, search_params=search_params
     )
+    return [
+        (int(key), score(metric, float(raw)))
+        for key, raw in zip(labels, distances, strict=True)
+        if key >= 0
+    ]
+
+
+def prepare_query(query: np.ndarray, metric: str) -> np.ndarray:
+    return prepare(np.asarray(query, dtype=np.float32).reshape(1, -1), metric)
+
+
+def nearest(
+    index: Any,
+    ready: np.ndarray,
+    k: int,
+    *,
+    selector: Any = None,
+    search_params: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's raw answer for one prepared query: (distances, ids), -1 ids for no hit."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     options = search_params or {}
     params: Any
     if isinstance(inner, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(sel=selector, nprobe=options.get("nprobe", 16))
-    else:
+    elif isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW(
             sel=selector, efSearch=max(options.get("ef_search", DEFAULT_EF_SEARCH), k)
         )
+    else:
+        params = faiss.SearchParameters(sel=selector)
     distances, labels = index.search(ready, min(k, index.ntotal), params=params)
-    return [
-        (int(key), score(metric, float(raw)))
-        for key, raw in zip(labels[0], distances[0], strict=True)
-        if key >= 0
-    ]
+    return distances[0], labels[0]

@@ -49,16 +49,20 @@ def stream_vectors(
     chunk_rows: int = 10_000,
     shard: tuple[int, int] | None = None,
     limit: int | None = None,
+    keys: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(document keys int64, vectors float32 of shape (n, dim)) chunks, in key order.
 
     ``shard=(i, n)`` streams only the keys congruent to i modulo n; ``limit`` the first
-    ``limit`` rows."""
+    ``limit`` rows; ``keys`` only those documents."""
     dtype = _row_dtype(dim)
     buffer = bytearray()
     started = False
     where = "collection_id = %s AND embedding IS NOT NULL"
-    params: list[int] = [collection_id]
+    params: list[Any] = [collection_id]
+    if keys is not None:
+        where += " AND document_key = ANY(%s::bigint[])"
+        params.append([int(key) for key in keys])
     if shard is not None:
         where += " AND (document_key %% %s + %s) %% %s = %s"  # non-negative for any key
         params += [shard[1], shard[1], shard[1], shard[0]]

@@ -46,6 +46,8 @@ collections = Table(
     Column("metric", Text, nullable=False),
     Column("embedder", JSONB, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # a pgvector HNSW index kept on the collection's embeddings, for ANN from plain SQL
+    Column("pgvector_hnsw", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("dim BETWEEN 1 AND 16000", name="collections_dim_range"),
     CheckConstraint("metric IN ('cosine', 'l2', 'ip')", name="collections_metric_known"),
 )

@@ -142,13 +142,18 @@ class AsyncClient:
         dim: int,
         metric: Metric = "cosine",
         embedder: EmbedderSpec | Mapping[str, Any] | None = None,
+        pgvector_hnsw: bool = False,
     ) -> Collection:
         """Create a collection for ``dim``-dimensional vectors compared by ``metric``.
 
         With an ``embedder`` (``{"kind": "minilm"}``, or ``{"kind": "openai", "url": ...}``)
         documents sent without embeddings are embedded on upsert, and query text on search.
+        ``pgvector_hnsw`` also keeps a pgvector HNSW index, for ANN from plain SQL, at the
+        cost of slower writes; without it FAISS serves ANN.
         """
-        return await self._backend.create_collection(collection_spec(name, dim, metric, embedder))
+        return await self._backend.create_collection(
+            collection_spec(name, dim, metric, embedder, pgvector_hnsw=pgvector_hnsw)
+        )
 
     async def get_collection(self, name: str) -> Collection:
         """A collection's settings, document count and index state."""

@@ -145,9 +145,20 @@ def validated_batch(documents: Sequence[DocumentLike]) -> list[Document]:
 
 
 def collection_spec(
-    name: str, dim: int, metric: Metric, embedder: EmbedderSpec | Mapping[str, Any] | None
+    name: str,
+    dim: int,
+    metric: Metric,
+    embedder: EmbedderSpec | Mapping[str, Any] | None,
+    *,
+    pgvector_hnsw: bool = False,
 ) -> CollectionCreate:
-    return CollectionCreate(name=name, dim=dim, metric=metric, embedder=embedder)  # type: ignore[arg-type]
+    return CollectionCreate(
+        name=name,
+        dim=dim,
+        metric=metric,
+        embedder=embedder,  # type: ignore[arg-type]
+        pgvector_hnsw=pgvector_hnsw,
+    )
 
 
 def query_request(

@@ -156,6 +156,12 @@ class CollectionCreate(_Model):
     dim: int = Field(ge=1, le=MAX_DIM)
     metric: Metric = "cosine"
     embedder: EmbedderSpec | None = None
+    pgvector_hnsw: bool = Field(
+        default=False,
+        description="also keep a pgvector HNSW index on the embeddings once the collection "
+        "holds UNIDB_HNSW_MIN_ROWS vectors, for ANN from plain SQL (unidb.search_vector); it "
+        "slows every write. Without it FAISS serves ANN, and SQL search is exact",
+    )
 
 
 class IndexStatus(_Model):
@@ -169,7 +175,18 @@ class AnnStatus(_Model):
     vectors: int = Field(description="vectors in the snapshot")
     watermark: int = Field(description="the snapshot holds every change below this transaction id")
     lag: int = Field(
-        description="changes committed since the snapshot; queries merge them from Postgres"
+        description="changes committed since the snapshot: its live segment holds them, and "
+        "queries merge from Postgres what the live segment has not reached"
+    )
+    live_vectors: int = Field(
+        default=0,
+        description="current vectors of documents changed since the snapshot, held in the live "
+        "segment of the process that answered",
+    )
+    live_watermark: int | None = Field(
+        default=None,
+        description="the live segment holds every change below this transaction id (none: "
+        "this process has not served the snapshot yet)",
     )
     built_at: datetime
     job_id: int | None = None
@@ -185,6 +202,7 @@ class Collection(_Model):
     vector_index: Literal["none", "building", "hnsw"] = Field(
         description="the pgvector HNSW index on this collection's embeddings"
     )
+    pgvector_hnsw: bool = Field(default=False, description="whether it opted into that index")
     bm25: IndexStatus | None = Field(default=None, description="the BM25 index, once opened")
     ann: AnnStatus | None = Field(
         default=None, description="the FAISS snapshot serving vector queries, once built"

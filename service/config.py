@@ -152,8 +152,15 @@ class Settings(BaseSettings):
     hnsw_min_rows: int = Field(
         default=10_000,
         ge=0,
-        description="a collection gets its HNSW index once it holds this many rows; "
-        "below it vector search is an exact scan",
+        description="a collection that opted into a pgvector HNSW index (pgvector_hnsw) gets it "
+        "once it holds this many vectors",
+    )
+    ann_auto_build_rows: int = Field(
+        default=10_000,
+        ge=0,
+        description="a collection without a FAISS snapshot gets one built (a job, as if asked) "
+        "once it holds this many vectors; below it vector search is an exact scan; 0: only "
+        "when asked",
     )
     hnsw_m: int = Field(default=16, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
@@ -163,7 +170,9 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=2_000, ge=1)
 
     tailer_interval_s: float = Field(
-        default=0.25, gt=0, description="how often the BM25 indexes follow the outbox"
+        default=0.25,
+        gt=0,
+        description="how often the BM25 indexes and the FAISS live segments follow the outbox",
     )
     bm25_workers: int = Field(
         default=2,

@@ -11,6 +11,7 @@ Constructing an engine starts no thread: ``start`` (or ``start_background``) doe
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ class Engine:
         )
         self.embedders = CollectionEmbedders(self.outbound)
         self.hnsw = HnswBuilds(dsn, settings)
+        self.hnsw.wants_snapshot = self._queue_first_build
         self.planner = QueryPlanner(
             self.db,
             settings,
@@ -182,14 +184,28 @@ class Engine:
         return engine
 
     def start_background(self) -> None:
-        """Start following the outbox (BM25, prefixes, KV events) and running build jobs."""
+        """Start following the outbox (BM25, FAISS live segments, prefixes, KV events) and
+        running build jobs."""
         problem = faiss_install_problem()
         if problem is not None:
             log.warning("%s", problem)
         self.retention.start()  # reported before the indexes are followed
         self.text_indexes.start()
+        self.ann.start(self.background_pool, self.settings.tailer_interval_s)
         self.context.start()
         self.jobs.start()
+
+    def _queue_first_build(self, row: catalog.CollectionRow) -> None:
+        """A collection grown past UNIDB_ANN_AUTO_BUILD_ROWS gets its FAISS build queued,
+        on a thread of its own: the query that noticed does not wait for the job's row."""
+
+        def queue() -> None:
+            try:
+                self.jobs.build_first(row.id)
+            except Exception:
+                log.exception("collection %s: could not queue its FAISS build", row.name)
+
+        threading.Thread(target=queue, name=f"unidb-first-build-{row.id}", daemon=True).start()
 
     @classmethod
     def open_embedded(cls, path: Path, **overrides: Any) -> Engine:
@@ -205,6 +221,7 @@ class Engine:
         self.jobs.close()
         self.context.close()
         self.text_indexes.close()
+        self.ann.close()
         self.retention.close()  # its row protected the indexes until they stopped
         if self._owns_background_pool:
             self.background_pool.close()
@@ -317,9 +334,15 @@ class Engine:
     # -- pgvector HNSW ----------------------------------------------------------------------
 
     def build_vector_index(self, collection: str) -> bool:
-        """Build the collection's HNSW index now (blocking); False if another build holds it."""
+        """Opt the collection into a pgvector HNSW index and build it now (blocking); False
+        if another build holds it."""
         with self.transaction() as conn:
             row = catalog.get(conn, collection)
+            if not row.pgvector_hnsw:
+                conn.execute(
+                    "UPDATE unidb.collections SET pgvector_hnsw = true WHERE id = %s", (row.id,)
+                )
+                row = catalog.get(conn, collection)
         return self.hnsw.build(row)
 
     def wait_for_index_builds(self) -> None:

@@ -126,7 +126,12 @@ def database_gauges(db: Database, text_indexes: TextIndexes, ann: AnnIndexes) ->
                 lag[tenant, name, "bm25"] = outbox.lag(conn, collection_id, since=opened.watermark)
             status = ann.status(conn, collection_id)
             if status is not None:
-                lag[tenant, name, "faiss"] = status.lag
+                # what the live segment lacks, where this process serves the snapshot
+                lag[tenant, name, "faiss"] = (
+                    status.lag
+                    if status.live_watermark is None
+                    else outbox.lag(conn, collection_id, since=status.live_watermark)
+                )
         counted = dict(
             conn.execute("SELECT status, count(*) FROM unidb.jobs GROUP BY status").fetchall()
         )

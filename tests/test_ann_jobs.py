@@ -84,6 +84,38 @@ def test_build_job_lifecycle(api: TestClient, engine: Engine, collection: str) -
     assert api.delete(f"/v1/jobs/{job['id']}").status_code == 409  # it ended
 
 
+def test_a_collection_past_the_threshold_gets_its_first_snapshot_built(
+    engine: Engine, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine.settings, "ann_auto_build_rows", 400)
+    small = f"{collection}_small"
+    _load(engine, collection, 400)
+    _load(engine, small, 399)
+    client = unidb.Client(backend=engine)
+    query = np.zeros(DIM, dtype=np.float32)
+    try:
+        assert client.query(small, vector=query, k=3, mode="vector").vector_index == "exact"
+        assert client.query(collection, vector=query, k=3, mode="vector").vector_index == "exact"
+        deadline = time.monotonic() + 120
+        while client.get_collection(collection).ann is None:
+            assert time.monotonic() < deadline, "no snapshot was built"
+            time.sleep(0.1)
+        with engine.transaction() as conn:
+            built = conn.execute(
+                "SELECT params->>'auto', status FROM unidb.jobs j"
+                " JOIN unidb.collections c ON c.id = j.collection_id WHERE c.name = %s",
+                (collection,),
+            ).fetchall()
+        assert built == [("true", "done")]
+        assert client.query(collection, vector=query, k=3, mode="vector").vector_index == "faiss"
+        # a query again within the check interval, or after the snapshot: no second job
+        client.query(collection, vector=query, k=3, mode="vector")
+        assert engine.jobs.build_first(_row(engine, collection).id) is None
+        assert client.get_collection(small).ann is None
+    finally:
+        client.delete_collection(small)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -95,14 +95,26 @@ def test_cli_ingest_against_a_running_server(
         ["ingest", str(path), "--collection", collection, "--url", server_url, "--batch-size", "16"]
     )
     assert code == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
-        "lines": 40,
-        "written": 40,
-        "unchanged": 0,
-    }
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    job = report.pop("index_job")
+    assert report == {"lines": 40, "written": 40, "unchanged": 0}
+    assert job["status"] == "done" and job["error"] is None  # the FAISS index, built after
     code = main(["query", collection, "--vector", "[1, 0, 0, 0]", "--k", "3", "--url", server_url])
     assert code == 0
-    assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["hits"]) == 3 and answer["vector_index"] == "faiss"
+    # the same file again writes nothing, so nothing is rebuilt
+    code = main(
+        ["ingest", str(path), "--collection", collection, "--url", server_url, "--batch-size", "16"]
+    )
+    assert code == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["unchanged"] == 40 and again["index_job"] is None
+    # a pgvector HNSW index is built in the database directly, not through a server
+    code = main(["ingest", str(path), "--collection", collection, "--url", server_url,
+                 "--pgvector-hnsw"])  # fmt: skip
+    assert code == 2
+    assert "--pgvector-hnsw" in capsys.readouterr().err
 
 
 def test_cli_reports_errors_without_a_traceback(

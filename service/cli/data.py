@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from unidb.service.ingest import ingest_file
     from unidb.service.store.catalog import MINILM_DIM
 
+    if args.pgvector_hnsw and args.url:
+        raise InvalidInput(
+            "--pgvector-hnsw builds in the database directly: drop --url and set "
+            "UNIDB_DATABASE_URL",
+            field="url",
+        )
     embed_groups = None
     if args.ray is not None:
         if not args.embed:
@@ -41,16 +48,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             dim=args.dim or (MINILM_DIM if args.embed else None),
             limit=args.limit,
         )
-        if args.build_index and not args.url:
+        built = None
+        if args.build_index and report.written:
+            built = Client(backend=backend).build_index(
+                args.collection, progress=sys.stderr.isatty()
+            )
+        if args.pgvector_hnsw:
             owner.build_vector_index(args.collection)
     finally:
         owner.close()
     print(
         json.dumps(
-            {"lines": report.lines, "written": report.written, "unchanged": report.unchanged}
+            {
+                "lines": report.lines,
+                "written": report.written,
+                "unchanged": report.unchanged,
+                "index_job": (
+                    {"id": built.id, "status": built.status, "error": built.error}
+                    if built is not None
+                    else None
+                ),
+            }
         )
     )
-    return 0
+    return 0 if built is None or built.status == "done" else 1
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -136,7 +157,12 @@ def add_commands(commands: Any) -> None:
         "--no-build-index",
         dest="build_index",
         action="store_false",
-        help="skip building the HNSW index after loading",
+        help="skip building the FAISS index after loading",
+    )
+    ingest.add_argument(
+        "--pgvector-hnsw",
+        action="store_true",
+        help="also build a pgvector HNSW index, for ANN from plain SQL (it slows later writes)",
     )
     with_database(ingest)
     ingest.set_defaults(run=cmd_ingest)

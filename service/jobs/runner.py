@@ -206,11 +206,27 @@ class JobRunner:
                 queued.append(task.job_id)
         return queued
 
+    def build_first(self, collection_id: int) -> int | None:
+        """Queue a FAISS build of a collection that has no snapshot in this data directory,
+        with the default plan, unless one is queued or running (here or elsewhere); returns
+        the job queued. Called once a collection grows past UNIDB_ANN_AUTO_BUILD_ROWS."""
+        if snapshots.read_manifest(self.indexes.path(collection_id)) is not None:
+            return None
+        with self.pool.connection() as conn:
+            task = self._rebuild_task(conn, collection_id, None)
+        if task is None:
+            return None
+        log.info("collection %d: building its first FAISS snapshot (job %d)",
+                 collection_id, task.job_id)  # fmt: skip
+        self.submit(task)
+        return task.job_id
+
     def _rebuild_task(
-        self, conn: Connection, collection_id: int, manifest: snapshots.Manifest
+        self, conn: Connection, collection_id: int, manifest: snapshots.Manifest | None
     ) -> BuildTask | None:
-        """The job (committed with ``conn``) and task of a rebuild, or None if the collection
-        is gone or a build of it is queued or running."""
+        """The job (committed with ``conn``) and task of a rebuild (of the first build, with
+        no manifest), or None if the collection is gone or a build of it is queued or
+        running."""
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (REBUILD_LOCK, collection_id))
         found = conn.execute(
             "SELECT tenant, EXISTS (SELECT 1 FROM unidb.jobs j WHERE j.collection_id = c.id"
@@ -222,8 +238,8 @@ class JobRunner:
             return None
         # the job is the collection's tenant's, as if it had asked for it
         conn.execute("SELECT set_config('unidb.tenant', %s, true)", (found[0],))
-        asked: dict[str, Any] = {"kind": manifest.kind}
-        if manifest.job_id is not None:
+        asked: dict[str, Any] = {"kind": manifest.kind} if manifest is not None else {}
+        if manifest is not None and manifest.job_id is not None:
             try:
                 previous = jobs.get(conn, manifest.job_id).params
             except NotFound:
@@ -236,7 +252,9 @@ class JobRunner:
         except BuildRefused as exc:
             log.warning("collection %d: its snapshot cannot be rebuilt here: %s", row.id, exc)
             return None
-        job = create_build_job(conn, row, request, chosen, owner=self.owner, rebuild=True)
+        job = create_build_job(
+            conn, row, request, chosen, owner=self.owner, rebuild=manifest is not None, auto=True
+        )
         with self._lock:
             self._mine.add(job.id)
         return BuildTask(job.id, row, chosen)

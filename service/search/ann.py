@@ -1,8 +1,9 @@
 """Vector search served from a FAISS snapshot, kept exact about every committed write.
 
-The snapshot holds the collection as of its watermark. Documents changed since (per the
-outbox) are masked in the snapshot's answer and scored from their current rows instead, so
-new, updated and deleted documents are answered as Postgres has them until the next build.
+The snapshot holds the collection as of its watermark, and its live segment what changed
+since, up to the follower's last pass (`unidb.indexing.live_segment`). Documents changed
+after that (per the outbox) are masked in their answers and scored from their current rows
+instead, so new, updated and deleted documents are answered as Postgres has them.
 
 A filter never moves the keys it admits into this process. A bounded count says whether it
 admits at most ``exact_below`` documents: then pgvector answers in Postgres (its HNSW index
@@ -17,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 from psycopg import sql
 
-from unidb.indexing.faiss_index import search
+from unidb.indexing.faiss_index import prepare_query, score
+from unidb.indexing.live_segment import best_first
 from unidb.indexing.pg import Executor
 from unidb.service.query_stages import note_vector_plan
 from unidb.service.search.ann_indexes import Served
@@ -45,24 +47,29 @@ def ann_search(
     changed: set[int],
 ) -> list[tuple[int, float]] | None:
     """The ``k`` best (document key, score), or None when another path should answer.
-    ``changed``: the documents changed since the snapshot's watermark."""
+    ``changed``: the documents changed since the live segment's watermark."""
     if len(changed) > max_delta:
-        return None  # the snapshot is far behind: pgvector answers until the next build
+        return None  # the follower is far behind: pgvector answers until it catches up
     if where is not None and _admits_at_most(conn, collection, where, exact_below):
         note_vector_plan(f"pgvector: the filter admits at most {exact_below} documents")
         return None  # a few rows: an exact scan is fast and exact
-    total = int(served.index.ntotal)
+    metric = collection.metric
+    live = served.live
+    total = int(served.index.ntotal) + live.vectors
+    ready = prepare_query(query, metric)
     fetch = k + len(changed) if where is None else FIRST_ROUND * k + len(changed)
     rounds = 0
     for _ in range(ROUNDS):
         rounds += 1
-        found = search(
-            served.index, query, fetch, served.manifest.metric, search_params=served.manifest.search
-        )
-        candidates = [(key, score) for key, score in found if key not in changed]
+        found = live.search(served.index, ready, fetch, search_params=served.manifest.search)
+        candidates = [
+            (key, score(metric, raw))
+            for key, raw in best_first(found, metric)
+            if key not in changed
+        ]
         if where is not None:
             passing = _passing(conn, collection, where, [key for key, _ in candidates])
-            candidates = [(key, score) for key, score in candidates if key in passing]
+            candidates = [(key, hit) for key, hit in candidates if key in passing]
         from_index = candidates[:k]
         # enough, or every indexed document was looked at
         if len(from_index) >= k or fetch >= total:

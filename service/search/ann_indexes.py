@@ -1,9 +1,13 @@
-"""FAISS ANN indexes of this process: built (as jobs), served from atomic snapshots.
+"""FAISS ANN indexes of this process: built (as jobs), served from atomic snapshots that a
+follower keeps current.
 
 A build reads the collection's vectors in one REPEATABLE READ snapshot (binary COPY, one
 chunk in memory at a time); that snapshot's xmin is the index's watermark. Writes that land
-during or after the build are not lost: queries merge every document changed past the
-watermark straight from Postgres and mask its stale index entry, until the next build.
+during or after the build are not lost: the follower applies the outbox to each served
+snapshot's live segment every pass (`unidb.indexing.live_segment`), and a query merges from
+Postgres only what committed after that pass. When a build swaps in a newer snapshot, the
+follower brings it level (the live segment's entries the new snapshot lacks carry over)
+before it serves, so queries never pause and never see an older state.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg_pool import ConnectionPool
+import numpy as np
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from unidb.indexing import outbox, snapshots
-from unidb.indexing.faiss_index import Builder, Plan
+from unidb.indexing.faiss_index import Builder, Plan, prepare
+from unidb.indexing.live_segment import Live
 from unidb.indexing.pg import Connection
 from unidb.indexing.vectors import count_vectors, stream_vectors
 from unidb.models import AnnStatus
@@ -42,6 +48,12 @@ class Cancelled(Exception):
 class Served:
     index: Any
     manifest: snapshots.Manifest
+    live: Live
+
+    @property
+    def watermark(self) -> int:
+        """Every change below this is in the snapshot or its live segment."""
+        return self.live.watermark
 
 
 @dataclass(frozen=True)
@@ -66,46 +78,70 @@ def progress_reporter(
 
 
 class AnnIndexes:
-    """Loaded snapshots by collection, reloaded when a new one is swapped in."""
+    """Loaded snapshots by collection, each with its live segment; a newer snapshot is
+    loaded when a build swaps one in."""
 
     def __init__(self, root: Path, horizon: outbox.Horizon | None = None) -> None:
         self.root = root
         self.horizon = horizon or outbox.Horizon()
         self._served: dict[int, Served] = {}
         self._seen: dict[int, tuple[int, int, int]] = {}  # the manifest's inode, mtime, size
+        self._newer: set[int] = set()  # a newer snapshot on disk, for the follower to load
         self._pruned_past: set[int] = set()  # warned of once
         self._lock = threading.Lock()
+        self._pool: ConnectionPool[Connection] | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # a newer snapshot to load: no need to wait a pass
+        self._thread: threading.Thread | None = None
 
     def path(self, collection_id: int) -> Path:
         return self.root / f"c{collection_id}" / "ann"
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stamp = os.stat(path / snapshots.MANIFEST)
+        except FileNotFoundError:
+            return None
+        return (stamp.st_ino, stamp.st_mtime_ns, stamp.st_size)
 
     def get(self, collection_id: int) -> Served | None:
         """The collection's snapshot, loaded once; a query pays one ``stat`` of its manifest
         (a new snapshot replaces the manifest file, so it has a new inode and mtime). None
         when there is none, or when the outbox is pruned past its watermark: the changes it
-        lacks are gone, so pgvector answers until a build replaces it."""
-        try:
-            stamp = os.stat(self.path(collection_id) / snapshots.MANIFEST)
-        except FileNotFoundError:
+        lacks are gone, so pgvector answers until a build replaces it.
+
+        A newer snapshot than the one served is loaded here only when no follower runs;
+        with one, it loads it and brings it level first, and the one served answers (exact
+        as ever) until then."""
+        seen = self._stamp(self.path(collection_id))
+        if seen is None:
             return None
-        seen = (stamp.st_ino, stamp.st_mtime_ns, stamp.st_size)
         with self._lock:
             served = self._served.get(collection_id)
             if served is not None and self._seen.get(collection_id) == seen:
+                return self._unless_pruned(collection_id, served)
+            if served is not None and self._thread is not None:
+                self._newer.add(collection_id)
+                self._wake.set()
                 return self._unless_pruned(collection_id, served)
         manifest = snapshots.read_manifest(self.path(collection_id))
         if manifest is None:
             return None
         if served is None or served.manifest != manifest:
-            served = Served(snapshots.load(self.path(collection_id), manifest), manifest)
+            served = self._loaded(collection_id, manifest)
         with self._lock:
             self._served[collection_id] = served
             self._seen[collection_id] = seen
         return self._unless_pruned(collection_id, served)
 
+    def _loaded(self, collection_id: int, manifest: snapshots.Manifest) -> Served:
+        index = snapshots.load(self.path(collection_id), manifest)
+        return Served(index, manifest, Live(manifest.watermark))
+
     def _unless_pruned(self, collection_id: int, served: Served) -> Served | None:
         pruned = self.horizon.value
-        if pruned is None or served.manifest.watermark >= pruned:
+        if pruned is None or served.watermark >= pruned:
             return served
         if collection_id not in self._pruned_past:
             self._pruned_past.add(collection_id)
@@ -113,10 +149,160 @@ class AnnIndexes:
                 "collection %d: its FAISS snapshot holds changes below %d and the outbox is "
                 "pruned below %d; not served until a build replaces it",
                 collection_id,
-                served.manifest.watermark,
+                served.watermark,
                 pruned,
             )
         return None
+
+    def start(self, pool: ConnectionPool[Connection], interval_s: float) -> None:
+        """Follow the outbox: every ``interval_s``, apply it to the served snapshots' live
+        segments, and load the newer snapshots builds swapped in."""
+        self._pool = pool
+        self._thread = threading.Thread(
+            target=self._follow, args=(interval_s,), name="unidb-ann-follower", daemon=True
+        )
+        self._thread.start()
+
+    def _follow(self, interval_s: float) -> None:
+        while True:
+            self._wake.wait(interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                assert self._pool is not None
+                with self._pool.connection() as conn:
+                    self.follow_once(conn)
+            except PoolClosed:
+                return  # an engine never closed, its pool finalized at exit
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.exception("FAISS follower pass failed; retrying")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def follow_once(self, conn: Connection) -> None:
+        """One pass: load the newer snapshots, then apply the outbox up to the safe
+        watermark to every served snapshot's live segment."""
+        with self._lock:
+            newer, self._newer = self._newer, set()
+        upto = outbox.safe_watermark(conn)
+        for collection_id in sorted(newer):
+            try:
+                self._load_newer(conn, collection_id, upto)
+            except Exception:
+                with self._lock:
+                    self._newer.add(collection_id)
+                raise
+        with self._lock:
+            served = dict(self._served)
+        if not served:
+            return
+        floor = min(s.watermark for s in served.values())
+        changed: set[int] = set()
+        if floor < upto:
+            changed = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT collection_id FROM unidb.changes"
+                    " WHERE xid >= %s::text::xid8 AND xid < %s::text::xid8"
+                    " AND collection_id = ANY(%s)",
+                    (floor, upto, list(served)),
+                ).fetchall()
+            }
+        updated: dict[int, Served | None] = {}
+        for collection_id in sorted(changed):
+            updated[collection_id] = self._applied(conn, collection_id, served[collection_id], upto)
+        # read after the changes: a prune that passed a watermark before they were read shows
+        # here, and no segment below it may advance
+        pruned = self.horizon.read(conn, wait_for_prune=False)
+        with self._lock:
+            for collection_id, before in served.items():
+                if self._served.get(collection_id) is not before or before.watermark < pruned:
+                    continue  # dropped or reloaded meanwhile; or lost changes to a prune
+                after = updated.get(collection_id, before)
+                if after is None:  # the collection was dropped
+                    self._served.pop(collection_id, None)
+                    self._seen.pop(collection_id, None)
+                elif after is before:
+                    self._served[collection_id] = replace(before, live=before.live.advanced(upto))
+                else:
+                    self._served[collection_id] = after
+
+    def _applied(
+        self, conn: Connection, collection_id: int, served: Served, upto: int
+    ) -> Served | None:
+        """``served`` with the outbox below ``upto`` applied to its live segment; None when
+        the collection was dropped."""
+        changes = outbox.read_changes(conn, collection_id, since=served.watermark, upto=upto)
+        if any(change.op == "drop" for change in changes):
+            return None
+        touched = np.fromiter(
+            {c.document_key for c in changes if c.document_key is not None}, dtype=np.int64
+        )
+        keys, ready = self._current_vectors(conn, collection_id, served, touched)
+        live = served.live.applied(upto, touched, keys, ready, served.manifest.metric)
+        return replace(served, live=live)
+
+    def _current_vectors(
+        self, conn: Connection, collection_id: int, served: Served, touched: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The current vectors (prepared) of the ``touched`` documents that have one."""
+        dim, metric = served.manifest.dim, served.manifest.metric
+        if not len(touched):
+            return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+        parts = list(stream_vectors(conn, collection_id, dim, chunk_rows=_CHUNK_ROWS, keys=touched))
+        if not parts:
+            return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+        keys = np.concatenate([k for k, _ in parts])
+        vectors = np.concatenate([v for _, v in parts])
+        return keys, prepare(vectors, metric)
+
+    def _load_newer(self, conn: Connection, collection_id: int, upto: int) -> None:
+        """Load the collection's snapshot on disk and bring it level with the one served:
+        the served live segment's entries for documents changed since the new snapshot's
+        watermark carry over, and the outbox up to ``upto`` is applied."""
+        seen = self._stamp(self.path(collection_id))
+        manifest = snapshots.read_manifest(self.path(collection_id))
+        with self._lock:
+            before = self._served.get(collection_id)
+        if seen is None or manifest is None or before is None:
+            return
+        if before.manifest == manifest or manifest.watermark < (self.horizon.value or 0):
+            # the same one; or one already pruned past, which a rebuild replaces: the one
+            # served answers meanwhile, or pgvector if it is pruned past too
+            with self._lock:
+                if self._served.get(collection_id) is before:
+                    self._seen[collection_id] = seen
+            return
+        loaded = self._loaded(collection_id, manifest)
+        if before.watermark >= manifest.watermark:
+            touched = {
+                c.document_key
+                for c in outbox.read_changes(
+                    conn, collection_id, since=manifest.watermark, upto=before.watermark
+                )
+                if c.document_key is not None
+            }
+            loaded = replace(loaded, live=before.live.rebased(np.fromiter(touched, dtype=np.int64)))
+        level = (
+            self._applied(conn, collection_id, loaded, upto) if loaded.watermark < upto else loaded
+        )
+        if level is None or manifest.watermark < self.horizon.read(conn, wait_for_prune=False):
+            return  # dropped, or pruned past meanwhile: the next query or pass looks again
+        with self._lock:
+            if self._served.get(collection_id) is before:
+                self._served[collection_id] = level
+                self._seen[collection_id] = seen
+        log.info(
+            "collection %d: serving its snapshot of job %s (%d vectors), %d in the live "
+            "segment", collection_id, manifest.job_id, manifest.count, level.live.vectors,
+        )  # fmt: skip
 
     def collections(self) -> list[int]:
         """The collections with a snapshot in this data directory."""
@@ -144,6 +330,9 @@ class AnnIndexes:
         manifest = snapshots.read_manifest(self.path(collection_id))
         if manifest is None:
             return None
+        with self._lock:
+            served = self._served.get(collection_id)
+        live = served.live if served is not None and served.manifest == manifest else None
         return AnnStatus.model_validate(
             {
                 "kind": manifest.kind,
@@ -151,6 +340,8 @@ class AnnIndexes:
                 "vectors": manifest.count,
                 "watermark": manifest.watermark,
                 "lag": outbox.lag(conn, collection_id, since=manifest.watermark),
+                "live_vectors": live.vectors if live is not None else 0,
+                "live_watermark": live.watermark if live is not None else None,
                 "built_at": datetime.fromtimestamp(manifest.built_at, UTC),
                 "job_id": manifest.job_id,
             }
@@ -160,6 +351,7 @@ class AnnIndexes:
         with self._lock:
             self._served.pop(collection_id, None)
             self._seen.pop(collection_id, None)
+            self._newer.discard(collection_id)
 
     def build(
         self, pool: ConnectionPool[Connection], task: BuildTask, owner: str

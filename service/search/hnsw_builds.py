@@ -1,4 +1,5 @@
-"""pgvector HNSW indexes built in the background once a collection is large enough."""
+"""ANN for a collection that has grown large: a FAISS build queued (the default), and a
+pgvector HNSW index built in the background for a collection that opted into one."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class HnswBuilds:
         self._lock = threading.Lock()
         # told the collection's id when its index has been built here
         self.on_built: Callable[[int], None] = lambda collection_id: None
+        # asked to queue a FAISS build of a collection without a snapshot
+        self.wants_snapshot: Callable[[catalog.CollectionRow], None] = lambda row: None
 
     def join(self, collection_id: int) -> None:
         """Wait for the collection's build, if one runs (dropping it meanwhile would
@@ -68,6 +71,12 @@ class HnswBuilds:
         return built
 
     def schedule(self, conn: Executor, row: catalog.CollectionRow) -> None:
+        """Called by a query that no FAISS snapshot served (at most once per collection
+        every 30 s): count the collection's vectors and, past the thresholds, queue its
+        FAISS build and, if it opted in, build its pgvector HNSW index."""
+        wants_hnsw = row.pgvector_hnsw and row.hnsw_valid is None
+        if self.settings.ann_auto_build_rows == 0 and not wants_hnsw:
+            return
         now = time.monotonic()
         with self._lock:
             if row.id in self._index_builds:
@@ -79,7 +88,12 @@ class HnswBuilds:
             "SELECT count(*) FROM unidb.chunks WHERE collection_id = %s AND embedding IS NOT NULL",
             (row.id,),
         ).fetchone()
-        if count is None or count[0] < self.settings.hnsw_min_rows:
+        if count is None:
+            return
+        auto = self.settings.ann_auto_build_rows
+        if auto > 0 and count[0] >= auto:
+            self.wants_snapshot(row)
+        if not wants_hnsw or count[0] < self.settings.hnsw_min_rows:
             return
 
         def run() -> None:

@@ -237,7 +237,7 @@ class QueryPlanner:
         bm25_watermark = index.watermark if index is not None else 0
         watermarks = [bm25_watermark] if index is not None and strong else []
         if served is not None:
-            watermarks.append(served.manifest.watermark)
+            watermarks.append(served.watermark)
         if request.mode == "bm25" and index is not None and request.text and where is None:
             one_trip = self._bm25_in_one_round_trip(
                 read, key, row, request, index, watermarks, remembered is not None
@@ -412,7 +412,7 @@ class QueryPlanner:
                 where=where,
                 exact_below=self.settings.ann_exact_below,
                 max_delta=self.settings.ann_max_delta,
-                changed=changes.since(served.manifest.watermark),
+                changed=changes.since(served.watermark),
             )
             if found is not None:
                 return found, "faiss"

@@ -26,6 +26,7 @@ class CollectionRow:
     created_at: datetime
     embedder: EmbedderSpec | None = None
     hnsw_valid: bool | None = None  # None: no HNSW index; False: being built
+    pgvector_hnsw: bool = False  # opted into a pgvector HNSW index
 
     @property
     def vector_index(self) -> Literal["none", "building", "hnsw"]:
@@ -40,7 +41,7 @@ class CollectionRow:
 
 # the HNSW index's state comes along, saving queries a round trip
 _COLUMNS = (
-    "SELECT id, name, dim, metric, created_at, embedder,"
+    "SELECT id, name, dim, metric, created_at, embedder, pgvector_hnsw,"
     " (SELECT i.indisvalid FROM pg_index i"
     "   WHERE i.indexrelid = to_regclass('unidb.chunks_embedding_hnsw_c' || id))"
     " FROM unidb.collections"
@@ -50,7 +51,7 @@ _GET_LOCKED = _GET + " FOR SHARE"
 
 
 def _row(values: tuple[Any, ...]) -> CollectionRow:
-    collection_id, name, dim, metric, created_at, embedder, hnsw_valid = values
+    collection_id, name, dim, metric, created_at, embedder, pgvector_hnsw, hnsw_valid = values
     return CollectionRow(
         collection_id,
         name,
@@ -59,6 +60,7 @@ def _row(values: tuple[Any, ...]) -> CollectionRow:
         created_at,
         embedder=EmbedderSpec.model_validate(embedder) if embedder else None,
         hnsw_valid=hnsw_valid,
+        pgvector_hnsw=pgvector_hnsw,
     )
 
 
@@ -72,14 +74,15 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
         if embedder.kind == "openai" and not embedder.url:
             raise InvalidInput("an openai embedder needs the endpoint's url", field="embedder.url")
     row = conn.execute(
-        "INSERT INTO unidb.collections (name, dim, metric, embedder) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (tenant, name) DO NOTHING"
-        " RETURNING id, name, dim, metric, created_at, embedder, NULL::boolean",
+        "INSERT INTO unidb.collections (name, dim, metric, embedder, pgvector_hnsw)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, name) DO NOTHING"
+        " RETURNING id, name, dim, metric, created_at, embedder, pgvector_hnsw, NULL::boolean",
         (
             spec.name,
             spec.dim,
             spec.metric,
             Jsonb(embedder.model_dump(exclude_none=True)) if embedder else None,
+            spec.pgvector_hnsw,
         ),
     ).fetchone()
     if row is None:
@@ -154,6 +157,7 @@ def describe(
         created_at=collection.created_at,
         documents=count[0] if count else 0,
         vector_index=collection.vector_index,
+        pgvector_hnsw=collection.pgvector_hnsw,
         bm25=bm25,
         ann=ann,
     )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from unidb.indexing import faiss_index, snapshots
+from unidb.indexing.live_segment import Live
 
 
 def _filled_graph(vectors: np.ndarray) -> faiss.Index:
@@ -50,9 +51,17 @@ def test_a_filled_cagra_graph_answers_with_document_keys(tmp_path: Path) -> None
     assert found / 500 >= 0.9
 
     allowed = keys[1000:1100]
-    hits = faiss_index.search(served, vectors[1000], 10, "l2", allowed=allowed)
+    selector = faiss_index.faiss.IDSelectorBatch(allowed)
+    hits = faiss_index.search(served, vectors[1000], 10, "l2", selector=selector)
     assert hits and hits[0][0] == keys[1000]
     assert {key for key, _ in hits} <= set(allowed.tolist())
+
+    # a live segment masks superseded keys in the graph's answers, by document key
+    live = Live(watermark=1).applied(2, keys[1000:1001], np.empty(0, np.int64),
+                                     np.empty((0, 16), np.float32), "l2")  # fmt: skip
+    ready = faiss_index.prepare_query(vectors[1000], "l2")
+    masked = live.search(served, ready, 10, search_params={"ef_search": 64})
+    assert len(masked) == 10 and keys[1000] not in {key for key, _ in masked}
 
 
 def test_keys_must_match_the_graph() -> None:
