@@ -94,7 +94,7 @@ class Live:
                 piece_selectors.append(None)
                 continue
             bits = np.packbits(entries, bitorder="little")
-            piece_selectors.append(faiss.IDSelectorBitmap(len(entries), faiss.swig_ptr(bits)))
+            piece_selectors.append(faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)))
             keep.append(bits)
         return cls(
             watermark, masked, pieces, alive, snapshot_selector, tuple(piece_selectors), tuple(keep)
@@ -154,10 +154,10 @@ class Live:
         k: int,
         *,
         search_params: dict[str, Any] | None,
-    ) -> list[tuple[int, float]]:
-        """The ``k`` nearest (key, raw FAISS distance) among the snapshot's current entries
-        and the pieces', best first (``ready``: the prepared query)."""
-        found: list[tuple[int, float]] = []
+    ) -> Found:
+        """Up to ``k`` nearest (key, raw FAISS distance) from the snapshot's current entries
+        and from each piece's (``ready``: the prepared query)."""
+        found = Found()
         if snapshot.ntotal and k > 0:
             distances, labels = nearest(
                 snapshot,
@@ -166,19 +166,41 @@ class Live:
                 selector=self._snapshot_selector,
                 search_params=search_params,
             )
-            found += [
-                (int(key), float(d)) for key, d in zip(labels, distances, strict=True) if key >= 0
-            ]
+            found.add(
+                [
+                    (int(key), float(d))
+                    for key, d in zip(labels, distances, strict=True)
+                    if key >= 0
+                ],
+                k,
+            )
         for piece, selector in zip(self.pieces, self._piece_selectors, strict=True):
             distances, labels = nearest(
                 piece.index, ready, k, selector=selector, search_params=search_params
             )
-            found += [
-                (int(piece.keys[i]), float(d))
-                for i, d in zip(labels, distances, strict=True)
-                if i >= 0
-            ]
+            found.add(
+                [
+                    (int(piece.keys[i]), float(d))
+                    for i, d in zip(labels, distances, strict=True)
+                    if i >= 0
+                ],
+                k,
+            )
         return found
+
+
+@dataclass
+class Found:
+    """What each index answered, and the farthest hit of each that returned all it was
+    asked for: it may hold more past that, the others hold nothing more."""
+
+    hits: list[tuple[int, float]] = field(default_factory=list)
+    cutoffs: list[float] = field(default_factory=list)
+
+    def add(self, hits: list[tuple[int, float]], asked: int) -> None:
+        self.hits += hits
+        if hits and len(hits) >= asked:
+            self.cutoffs.append(hits[-1][1])
 
 
 def best_first(found: list[tuple[int, float]], metric: str) -> list[tuple[int, float]]:

@@ -303,12 +303,14 @@ class AsyncClient:
         consistency: Consistency = "strong",
         after: str | None = None,
         explain: bool = False,
+        ef_search: int | None = None,
     ) -> QueryResponse:
         """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``, rrf or
         weighted with ``alpha`` the vector share). See ``QueryRequest`` for the fields;
-        ``explain`` answers where the time went (``QueryResponse.explain``)."""
+        ``explain`` answers where the time went (``QueryResponse.explain``), ``ef_search``
+        widens (or narrows) the vector search."""
         request = query_request(
-            text, vector, k, mode, filter, fusion, alpha, consistency, after, explain
+            text, vector, k, mode, filter, fusion, alpha, consistency, after, explain, ef_search
         )
         return await self._backend.query(collection, request)
 

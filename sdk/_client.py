@@ -172,11 +172,13 @@ def query_request(
     consistency: Consistency,
     after: str | None = None,
     explain: bool = False,
+    ef_search: int | None = None,
 ) -> QueryRequest:
     if vector is not None and hasattr(vector, "tolist"):
         vector = vector.tolist()
     return QueryRequest(
         explain=explain,
+        ef_search=ef_search,
         text=text,
         vector=list(vector) if vector is not None else None,
         k=k,

@@ -370,6 +370,9 @@ def _unpacked_vector(value: Any) -> Any:
     return floats.tolist()
 
 
+MAX_EF_SEARCH = 1000
+
+
 class QueryRequest(_Model):
     """A search over one collection.
 
@@ -401,6 +404,14 @@ class QueryRequest(_Model):
     )
     explain: bool = Field(
         default=False, description="answer with where the query's time went (`explain`)"
+    )
+    ef_search: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EF_SEARCH,
+        description="how wide the vector search looks: efSearch of a FAISS HNSW snapshot and "
+        "of pgvector's HNSW index (default: the snapshot's own, UNIDB_HNSW_EF_SEARCH for "
+        "pgvector); wider is slower and finds more of the true nearest",
     )
 
 

@@ -110,7 +110,7 @@ class Engine:
             idle_s=settings.bm25_idle_s,
             horizon=self.horizon,
         )
-        self.ann = AnnIndexes(indexes, self.horizon)
+        self.ann = AnnIndexes(indexes, self.horizon, max_live=settings.ann_max_delta)
         self.retention = OutboxRetention(
             self.background_pool,
             settings,
@@ -139,7 +139,8 @@ class Engine:
         )
         self.embedders = CollectionEmbedders(self.outbound)
         self.hnsw = HnswBuilds(dsn, settings)
-        self.hnsw.wants_snapshot = self._queue_first_build
+        if take_over_jobs:  # a one-shot command's engine would cancel the build as it closes
+            self.hnsw.wants_snapshot = self._queue_first_build
         self.planner = QueryPlanner(
             self.db,
             settings,

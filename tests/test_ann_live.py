@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 import unidb
 from unidb.indexing import outbox
@@ -175,3 +176,118 @@ def test_a_dropped_collection_leaves_the_follower(engine: Engine, collection: st
     assert collection_id not in engine.ann._served
     with pytest.raises(unidb.NotFound):
         client.query(collection, vector=rng.standard_normal(DIM), k=5, mode="vector")
+
+
+def test_ef_search_widens_the_vector_search(
+    engine: Engine, collection: str, api: TestClient
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=DIM)
+    rng = np.random.default_rng(14)
+    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(N)}
+    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
+                  batch_size=500)  # fmt: skip
+    job = client.build_index(collection, params={"m": 4, "ef_construction": 8}, timeout=120)
+    assert job.status == "done"
+    queries = rng.standard_normal((30, DIM)).astype(np.float32)
+
+    def recalled(ef_search: int) -> float:
+        found = 0
+        for query in queries:
+            answer = client.query(collection, vector=query, k=10, mode="vector",
+                                  ef_search=ef_search)  # fmt: skip
+            assert answer.vector_index == "faiss"
+            found += len({h.id for h in answer.hits} & set(_exact(current, query, 10)))
+        return found / (10 * len(queries))
+
+    narrow, wide = recalled(1), recalled(1000)
+    assert wide >= 0.97
+    assert narrow < wide - 0.05  # a sparse graph searched narrowly misses true neighbours
+    for bad in (0, 1001, "wide"):
+        refused = api.post(f"/v1/collections/{collection}/query",
+                           json={"vector": queries[0].tolist(), "mode": "vector", "ef_search": bad})  # fmt: skip
+        assert refused.status_code in (400, 422), refused.text
+        assert refused.json()["error"]["field"] == "ef_search"
+
+
+def test_a_filtered_query_finds_a_snapshot_hit_nearer_than_a_live_one(
+    engine: Engine, collection: str
+) -> None:
+    """The snapshot's first candidates all fail the filter and the live segment's one passes:
+    a passing snapshot document nearer than it, found only by widening, must win."""
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=DIM)
+    rng = np.random.default_rng(15)
+    query = np.zeros(DIM, dtype=np.float32)
+    query[0] = 1.0
+
+    def near(spread: float) -> np.ndarray:
+        return (query + spread * rng.standard_normal(DIM)).astype(np.float32)
+
+    docs = [{"id": f"fail{i}", "embedding": near(0.05), "metadata": {"ok": False}}
+            for i in range(50)]  # fmt: skip
+    docs.append({"id": "nearer", "embedding": near(0.3), "metadata": {"ok": True}})
+    docs += [
+        {"id": f"far{i}", "embedding": -near(0.3), "metadata": {"ok": True}} for i in range(2500)
+    ]  # fmt: skip (past UNIDB_ANN_EXACT_BELOW: FAISS answers)
+    client.ingest(collection, docs, batch_size=500)
+    assert client.build_index(collection, timeout=120).status == "done"
+    collection_id = _collection_id(engine, collection)
+    client.query(collection, vector=query, k=1, mode="vector")
+    client.upsert(collection, [{"id": "live", "embedding": near(0.9), "metadata": {"ok": True}}])
+    _level(engine, collection_id)
+    assert engine.ann.get(collection_id).live.vectors == 1  # type: ignore[union-attr]
+
+    answer = client.query(collection, vector=query, k=1, mode="vector", filter={"ok": True},
+                          explain=True)  # fmt: skip
+    assert answer.vector_index == "faiss"
+    assert [h.id for h in answer.hits] == ["nearer"]
+    assert answer.explain is not None and answer.explain.vector_plan is not None
+    assert "round" in answer.explain.vector_plan
+
+
+def test_a_live_segment_past_its_bound_waits_for_a_rebuild(
+    engine: Engine, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=DIM)
+    rng = np.random.default_rng(16)
+    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(1000)}
+    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
+                  batch_size=500)  # fmt: skip
+    first = client.build_index(collection, timeout=120)
+    assert first.status == "done"
+    collection_id = _collection_id(engine, collection)
+    client.query(collection, vector=current["v0"], k=1, mode="vector")
+    monkeypatch.setattr(engine.ann, "max_live", 20)
+    rebuild_after = engine.jobs.rebuild_after
+    monkeypatch.setattr(engine.jobs, "rebuild_after", None)  # no rebuild until asked below
+
+    bulk = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(0, 60, 2)}
+    current.update(bulk)
+    client.upsert(collection, [{"id": i, "embedding": v} for i, v in bulk.items()])
+    deadline = time.monotonic() + 60
+    while not engine.ann.waits_for_rebuild(collection_id):
+        assert time.monotonic() < deadline, "the live segment took in more than its bound"
+        time.sleep(0.05)
+    served = engine.ann.get(collection_id)
+    assert served is not None and served.live.vectors == 0
+    # still exact: what the segment lacks is read from Postgres
+    for doc_id in ("v0", "v58"):
+        found, changed = _strong(engine, collection, current[doc_id], 1)
+        assert found == [doc_id] and changed == len(bulk)
+
+    # the heartbeat's check queues a rebuild for it, though 30 changes are few
+    monkeypatch.setattr(engine.jobs, "rebuild_after", rebuild_after)
+    deadline = time.monotonic() + 60
+    while True:
+        engine.jobs.rebuild_behind()
+        served = engine.ann.get(collection_id)
+        assert served is not None
+        if served.manifest.job_id != first.id and not engine.ann.waits_for_rebuild(collection_id):
+            break
+        assert time.monotonic() < deadline, "no rebuild took over"
+        time.sleep(0.1)
+    _level(engine, collection_id)
+    found, changed = _strong(engine, collection, current["v58"], 1)
+    assert found == ["v58"] and changed == 0

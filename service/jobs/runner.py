@@ -188,8 +188,9 @@ class JobRunner:
                     # below the pruned horizon it is not served at all: rebuild it whatever
                     # its lag says (the rows it lacks are gone)
                     pruned = manifest.watermark < self.indexes.horizon.known(conn)
+                    stopped = self.indexes.waits_for_rebuild(collection_id)
                     behind = outbox.lag(conn, collection_id, since=manifest.watermark, upto=bound)
-                    if behind < bound and not pruned:
+                    if behind < bound and not pruned and not stopped:
                         continue
                     task = self._rebuild_task(conn, collection_id, manifest)
             except Exception:  # one collection's trouble does not stop the others' rebuilds
@@ -208,11 +209,20 @@ class JobRunner:
 
     def build_first(self, collection_id: int) -> int | None:
         """Queue a FAISS build of a collection that has no snapshot in this data directory,
-        with the default plan, unless one is queued or running (here or elsewhere); returns
-        the job queued. Called once a collection grows past UNIDB_ANN_AUTO_BUILD_ROWS."""
-        if snapshots.read_manifest(self.indexes.path(collection_id)) is not None:
+        with the default plan, unless one is queued or running (here or elsewhere) or an
+        automatic one failed or was cancelled before (a build asked for is still run);
+        returns the job queued. Called once a collection grows past
+        UNIDB_ANN_AUTO_BUILD_ROWS."""
+        if self._stop.is_set() or snapshots.read_manifest(self.indexes.path(collection_id)):
             return None
         with self.pool.connection() as conn:
+            tried = conn.execute(
+                "SELECT 1 FROM unidb.jobs WHERE collection_id = %s AND kind = %s"
+                " AND (params->>'auto')::boolean AND status IN ('failed', 'cancelled')",
+                (collection_id, INDEX_BUILD),
+            ).fetchone()
+            if tried is not None:  # it failed or was cancelled: not again by itself
+                return None
             task = self._rebuild_task(conn, collection_id, None)
         if task is None:
             return None

@@ -45,6 +45,7 @@ def ann_search(
     exact_below: int,
     max_delta: int,
     changed: set[int],
+    ef_search: int | None = None,
 ) -> list[tuple[int, float]] | None:
     """The ``k`` best (document key, score), or None when another path should answer.
     ``changed``: the documents changed since the live segment's watermark."""
@@ -57,22 +58,31 @@ def ann_search(
     live = served.live
     total = int(served.index.ntotal) + live.vectors
     ready = prepare_query(query, metric)
+    search_params = served.manifest.search
+    if ef_search is not None:
+        search_params = {**search_params, "ef_search": ef_search}
     fetch = k + len(changed) if where is None else FIRST_ROUND * k + len(changed)
     rounds = 0
     for _ in range(ROUNDS):
         rounds += 1
-        found = live.search(served.index, ready, fetch, search_params=served.manifest.search)
+        found = live.search(served.index, ready, fetch, search_params=search_params)
         candidates = [
             (key, score(metric, raw))
-            for key, raw in best_first(found, metric)
+            for key, raw in best_first(found.hits, metric)
             if key not in changed
         ]
         if where is not None:
             passing = _passing(conn, collection, where, [key for key, _ in candidates])
             candidates = [(key, hit) for key, hit in candidates if key in passing]
         from_index = candidates[:k]
+        # an index asked for ``fetch`` that gave as many may hold a nearer passing document
+        # past its farthest: the k-th kept must be at least as near as every such cutoff
+        nearest_cutoff = max((score(metric, raw) for raw in found.cutoffs), default=None)
+        settled = nearest_cutoff is None or (
+            len(from_index) >= k and from_index[k - 1][1] >= nearest_cutoff
+        )
         # enough, or every indexed document was looked at
-        if len(from_index) >= k or fetch >= total:
+        if (len(from_index) >= k and settled) or fetch >= total:
             break
         fetch *= WIDEN
     else:

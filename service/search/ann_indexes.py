@@ -77,13 +77,23 @@ def progress_reporter(
     return report
 
 
+class TooManyChanges(Exception):
+    """More changed documents than a live segment may hold."""
+
+
 class AnnIndexes:
     """Loaded snapshots by collection, each with its live segment; a newer snapshot is
     loaded when a build swaps one in."""
 
-    def __init__(self, root: Path, horizon: outbox.Horizon | None = None) -> None:
+    def __init__(
+        self, root: Path, horizon: outbox.Horizon | None = None, *, max_live: int = 50_000
+    ) -> None:
         self.root = root
         self.horizon = horizon or outbox.Horizon()
+        # vectors a live segment may hold: past it the segment stops, queries fall back to
+        # pgvector as for any delta past UNIDB_ANN_MAX_DELTA, and a rebuild takes over
+        self.max_live = max_live
+        self._too_many: set[int] = set()  # warned of once
         self._served: dict[int, Served] = {}
         self._seen: dict[int, tuple[int, int, int]] = {}  # the manifest's inode, mtime, size
         self._newer: set[int] = set()  # a newer snapshot on disk, for the follower to load
@@ -131,8 +141,12 @@ class AnnIndexes:
         if served is None or served.manifest != manifest:
             served = self._loaded(collection_id, manifest)
         with self._lock:
-            self._served[collection_id] = served
-            self._seen[collection_id] = seen
+            current = self._served.get(collection_id)
+            if current is None or self._thread is None:
+                self._served[collection_id] = served
+                self._seen[collection_id] = seen
+            else:  # the follower installed one meanwhile, brought level: keep it
+                served = current
         return self._unless_pruned(collection_id, served)
 
     def _loaded(self, collection_id: int, manifest: snapshots.Manifest) -> Served:
@@ -187,18 +201,26 @@ class AnnIndexes:
             self._thread.join()
 
     def follow_once(self, conn: Connection) -> None:
-        """One pass: load the newer snapshots, then apply the outbox up to the safe
-        watermark to every served snapshot's live segment."""
+        """One pass: load the newer snapshots (a build swapped one in, whether a query saw
+        it or not), then apply the outbox up to the safe watermark to every served
+        snapshot's live segment. One collection's failure stops only its own segment."""
         with self._lock:
             newer, self._newer = self._newer, set()
+            served = dict(self._served)
+            seen = dict(self._seen)
+        for collection_id in served:
+            stamp = self._stamp(self.path(collection_id))
+            if stamp is None:  # dropped (here or by another process): its folder is gone
+                self.drop(collection_id)
+            elif stamp != seen.get(collection_id):
+                newer.add(collection_id)
         upto = outbox.safe_watermark(conn)
         for collection_id in sorted(newer):
             try:
                 self._load_newer(conn, collection_id, upto)
             except Exception:
-                with self._lock:
-                    self._newer.add(collection_id)
-                raise
+                log.exception("collection %d: could not load its new FAISS snapshot; "
+                              "serving the one before", collection_id)  # fmt: skip
         with self._lock:
             served = dict(self._served)
         if not served:
@@ -216,13 +238,33 @@ class AnnIndexes:
                 ).fetchall()
             }
         updated: dict[int, Served | None] = {}
+        stuck: set[int] = set()
         for collection_id in sorted(changed):
-            updated[collection_id] = self._applied(conn, collection_id, served[collection_id], upto)
+            if collection_id in self._too_many:  # waits for its rebuild
+                stuck.add(collection_id)
+                continue
+            try:
+                after = self._applied(conn, collection_id, served[collection_id], upto)
+            except TooManyChanges as exc:
+                if collection_id not in self._too_many:
+                    self._too_many.add(collection_id)
+                    log.warning("collection %d: %s; its live segment waits for the rebuild "
+                                "this queues", collection_id, exc)  # fmt: skip
+                stuck.add(collection_id)
+                continue
+            except Exception:
+                log.exception("collection %d: FAISS follower pass failed; retrying",
+                              collection_id)  # fmt: skip
+                stuck.add(collection_id)
+                continue
+            updated[collection_id] = after
         # read after the changes: a prune that passed a watermark before they were read shows
         # here, and no segment below it may advance
         pruned = self.horizon.read(conn, wait_for_prune=False)
         with self._lock:
             for collection_id, before in served.items():
+                if collection_id in stuck:
+                    continue
                 if self._served.get(collection_id) is not before or before.watermark < pruned:
                     continue  # dropped or reloaded meanwhile; or lost changes to a prune
                 after = updated.get(collection_id, before)
@@ -238,14 +280,23 @@ class AnnIndexes:
         self, conn: Connection, collection_id: int, served: Served, upto: int
     ) -> Served | None:
         """``served`` with the outbox below ``upto`` applied to its live segment; None when
-        the collection was dropped."""
+        the collection was dropped. Raises TooManyChanges past ``max_live``."""
         changes = outbox.read_changes(conn, collection_id, since=served.watermark, upto=upto)
         if any(change.op == "drop" for change in changes):
             return None
         touched = np.fromiter(
             {c.document_key for c in changes if c.document_key is not None}, dtype=np.int64
         )
+        if served.live.vectors + len(touched) > self.max_live:
+            raise TooManyChanges(
+                f"{len(touched)} documents changed in one pass, on top of the "
+                f"{served.live.vectors} its live segment holds, pass UNIDB_ANN_MAX_DELTA "
+                f"({self.max_live})"
+            )
         keys, ready = self._current_vectors(conn, collection_id, served, touched)
+        # building the pieces is CPU work: no snapshot held open meanwhile (it would hold
+        # back outbox retention and vacuum)
+        conn.commit()
         live = served.live.applied(upto, touched, keys, ready, served.manifest.metric)
         return replace(served, live=live)
 
@@ -281,7 +332,9 @@ class AnnIndexes:
                     self._seen[collection_id] = seen
             return
         loaded = self._loaded(collection_id, manifest)
-        if before.watermark >= manifest.watermark:
+        # builds of one collection are serialised, so a newer snapshot's watermark is at or
+        # above the old one's; one that is not (a restored directory) starts afresh
+        if before.watermark >= manifest.watermark >= before.manifest.watermark:
             touched = {
                 c.document_key
                 for c in outbox.read_changes(
@@ -299,10 +352,15 @@ class AnnIndexes:
             if self._served.get(collection_id) is before:
                 self._served[collection_id] = level
                 self._seen[collection_id] = seen
+        self._too_many.discard(collection_id)
         log.info(
             "collection %d: serving its snapshot of job %s (%d vectors), %d in the live "
             "segment", collection_id, manifest.job_id, manifest.count, level.live.vectors,
         )  # fmt: skip
+
+    def waits_for_rebuild(self, collection_id: int) -> bool:
+        """Whether the collection's live segment stopped, too many changes behind."""
+        return collection_id in self._too_many
 
     def collections(self) -> list[int]:
         """The collections with a snapshot in this data directory."""

@@ -190,7 +190,9 @@ class QueryPlanner:
 
     def _scan_settings(self, request: QueryRequest) -> Statement:
         return scan_settings(
-            self.depth(request), self.settings.hnsw_ef_search, self.settings.hnsw_max_scan_tuples
+            self.depth(request),
+            request.ef_search or self.settings.hnsw_ef_search,
+            self.settings.hnsw_max_scan_tuples,
         )
 
     def _answer(
@@ -279,6 +281,7 @@ class QueryPlanner:
                 served,
                 changes,
                 results[-1] if served is None else None,
+                ef_search=request.ef_search,
             )
             exhaustive = served_by == "exact"
             lap("vector")
@@ -399,6 +402,8 @@ class QueryPlanner:
         served: Served | None,
         changes: Changes,
         nearest_rows: list[tuple[Any, ...]] | None,
+        *,
+        ef_search: int | None = None,
     ) -> tuple[list[tuple[int, float]], Literal["faiss", "hnsw", "exact"]]:
         """The vector retriever's hits and what served them. ``nearest_rows``: what the
         pgvector statement already sent answered (no FAISS snapshot served)."""
@@ -413,8 +418,11 @@ class QueryPlanner:
                 exact_below=self.settings.ann_exact_below,
                 max_delta=self.settings.ann_max_delta,
                 changed=changes.since(served.watermark),
+                ef_search=ef_search,
             )
             if found is not None:
+                if row.pgvector_hnsw and row.hnsw_valid is None:
+                    self.hnsw.schedule(conn, row)  # opted in: built whoever answers
                 return found, "faiss"
         use_index = row.vector_index == "hnsw"
         if nearest_rows is None and not use_index:

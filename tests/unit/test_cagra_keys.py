@@ -60,7 +60,7 @@ def test_a_filled_cagra_graph_answers_with_document_keys(tmp_path: Path) -> None
     live = Live(watermark=1).applied(2, keys[1000:1001], np.empty(0, np.int64),
                                      np.empty((0, 16), np.float32), "l2")  # fmt: skip
     ready = faiss_index.prepare_query(vectors[1000], "l2")
-    masked = live.search(served, ready, 10, search_params={"ef_search": 64})
+    masked = live.search(served, ready, 10, search_params={"ef_search": 64}).hits
     assert len(masked) == 10 and keys[1000] not in {key for key, _ in masked}
 
 

@@ -34,7 +34,7 @@ def _applied(live: Live, current: dict[int, np.ndarray], touched: set[int], mark
 
 def _top(live: Live, snapshot: object, query: np.ndarray, k: int) -> list[int]:
     found = live.search(snapshot, prepare_query(query, METRIC), k, search_params=None)
-    return [key for key, _ in best_first(found, METRIC)[:k]]
+    return [key for key, _ in best_first(found.hits, METRIC)[:k]]
 
 
 def _exact(current: dict[int, np.ndarray], query: np.ndarray, k: int) -> list[int]:
@@ -124,7 +124,7 @@ def test_scores_come_back_as_higher_is_better() -> None:
     live = _applied(Live(watermark=1), current, {1, 2, 3}, 2)
     query = current[2]
     found = best_first(
-        live.search(_snapshot(current), prepare_query(query, METRIC), 3, search_params=None),
+        live.search(_snapshot(current), prepare_query(query, METRIC), 3, search_params=None).hits,
         METRIC,
     )
     assert found[0][0] == 2 and score(METRIC, found[0][1]) == pytest.approx(1.0, abs=1e-5)

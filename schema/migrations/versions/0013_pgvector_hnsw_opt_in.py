@@ -23,6 +23,8 @@ def upgrade() -> None:
     op.execute(
         "ALTER TABLE unidb.collections ADD COLUMN pgvector_hnsw boolean NOT NULL DEFAULT false"
     )
+    # every tenant's collections, for a migrating role bound by their row policy too
+    op.execute("SELECT set_config('unidb.tenant', '*', true)")
     op.execute(
         "UPDATE unidb.collections SET pgvector_hnsw = true"
         " WHERE to_regclass('unidb.chunks_embedding_hnsw_c' || id) IS NOT NULL"
