@@ -259,7 +259,10 @@ def test_a_live_segment_past_its_bound_waits_for_a_rebuild(
     assert first.status == "done"
     collection_id = _collection_id(engine, collection)
     client.query(collection, vector=current["v0"], k=1, mode="vector")
-    monkeypatch.setattr(engine.ann, "max_live", 20)
+    served = engine.ann.get(collection_id)
+    assert served is not None  # half the snapshot, at least UNIDB_ANN_MAX_DELTA
+    assert engine.ann.live_bound(served) == max(engine.settings.ann_max_delta, 500)
+    monkeypatch.setattr(engine.ann, "live_bound", lambda served: 20)
     rebuild_after = engine.jobs.rebuild_after
     monkeypatch.setattr(engine.jobs, "rebuild_after", None)  # no rebuild until asked below
 

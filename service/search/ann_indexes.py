@@ -90,8 +90,9 @@ class AnnIndexes:
     ) -> None:
         self.root = root
         self.horizon = horizon or outbox.Horizon()
-        # vectors a live segment may hold: past it the segment stops, queries fall back to
-        # pgvector as for any delta past UNIDB_ANN_MAX_DELTA, and a rebuild takes over
+        # the least a live segment may hold (`live_bound`): past its bound the segment stops,
+        # queries fall back to pgvector as for any delta past UNIDB_ANN_MAX_DELTA, and a
+        # rebuild takes over
         self.max_live = max_live
         self._too_many: set[int] = set()  # warned of once
         self._served: dict[int, Served] = {}
@@ -287,11 +288,12 @@ class AnnIndexes:
         touched = np.fromiter(
             {c.document_key for c in changes if c.document_key is not None}, dtype=np.int64
         )
-        if served.live.vectors + len(touched) > self.max_live:
+        bound = self.live_bound(served)
+        if served.live.vectors + len(touched) > bound:
             raise TooManyChanges(
                 f"{len(touched)} documents changed in one pass, on top of the "
-                f"{served.live.vectors} its live segment holds, pass UNIDB_ANN_MAX_DELTA "
-                f"({self.max_live})"
+                f"{served.live.vectors} its live segment holds, pass its bound of {bound} "
+                "(half the snapshot's vectors, at least UNIDB_ANN_MAX_DELTA)"
             )
         keys, ready = self._current_vectors(conn, collection_id, served, touched)
         # building the pieces is CPU work: no snapshot held open meanwhile (it would hold
@@ -357,6 +359,12 @@ class AnnIndexes:
             "collection %d: serving its snapshot of job %s (%d vectors), %d in the live "
             "segment", collection_id, manifest.job_id, manifest.count, level.live.vectors,
         )  # fmt: skip
+
+    def live_bound(self, served: Served) -> int:
+        """Vectors a snapshot's live segment may hold: half as many as the snapshot, and at
+        least ``max_live``. Rebuilds start far below it (UNIDB_ANN_REBUILD_FRACTION); it
+        stops a bulk load into a small snapshot from turning into one huge piece."""
+        return max(self.max_live, served.manifest.count // 2)
 
     def waits_for_rebuild(self, collection_id: int) -> bool:
         """Whether the collection's live segment stopped, too many changes behind."""
