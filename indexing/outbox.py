@@ -63,6 +63,22 @@ def changed_since(collection_id: int, since: int) -> tuple[str, tuple[int, int]]
     )
 
 
+def changed_collections(
+    conn: Connection, *, since: int, upto: int, among: list[int] | None = None
+) -> set[int]:
+    """The collections (of ``among``, when given) with changes from transactions in
+    ``[since, upto)``."""
+    statement = (
+        "SELECT DISTINCT collection_id FROM unidb.changes"
+        " WHERE xid >= %s::text::xid8 AND xid < %s::text::xid8"
+    )
+    params: list[object] = [since, upto]
+    if among is not None:
+        statement += " AND collection_id = ANY(%s)"
+        params.append(among)
+    return {row[0] for row in conn.execute(statement, params).fetchall()}
+
+
 def lag(conn: Connection, collection_id: int, *, since: int, upto: int | None = None) -> int:
     """How many changes an index with watermark ``since`` does not hold yet (counting no
     further than ``upto``, when given)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from psycopg_pool import ConnectionPool
 
 from unidb.indexing.bm25 import Bm25Index, IndexBusy
-from unidb.indexing.outbox import Horizon, safe_watermark
+from unidb.indexing.outbox import Horizon, changed_collections, safe_watermark
 from unidb.indexing.pg import Connection
 from unidb.indexing.tailer import BelowHorizon, catch_up, rebuild
 
@@ -267,14 +267,7 @@ class TextIndexes:
             floor = min([*marks, self._scanned_upto if self._scanned_upto is not None else upto])
             changed: set[int] = set()
             if floor < upto:
-                changed = {
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT DISTINCT collection_id FROM unidb.changes"
-                        " WHERE xid >= %s::text::xid8 AND xid < %s::text::xid8",
-                        (floor, upto),
-                    ).fetchall()
-                }
+                changed = changed_collections(conn, since=floor, upto=upto)
             # read after the changes: a prune that passed ``floor`` before they were read
             # shows here, and no index below it may advance
             pruned = self.horizon.read(conn, wait_for_prune=False)

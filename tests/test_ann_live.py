@@ -58,16 +58,26 @@ def _strong(engine: Engine, name: str, query: np.ndarray, k: int) -> tuple[list[
     return [h.id for h in answer.hits], answer.explain.changed_since_index
 
 
+def _indexed(
+    client: unidb.Client, collection: str, n: int, seed: int, **build: object
+) -> tuple[np.random.Generator, dict[str, np.ndarray], int]:
+    """A collection of ``n`` random vectors with a FAISS snapshot: (the generator, the
+    vectors by id, the build's job id)."""
+    client.create_collection(collection, dim=DIM)
+    rng = np.random.default_rng(seed)
+    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(n)}
+    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
+                  batch_size=500)  # fmt: skip
+    job = client.build_index(collection, timeout=120, **build)  # type: ignore[arg-type]
+    assert job.status == "done", job
+    return rng, current, job.id
+
+
 def test_writes_after_a_build_are_served_from_the_live_segment(
     engine: Engine, collection: str
 ) -> None:
     client = unidb.Client(backend=engine)
-    client.create_collection(collection, dim=DIM)
-    rng = np.random.default_rng(11)
-    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(N)}
-    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
-                  batch_size=500)  # fmt: skip
-    assert client.build_index(collection, timeout=120).status == "done"
+    rng, current, _ = _indexed(client, collection, N, 11)
     collection_id = _collection_id(engine, collection)
     queries = rng.standard_normal((20, DIM)).astype(np.float32)
     client.query(collection, vector=queries[0], k=5, mode="vector")  # loads the snapshot
@@ -118,12 +128,7 @@ def test_writes_after_a_build_are_served_from_the_live_segment(
 
 def test_a_rebuild_takes_over_the_live_entries_it_lacks(engine: Engine, collection: str) -> None:
     client = unidb.Client(backend=engine)
-    client.create_collection(collection, dim=DIM)
-    rng = np.random.default_rng(12)
-    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(N)}
-    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
-                  batch_size=500)  # fmt: skip
-    assert client.build_index(collection, timeout=120).status == "done"
+    rng, current, _ = _indexed(client, collection, N, 12)
     collection_id = _collection_id(engine, collection)
     client.query(collection, vector=current["v0"], k=5, mode="vector")
     first = engine.ann.get(collection_id)
@@ -182,13 +187,7 @@ def test_ef_search_widens_the_vector_search(
     engine: Engine, collection: str, api: TestClient
 ) -> None:
     client = unidb.Client(backend=engine)
-    client.create_collection(collection, dim=DIM)
-    rng = np.random.default_rng(14)
-    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(N)}
-    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
-                  batch_size=500)  # fmt: skip
-    job = client.build_index(collection, params={"m": 4, "ef_construction": 8}, timeout=120)
-    assert job.status == "done"
+    rng, current, _ = _indexed(client, collection, N, 14, params={"m": 4, "ef_construction": 8})
     queries = rng.standard_normal((30, DIM)).astype(np.float32)
 
     def recalled(ef_search: int) -> float:
@@ -250,13 +249,7 @@ def test_a_live_segment_past_its_bound_waits_for_a_rebuild(
     engine: Engine, collection: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = unidb.Client(backend=engine)
-    client.create_collection(collection, dim=DIM)
-    rng = np.random.default_rng(16)
-    current = {f"v{i}": rng.standard_normal(DIM).astype(np.float32) for i in range(1000)}
-    client.ingest(collection, ({"id": i, "embedding": v} for i, v in current.items()),
-                  batch_size=500)  # fmt: skip
-    first = client.build_index(collection, timeout=120)
-    assert first.status == "done"
+    rng, current, first_job = _indexed(client, collection, 1000, 16)
     collection_id = _collection_id(engine, collection)
     client.query(collection, vector=current["v0"], k=1, mode="vector")
     served = engine.ann.get(collection_id)
@@ -287,7 +280,7 @@ def test_a_live_segment_past_its_bound_waits_for_a_rebuild(
         engine.jobs.rebuild_behind()
         served = engine.ann.get(collection_id)
         assert served is not None
-        if served.manifest.job_id != first.id and not engine.ann.waits_for_rebuild(collection_id):
+        if served.manifest.job_id != first_job and not engine.ann.waits_for_rebuild(collection_id):
             break
         assert time.monotonic() < deadline, "no rebuild took over"
         time.sleep(0.1)

@@ -229,15 +229,7 @@ class AnnIndexes:
         floor = min(s.watermark for s in served.values())
         changed: set[int] = set()
         if floor < upto:
-            changed = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT collection_id FROM unidb.changes"
-                    " WHERE xid >= %s::text::xid8 AND xid < %s::text::xid8"
-                    " AND collection_id = ANY(%s)",
-                    (floor, upto, list(served)),
-                ).fetchall()
-            }
+            changed = outbox.changed_collections(conn, since=floor, upto=upto, among=list(served))
         updated: dict[int, Served | None] = {}
         stuck: set[int] = set()
         for collection_id in sorted(changed):
