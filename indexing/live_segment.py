@@ -14,6 +14,7 @@ so a collection has O(log n) pieces and each vector is added O(log n) times.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from unidb.indexing.faiss_index import (
     DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_EF_SEARCH,
     DEFAULT_HNSW_M,
     faiss,
     faiss_metric,
@@ -29,6 +31,9 @@ from unidb.indexing.faiss_index import (
 
 # a piece this small is a flat index, searched exactly; a bigger one is an HNSW graph
 FLAT_UP_TO = 4_096
+# a graph n times smaller than the snapshot reaches the snapshot's recall with an ef about
+# n ** PIECE_EF_EXPONENT times smaller (bench/scale.py measures both at a 10 % churn)
+PIECE_EF_EXPONENT = 0.5
 
 _NO_KEYS = np.empty(0, dtype=np.int64)
 
@@ -176,7 +181,11 @@ class Live:
             )
         for piece, selector in zip(self.pieces, self._piece_selectors, strict=True):
             distances, labels = nearest(
-                piece.index, ready, k, selector=selector, search_params=search_params
+                piece.index,
+                ready,
+                k,
+                selector=selector,
+                search_params=_scaled_to(piece, int(snapshot.ntotal), search_params),
             )
             found.add(
                 [
@@ -201,6 +210,20 @@ class Found:
         self.hits += hits
         if hits and len(hits) >= asked:
             self.cutoffs.append(hits[-1][1])
+
+
+def _scaled_to(
+    piece: Piece, snapshot_size: int, search_params: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The snapshot's search parameters, with ``ef_search`` scaled down to ``piece``'s
+    size: searching each piece as wide as the snapshot would cost about as much again per
+    piece, for recall the piece reaches with far less."""
+    if len(piece) <= FLAT_UP_TO or len(piece) >= snapshot_size:
+        return search_params
+    options = search_params or {}
+    share = len(piece) / snapshot_size
+    ef = math.ceil(options.get("ef_search", DEFAULT_EF_SEARCH) * share**PIECE_EF_EXPONENT)
+    return {**options, "ef_search": ef}  # `nearest` keeps it at least k
 
 
 def best_first(found: list[tuple[int, float]], metric: str) -> list[tuple[int, float]]:

@@ -131,3 +131,26 @@ def test_scores_come_back_as_higher_is_better() -> None:
     assert [score(METRIC, raw) for _, raw in found] == sorted(
         (score(METRIC, raw) for _, raw in found), reverse=True
     )
+
+
+def test_pieces_are_searched_at_an_ef_scaled_to_their_size() -> None:
+    rng = np.random.default_rng(3)
+    size = live_segment.FLAT_UP_TO + 904  # past the flat size: an HNSW graph
+    vectors = rng.standard_normal((size, DIM)).astype(np.float32)
+    keys = np.arange(10**6, 10**6 + size, dtype=np.int64)
+    piece = live_segment.Piece.of(keys, prepare(vectors, METRIC), METRIC)
+    assert isinstance(piece.index, faiss.IndexHNSWFlat)
+    # a quarter of the snapshot's size: half its ef (exponent 0.5)
+    scaled = live_segment._scaled_to(piece, 4 * size, {"ef_search": 400, "other": 1})
+    assert scaled == {"ef_search": 200, "other": 1}
+    assert live_segment._scaled_to(piece, size, {"ef_search": 400}) == {"ef_search": 400}
+    flat = live_segment.Piece.of(keys[:10], prepare(vectors[:10], METRIC), METRIC)
+    assert live_segment._scaled_to(flat, 4 * size, {"ef_search": 400}) == {"ef_search": 400}
+
+    # searched through the segment at the scaled ef, every vector of the piece is still
+    # its own nearest neighbour
+    live = Live.made(1, np.empty(0, np.int64), (piece,), (np.ones(size, dtype=bool),))
+    snapshot = _snapshot({k: rng.standard_normal(DIM).astype(np.float32) for k in range(4 * size)})
+    probes = rng.choice(size, 50, replace=False)
+    found = [_top(live, snapshot, vectors[i], 1) for i in probes]
+    assert found == [[int(keys[i])] for i in probes]
