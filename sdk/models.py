@@ -492,6 +492,11 @@ class ContextTemplate(_Model):
     )
 
 
+# vLLM refuses a cache_salt over 128 characters or holding @, /, \\ or NUL; a tenant's
+# salt is its 32-character secret, a colon, then the caller's
+MAX_SALT_CHARS = 64
+
+
 class ContextRequest(_Model):
     """Retrieve ``k`` chunks for ``query`` and lay them out as a prompt whose prefix an LLM
     engine's KV cache can reuse, named by the engine's own block hashes.
@@ -517,7 +522,14 @@ class ContextRequest(_Model):
         "(UNIDB_TOKENIZER_PATHS), the path of a tokenizer.json under UNIDB_TOKENIZER_DIRS",
     )
     block_size: int = Field(default=16, ge=1, le=1024, description="the engine's KV block size")
-    salt: Text | None = Field(default=None, max_length=256, description="the engine cache_salt")
+    salt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SALT_CHARS,
+        pattern=r"^[^@/\\\x00]+$",
+        description="the engine's cache_salt (behind the tenant's secret, when it has one): "
+        f"at most {MAX_SALT_CHARS} characters, none of @ / \\ or NUL, which vLLM refuses",
+    )
     order: ContextOrder = "reuse"
     session: StateName | None = None
     max_tokens: int | None = Field(
@@ -564,7 +576,11 @@ class ContextResponse(_Model):
     block_hashes: list[str] = Field(description="the engine's hash of each full block, hex")
     block_keys: list[int] = Field(description="the same blocks as KV events name them")
     cache_salt: str | None
-    cached_tokens: int = Field(description="prompt tokens resident in the best engine")
+    cached_tokens: int = Field(
+        description="prompt tokens the best engine would report as cached "
+        "(usage.prompt_tokens_details.cached_tokens): its leading resident blocks, at most "
+        "one block fewer than the prompt has whole, as the engine computes the last token"
+    )
     cached_tokens_by_engine: dict[str, int]
     engine_hint: str | None = Field(description="the engine holding the longest resident prefix")
     session: ContextSession | None = None

