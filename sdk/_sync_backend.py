@@ -36,6 +36,7 @@ from .models import (
     DeleteResult,
     DeleteWhere,
     Document,
+    EngineChecks,
     Health,
     IndexBuildRequest,
     Job,
@@ -78,6 +79,7 @@ class Backend(Protocol):
     def build_context(self, request: ContextRequest) -> ContextResponse: ...
     def list_prefixes(self, collection: str | None = None, *, limit: int = 100) -> PrefixList: ...
     def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult: ...
+    def check_engines(self) -> EngineChecks: ...
     def build_index(self, collection: str, request: IndexBuildRequest) -> Job: ...
     def get_job(self, job_id: int) -> Job: ...
     def cancel_job(self, job_id: int) -> Job: ...
@@ -169,6 +171,9 @@ class _HttpBackend:
     def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
         body = self._send("POST", warm_path(prefix_key), json_body(request))
         return WarmResult.model_validate_json(body)
+
+    def check_engines(self) -> EngineChecks:
+        return EngineChecks.model_validate_json(self._send("GET", "/v1/engines"))
 
     def build_index(self, collection: str, request: IndexBuildRequest) -> Job:
         path = f"{collection_path(collection)}/index"

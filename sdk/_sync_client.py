@@ -43,6 +43,7 @@ from .models import (
     ContextTemplate,
     Document,
     EmbedderSpec,
+    EngineChecks,
     Fusion,
     Health,
     Job,
@@ -314,7 +315,7 @@ class Client:
         k: int = 5,
         order: ContextOrder = "reuse",
         session: str | None = None,
-        tokenizer: str = "minilm",
+        tokenizer: str | None = None,
         block_size: int = 16,
         salt: str | None = None,
         max_tokens: int | None = None,
@@ -349,6 +350,12 @@ class Client:
         ``engine_url``: the engine's name in the server's UNIDB_KV_ENGINES or
         UNIDB_OUTBOUND_URLS, or the URL listed there."""
         return self._backend.warm_prefix(prefix_key, warm_request(engine_url, model))
+
+    def check_engines(self) -> EngineChecks:
+        """Probe each LLM engine the server follows: which block-hash settings reproduce
+        the engine's own hashes, whether they are the configured ones, and whether the
+        tokenizers agree (``GET /v1/engines``; the operator key when keys are on)."""
+        return self._backend.check_engines()
 
     def build_index(
         self,

@@ -514,14 +514,17 @@ class ContextRequest(_Model):
     mode: QueryMode = "hybrid"
     filter: dict[str, Any] | None = None
     template: ContextTemplate = Field(default_factory=ContextTemplate)
-    tokenizer: str = Field(
-        default="minilm",
+    tokenizer: str | None = Field(
+        default=None,
         min_length=1,
         max_length=1024,
         description="a tokenizer name the server knows, or, where the server allows it "
-        "(UNIDB_TOKENIZER_PATHS), the path of a tokenizer.json under UNIDB_TOKENIZER_DIRS",
+        "(UNIDB_TOKENIZER_PATHS), the path of a tokenizer.json under UNIDB_TOKENIZER_DIRS; "
+        "unset: the first UNIDB_KV_ENGINES entry's tokenizer, else minilm",
     )
-    block_size: int = Field(default=16, ge=1, le=1024, description="the engine's KV block size")
+    block_size: int = Field(
+        default=16, ge=1, le=2048, description="the engine's KV block size (up to 2048)"
+    )
     salt: str | None = Field(
         default=None,
         min_length=1,
@@ -626,6 +629,38 @@ class WarmResult(_Model):
     model: str
     prompt_tokens: int
     cached_tokens: int | None = Field(description="what the engine reported as already cached")
+
+
+class HashSettings(_Model):
+    """How an engine hashes KV blocks (UNIDB_KV_HASH_ALGO, _SEED, _SALT_STYLE)."""
+
+    algo: Literal["sha256", "sha256_cbor"]
+    seed: str | None
+    salt_style: Literal["tagged", "bare"]
+
+
+class EngineCheck(_Model):
+    """One followed engine, probed: whether unidb's block keys are the engine's."""
+
+    name: str
+    reachable: bool = False
+    model: str | None = None
+    block_size: int | None = Field(default=None, description="as the engine's event gives it")
+    configured: HashSettings = Field(description="the settings unidb hashes with")
+    found: HashSettings | None = Field(
+        default=None, description="the settings that reproduce the engine's block hashes"
+    )
+    matches: bool = Field(default=False, description="configured is found: keys will match")
+    tokenizer_matches: bool | None = Field(
+        default=None,
+        description="the engine's /tokenize of a probe prompt gives the tokens unidb's "
+        "piecewise tokenization does, with the engine's tokenizer (null: no /tokenize)",
+    )
+    detail: str | None = None
+
+
+class EngineChecks(_Model):
+    engines: list[EngineCheck]
 
 
 IndexKind = Literal["auto", "hnsw", "ivf", "cagra"]

@@ -47,6 +47,13 @@ class KvEngine(BaseModel):
         description="its OpenAI-compatible HTTP API, e.g. http://vllm:8000: prefix warm-up "
         "may call it, by the engine's name",
     )
+    tokenizer: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the name (in UNIDB_TOKENIZERS, or minilm) of the tokenizer this engine "
+        "serves: /v1/context uses the first engine's when a request names none, and "
+        "GET /v1/engines checks it against the engine's /tokenize",
+    )
 
 
 class Settings(BaseSettings):
@@ -265,6 +272,11 @@ class Settings(BaseSettings):
     )
     kv_engines: list[KvEngine] = Field(
         default_factory=list, description="engines whose KV events drive cached_tokens"
+    )
+    kv_check_at_start: bool = Field(
+        default=True,
+        description="probe each kv_engines entry with a url at start and log whether its "
+        "block hashes are unidb's (GET /v1/engines does it on demand)",
     )
     outbound_urls: dict[OutboundName, OutboundUrl] = Field(
         default_factory=dict,

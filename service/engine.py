@@ -31,6 +31,7 @@ from unidb.models import (
     DeleteResult,
     DeleteWhere,
     Document,
+    EngineChecks,
     Health,
     IndexBuildRequest,
     Job,
@@ -194,6 +195,8 @@ class Engine:
         self.text_indexes.start()
         self.ann.start(self.background_pool, self.settings.tailer_interval_s)
         self.context.start()
+        if self.settings.kv_check_at_start:
+            self.context.check_engines_at_start(self.outbound)
         self.jobs.start()
 
     def _queue_first_build(self, row: catalog.CollectionRow) -> None:
@@ -296,6 +299,9 @@ class Engine:
 
     def warm_prefix(self, prefix_key: str, request: WarmRequest) -> WarmResult:
         return self.context.warm_prefix(self.db, self.outbound, prefix_key, request)
+
+    def check_engines(self) -> EngineChecks:
+        return self.context.check_engines(self.outbound)
 
     # -- ANN index builds ----------------------------------------------------------------
 

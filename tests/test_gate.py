@@ -143,6 +143,12 @@ def test_metrics_need_the_operator_key(api: TestClient, engine: Engine, collecti
         assert collection not in refused.text
     operator = api.get("/metrics", headers=_bearer(OPERATOR_KEY))
     assert operator.status_code == 200 and "unidb_http_request_seconds" in operator.text
+    # probing the engines every tenant shares is the operator's too
+    for key in (evil_admin, acme_admin):
+        refused = api.get("/v1/engines", headers=_bearer(key))
+        assert refused.status_code == 403 and "UNIDB_OPERATOR_KEY" in refused.text
+    probed = api.get("/v1/engines", headers=_bearer(OPERATOR_KEY))
+    assert probed.status_code == 200 and probed.json() == {"engines": []}
 
 
 # -- item 2: nothing heavy before authentication ------------------------------------------

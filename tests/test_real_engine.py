@@ -324,12 +324,24 @@ def test_a_subscriber_started_late_learns_what_the_engine_holds(
     )
     late.start()
     try:
-        _until(lambda: late.connections >= 1 and late.replayed > 0, "the replay")
+        # the whole replay, not its first batch: the engine buffers every earlier test's
+        _until(lambda: late.replays >= 1 and late.replayed > 0, "the replay")
         held = residency.resident_blocks(context["block_keys"])["late"]
         whole = (len(context["token_ids"]) - 1) // BLOCK_SIZE
         assert min(held, whole) * BLOCK_SIZE == _sent(cpu_engine, context, events) > 0
     finally:
         late.close()
+
+
+def test_the_engine_check_finds_its_hash_settings(api: TestClient, cpu_engine: CpuEngine) -> None:
+    answer = api.get("/v1/engines")
+    assert answer.status_code == 200, answer.text
+    [check] = answer.json()["engines"]
+    assert check["name"] == cpu_engine.name and check["reachable"] is True
+    assert check["model"] == cpu_engine.name and check["block_size"] == BLOCK_SIZE
+    default = {"algo": "sha256", "seed": None, "salt_style": "tagged"}
+    assert check["configured"] == default and check["found"] == default
+    assert check["matches"] is True and check["tokenizer_matches"] is True
 
 
 def test_an_engine_restart_empties_unidbs_residency(
@@ -361,3 +373,55 @@ def test_an_engine_restart_empties_unidbs_residency(
     )
     again = _context(api, collection, "beta delta", k=3)
     assert again["cached_tokens"] == _sent(cpu_engine, context, events)
+
+
+def test_the_engine_check_finds_other_hash_settings(
+    settings: Settings,
+    engine: Engine,
+    api: TestClient,
+    unidb_engine: Engine,
+    cpu_engine: CpuEngine,
+    events: EngineEvents,
+    tmp_path_factory: Any,
+    collection: str,
+) -> None:
+    cpu_engine.stop()
+    cpu_engine.hash_algo, cpu_engine.hash_seed = "sha256_cbor", "0"
+    cpu_engine.start()
+    found = {"algo": "sha256_cbor", "seed": "0", "salt_style": "tagged"}
+    # unidb still hashes with the defaults: the check says so, and what the engine does
+    [check] = api.get("/v1/engines").json()["engines"]
+    assert check["found"] == found and check["matches"] is False
+    assert "UNIDB_KV_HASH_ALGO" in check["detail"]
+
+    # configured as found, unidb's block keys are the engine's again
+    configured = Engine(
+        settings.model_copy(update={
+            "kv_engines": [KvEngine(**cpu_engine.kv_engine_setting())],
+            "kv_hash_algo": "sha256_cbor", "kv_hash_seed": "0",
+            "data_dir": tmp_path_factory.mktemp("cbor")}),
+        engine.pool,
+        engine.dsn,
+        background_pool=engine.background_pool,
+    )  # fmt: skip
+    configured.context.start()
+    try:
+        with LocalClient(create_app(engine=configured)) as other:
+            [check] = other.get("/v1/engines").json()["engines"]
+            assert check["configured"] == check["found"] == found and check["matches"] is True
+            _load(other, collection)
+            context = _context(other, collection, "alpha", k=3)
+            mark = events.mark()
+            assert _sent(cpu_engine, context, events) == 0
+            assert events.stored_since(mark)[: len(context["block_keys"])] == context["block_keys"]
+    finally:
+        configured.context.close()
+
+    # unidb with the other settings names the blocks wrongly, yet its cached_tokens is
+    # right: the engine's events carry their tokens, and residency follows those too
+    mismatched = _context(api, collection, "alpha", k=3)
+    assert mismatched["token_ids"] == context["token_ids"]
+    assert set(mismatched["block_keys"]).isdisjoint(context["block_keys"])
+    _caught_up(unidb_engine, events)
+    predicted = _context(api, collection, "alpha", k=3)["cached_tokens"]
+    assert predicted == _sent(cpu_engine, mismatched, events) > 0

@@ -62,6 +62,7 @@ def allowed_hosts(settings: Settings) -> frozenset[str] | None:
     return frozenset(names)
 
 
+OPERATOR_PATHS = frozenset({"/v1/engines"})  # besides /metrics, outside /v1
 _SINGLE = frozenset(("host", "origin", "content-type", "authorization", "content-length"))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # a name or an IPv4 address, or an IPv6 address in brackets; then an optional port
@@ -115,7 +116,8 @@ class RequestGate:
         self._check_host(headers.get("host"))
         self._check_origin(headers.get("origin"), headers.get("host"))
         path: str = scope["path"]
-        keyed = path.startswith(("/v1/", "/mcp"))
+        # the operator's paths take the operator key, which the route checks, not a tenant's
+        keyed = path.startswith(("/v1/", "/mcp")) and path not in OPERATOR_PATHS
         if path.startswith("/v1/") and scope["method"] in _BODY_METHODS:
             media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if media_type != "application/json":

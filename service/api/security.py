@@ -94,7 +94,7 @@ async def _operator(request: Request, _: BearerDep) -> None:
     expected = settings.operator_key.get_secret_value() if settings.operator_key else None
     if expected is None or not hmac.compare_digest(key.encode(), expected.encode()):
         raise Forbidden(
-            "/metrics is read with the operator key (UNIDB_OPERATOR_KEY), not a tenant's key",
+            f"{request.url.path} takes the operator key (UNIDB_OPERATOR_KEY), not a tenant's key",
             field="authorization",
         )
 

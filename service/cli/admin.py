@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from unidb.service.cli.common import administration, with_database
+from unidb.service.cli.common import administration, backend_for, with_database
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -40,6 +40,27 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    backend, owner = backend_for(args)
+    try:
+        checks = backend.check_engines().engines
+    finally:
+        owner.close()
+    if not checks:
+        print("no engine is configured (UNIDB_KV_ENGINES)")
+        return 0
+    for check in checks:
+        found = check.found
+        settings = (
+            f"{found.algo}, seed {found.seed or 'unset'}, salt {found.salt_style}" if found else "-"
+        )
+        tokens = {True: "same tokens", False: "OTHER TOKENS", None: "no /tokenize"}
+        state = "ok" if check.matches and check.tokenizer_matches is not False else "MISMATCH"
+        print(f"{check.name}: {state}: {check.detail} [{settings}; block {check.block_size}; "
+              f"{tokens[check.tokenizer_matches]}]")  # fmt: skip
+    return 0 if all(c.matches and c.tokenizer_matches is not False for c in checks) else 1
+
+
 def add_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="API keys: create (printed once), list, revoke")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -53,6 +74,13 @@ def add_commands(commands: Any) -> None:
     revoke.add_argument("id")
     with_database(revoke, url=False)
     keys.set_defaults(run=cmd_keys)
+    engines = commands.add_parser("engines", help="the LLM engines unidb follows")
+    engines_commands = engines.add_subparsers(dest="engines_command", required=True)
+    check = engines_commands.add_parser(
+        "check", help="probe each engine: do unidb's block hashes and tokens match its own?"
+    )
+    with_database(check)
+    engines.set_defaults(run=cmd_engines)
     tenants = commands.add_parser("tenants", help="tenants' SQL roles")
     tenants_commands = tenants.add_subparsers(dest="tenants_command", required=True)
     sql_role = tenants_commands.add_parser(

@@ -134,6 +134,7 @@ class ContextBuilder:
         request: ContextRequest,
         ranked_ids: Sequence[str],
     ) -> ContextResponse:
+        assert request.tokenizer is not None  # the service names the default
         tokenizer = self.tokenizers.get(request.tokenizer)
         head_text, head, tail_text, tail = frame(tokenizer, request.template, request.query)
         room = budget(self.max_tokens(request), head, tail)
@@ -304,6 +305,10 @@ class ContextBuilder:
             engine: min(blocks, most_blocks) * request.block_size
             for engine, blocks in self.residency.resident_blocks(block_keys).items()
         }
+        # by content too, where events carry tokens: right even when the engine's hash
+        # settings or block size are not the request's
+        for engine, tokens in self.residency.resident_tokens(token_ids, salt).items():
+            resident[engine] = max(resident.get(engine, 0), tokens)
         best = max(resident.items(), key=lambda item: (item[1], item[0]), default=None)
         return ContextResponse(
             prompt=layout.prompt,

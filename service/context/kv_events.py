@@ -11,10 +11,13 @@ filled from the engine's replay ROUTER socket when one is configured.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from array import array
+from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +31,9 @@ log = logging.getLogger("unidb.kv_events")
 GPU = "GPU"
 _REPLAY_TIMEOUT_MS = 1000
 _POLL_MS = 100
+_RECENT_STORED = 256
+# the largest block size an event may give (hybrid models align blocks to 528..2048)
+MAX_BLOCK_SIZE = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,27 +41,61 @@ class KvEvent:
     kind: str  # BlockStored | BlockRemoved | AllBlocksCleared
     block_keys: list[int]
     medium: str
+    # BlockStored only, where the engine sends them: the blocks' tokens, the key of the
+    # block before the first (None: the first is block 0) and the engine's block size
+    token_ids: tuple[int, ...] = ()
+    parent_key: int | None = None
+    block_size: int | None = None
+    extra_keys: tuple[Any, ...] = ()  # per block: what besides tokens its hash took (salt...)
+    group: int = 0  # the KV cache group (hybrid models keep several)
 
 
-# positions of the fields we read in the array encoding (after the tag)
+# positions of the fields we read in the array encoding (after the tag): hashes, medium;
+# BlockStored is [tag, hashes, parent, token_ids, block_size, lora_id, medium, ...]
 _ARRAY_FIELDS = {"BlockStored": (1, 6), "BlockRemoved": (1, 2), "AllBlocksCleared": (None, None)}
 
 
+def _key_or_none(value: Any) -> int | None:
+    return event_key(value) if isinstance(value, int | bytes) else None
+
+
 def _event(raw: Any) -> KvEvent | None:
+    stored: dict[str, Any] = {}
     if isinstance(raw, dict):
         kind = raw.get("type")
         hashes, medium = raw.get("block_hashes"), raw.get("medium")
+        stored = {"group": raw.get("group_idx")}
+        if kind == "BlockStored":
+            stored |= {"token_ids": raw.get("token_ids"), "parent": raw.get("parent_block_hash"),
+                       "block_size": raw.get("block_size"), "extra": raw.get("extra_keys")}  # fmt: skip
     elif isinstance(raw, list | tuple) and raw and isinstance(raw[0], str):
         kind = raw[0]
         hashes_at, medium_at = _ARRAY_FIELDS.get(kind, (None, None))
         hashes = raw[hashes_at] if hashes_at is not None and len(raw) > hashes_at else None
         medium = raw[medium_at] if medium_at is not None and len(raw) > medium_at else None
+        if kind == "BlockStored":
+            stored = {"parent": raw[2] if len(raw) > 2 else None,
+                      "token_ids": raw[3] if len(raw) > 3 else None,
+                      "block_size": raw[4] if len(raw) > 4 else None}  # fmt: skip
     else:
         return None
     if kind not in _ARRAY_FIELDS:
         return None  # an event kind this version does not know
     keys = [event_key(h) for h in hashes or () if isinstance(h, int | bytes)]
-    return KvEvent(kind, keys, medium if isinstance(medium, str) else GPU)
+    tokens = stored.get("token_ids")
+    block_size = stored.get("block_size")
+    extra = stored.get("extra")
+    group = stored.get("group")
+    return KvEvent(
+        kind,
+        keys,
+        medium if isinstance(medium, str) else GPU,
+        tuple(int(t) for t in tokens) if isinstance(tokens, list | tuple) else (),
+        _key_or_none(stored.get("parent")),
+        block_size if isinstance(block_size, int) and 0 < block_size <= MAX_BLOCK_SIZE else None,
+        tuple(extra) if isinstance(extra, list | tuple) else (),
+        group if isinstance(group, int) and group >= 0 else 0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +122,90 @@ def decode_batch(payload: bytes) -> EventBatch:
     )
 
 
+_ROOT = b"\x00" * 16
+
+
+def content_key(parent: bytes, tokens: Sequence[int], extra: Any) -> bytes:
+    """A block's name by what it holds: its parent's name, its tokens, and the extra keys
+    its engine hashed with it (the cache salt of block 0). Independent of the engine's hash
+    settings, so residency stays right when those are not unidb's."""
+    digest = hashlib.blake2b(parent, digest_size=16)
+    digest.update(array("q", tokens).tobytes())
+    if extra:
+        digest.update(repr(tuple(extra)).encode())
+    return digest.digest()
+
+
+@dataclass
+class _Contents:
+    """One engine's blocks by content: which content each (group, medium, key) holds, and
+    how many such entries hold each content per group."""
+
+    block_size: int
+    of_entry: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
+    of_key: dict[tuple[int, int], bytes] = field(default_factory=dict)  # any medium
+    held: dict[int, dict[bytes, int]] = field(default_factory=dict)
+    media: set[str] = field(default_factory=set)
+
+    def stored(self, event: KvEvent) -> None:
+        size = event.block_size or self.block_size
+        if not event.token_ids or len(event.token_ids) != size * len(event.block_keys):
+            return
+        if event.parent_key is None:
+            parent = _ROOT
+        else:
+            known = self.of_key.get((event.group, event.parent_key))
+            if known is None:
+                return  # its parent's event was missed: its content chain is unknown
+            parent = known
+        held = self.held.setdefault(event.group, {})
+        for i, key in enumerate(event.block_keys):
+            extra = event.extra_keys[i] if i < len(event.extra_keys) else None
+            parent = content_key(parent, event.token_ids[i * size : (i + 1) * size], extra)
+            entry = (event.group, event.medium, key)
+            self.media.add(event.medium)
+            if entry in self.of_entry:
+                continue
+            self.of_entry[entry] = parent
+            self.of_key[(event.group, key)] = parent
+            held[parent] = held.get(parent, 0) + 1
+
+    def removed(self, event: KvEvent) -> None:
+        held = self.held.get(event.group, {})
+        for key in event.block_keys:
+            content = self.of_entry.pop((event.group, event.medium, key), None)
+            if content is None:
+                continue
+            if not any((event.group, medium, key) in self.of_entry for medium in self.media):
+                self.of_key.pop((event.group, key), None)  # no other medium holds it
+            left = held.get(content, 0) - 1
+            if left > 0:
+                held[content] = left
+            else:
+                held.pop(content, None)
+
+    def leading(self, token_ids: Sequence[int], salt: str | None) -> int:
+        """How many leading blocks of ``token_ids`` (at this engine's block size) every
+        KV cache group holds."""
+        if not self.held:
+            return 0
+        size, parent, count = self.block_size, _ROOT, 0
+        for start in range(0, len(token_ids) - size + 1, size):
+            extra = (salt,) if salt and start == 0 else None
+            parent = content_key(parent, token_ids[start : start + size], extra)
+            if not all(parent in held for held in self.held.values()):
+                break
+            count += 1
+        return count
+
+
 class Residency:
-    """Per engine and medium, the block keys its KV cache holds now."""
+    """Per engine and medium, the block keys its KV cache holds now; and, where its events
+    carry their tokens, the same blocks by content (see `content_key`)."""
 
     def __init__(self) -> None:
         self._blocks: dict[str, dict[str, set[int]]] = {}
+        self._contents: dict[str, _Contents] = {}
         self._lock = threading.Lock()
 
     def apply(self, engine: str, events: Iterable[KvEvent]) -> None:
@@ -95,15 +214,25 @@ class Residency:
             for event in events:
                 if event.kind == "BlockStored":
                     media.setdefault(event.medium, set()).update(event.block_keys)
+                    if event.token_ids and event.block_keys:
+                        size = event.block_size or len(event.token_ids) // len(event.block_keys)
+                        contents = self._contents.get(engine)
+                        if contents is None or contents.block_size != size:
+                            contents = self._contents[engine] = _Contents(size)
+                        contents.stored(event)
                 elif event.kind == "BlockRemoved":
                     media.get(event.medium, set()).difference_update(event.block_keys)
+                    if engine in self._contents:
+                        self._contents[engine].removed(event)
                 else:
                     media.clear()
+                    self._contents.pop(engine, None)
 
     def forget(self, engine: str) -> None:
         """The engine's cache is gone (it stopped or restarted): it holds nothing."""
         with self._lock:
             self._blocks.pop(engine, None)
+            self._contents.pop(engine, None)
 
     def resident_blocks(self, block_keys: Sequence[int]) -> dict[str, int]:
         """For each engine, how many leading blocks of ``block_keys`` it holds (any medium)."""
@@ -116,6 +245,18 @@ class Residency:
                         break
                     count += 1
                 found[engine] = count
+            return found
+
+    def resident_tokens(self, token_ids: Sequence[int], salt: str | None) -> dict[str, int]:
+        """For each engine whose events carry tokens: how many leading tokens of the prompt
+        it holds, in its own blocks, whatever its hash settings (at most one block fewer
+        than the prompt has whole: the engine computes the last token)."""
+        with self._lock:
+            found = {}
+            for engine, contents in self._contents.items():
+                whole = max(len(token_ids) - 1, 0) // contents.block_size
+                blocks = min(contents.leading(token_ids, salt), whole)
+                found[engine] = blocks * contents.block_size
             return found
 
     def held(self, block_keys: Iterable[int]) -> set[int]:
@@ -167,11 +308,14 @@ class Subscriber:
         ]
         self.topic = topic
         self.batches = 0
-        self.replayed = 0
+        self.replayed = 0  # batches applied from the replay socket
+        self.replays = 0  # replay requests finished (answered to the end, or timed out)
         self.restarts = 0  # times the engine's cache was found gone (disconnect or restart)
         self.connections = 0
         self.last_seq: list[int] = [-1] * data_parallel_size
         self.last_ts: list[float] = [0.0] * data_parallel_size
+        # the latest BlockStored events that carry their tokens, for probing the engine
+        self.recent_stored: deque[KvEvent] = deque(maxlen=_RECENT_STORED)
         self._stop = threading.Event()
         self._context = zmq.Context()
         self._thread = threading.Thread(target=self._run, name=f"kv-events-{name}", daemon=True)
@@ -187,9 +331,24 @@ class Subscriber:
 
     def _apply(self, rank: int, seq: int, batch: EventBatch) -> None:
         self.residency.apply(self.name, batch.events)
+        self.recent_stored.extend(
+            e for e in batch.events if e.kind == "BlockStored" and e.token_ids
+        )
         self.last_seq[rank] = seq
         self.last_ts[rank] = max(self.last_ts[rank], batch.ts)
         self.batches += 1
+
+    def stored_first_block(self, token_ids: Sequence[int]) -> KvEvent | None:
+        """The latest BlockStored event whose first block is block 0 of ``token_ids``."""
+        for event in reversed(list(self.recent_stored)):  # a copy: the thread appends
+            size = event.block_size or len(event.token_ids) // max(len(event.block_keys), 1)
+            if (
+                event.parent_key is None
+                and size > 0
+                and tuple(token_ids[:size]) == event.token_ids[:size]
+            ):
+                return event
+        return None
 
     def _gone(self, rank: int) -> None:
         """The engine's cache is gone: forget what it held; its numbering starts again."""
@@ -291,3 +450,4 @@ class Subscriber:
                     break
         finally:
             dealer.close()
+            self.replays += 1

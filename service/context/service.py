@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,9 @@ from unidb.indexing.pg import Connection
 from unidb.models import (
     ContextRequest,
     ContextResponse,
+    EngineCheck,
+    EngineChecks,
+    HashSettings,
     PrefixList,
     QueryRequest,
     QueryResponse,
@@ -26,6 +30,7 @@ from unidb.service.context import registry
 from unidb.service.context.builder import ContextBuilder
 from unidb.service.context.hashing import BlockHasher
 from unidb.service.context.kv_events import Residency, Subscriber
+from unidb.service.context.probe import check_engine
 from unidb.service.context.registry import invalidate
 from unidb.service.context.tokenizer import Tokenizers
 from unidb.service.context.warmup import warm
@@ -75,6 +80,17 @@ class ContextService:
             )
             for engine in settings.kv_engines
         ]
+        self.kv_engines = list(settings.kv_engines)
+        for engine in self.kv_engines:
+            if engine.tokenizer not in (None, "minilm", *settings.tokenizers):
+                raise ValueError(
+                    f"UNIDB_KV_ENGINES: {engine.name!r} names tokenizer {engine.tokenizer!r}, "
+                    "which is neither minilm nor in UNIDB_TOKENIZERS"
+                )
+        # a request that names no tokenizer gets the engine's: its tokens are the engine's
+        self.default_tokenizer = next(
+            (e.tokenizer for e in self.kv_engines if e.tokenizer is not None), "minilm"
+        )
         self._stop = threading.Event()
         self._follower = threading.Thread(target=self._follow, name="unidb-prefixes", daemon=True)
 
@@ -112,8 +128,10 @@ class ContextService:
         metrics: Metrics,
     ) -> ContextResponse:
         """Retrieve with ``query``, then lay the hits out as a prompt and register it."""
+        tokenizer = request.tokenizer or self.default_tokenizer
+        request = request.model_copy(update={"tokenizer": tokenizer})
         # refused before any search
-        self.tokenizers.get(request.tokenizer)
+        self.tokenizers.get(tokenizer)
         self.builder.max_tokens(request)
         found = query(
             request.collection,
@@ -140,6 +158,54 @@ class ContextService:
         return PrefixList(
             prefixes=registry.list_prefixes(conn, collection_id=collection_id, limit=limit)
         )
+
+    def check_engines(self, outbound: Outbound) -> EngineChecks:
+        """Probe each followed engine: do unidb's block keys and tokens match its own?"""
+        checks = []
+        for engine, subscriber in zip(self.kv_engines, self.subscribers, strict=True):
+            if engine.url is None:
+                configured = HashSettings(algo=self.hasher.algo, seed=self.hasher.seed,
+                                          salt_style=self.hasher.salt_style)  # fmt: skip
+                checks.append(EngineCheck(name=engine.name, configured=configured,
+                                          detail="no url: unidb cannot send it a probe"))  # fmt: skip
+                continue
+            upstream = outbound.resolve(engine.name, field="engine")
+            for _ in range(50):  # a moment for its event stream to connect, if it just started
+                if subscriber.connections:
+                    break
+                time.sleep(0.1)
+            tokenizer = self.tokenizers.get(engine.tokenizer or self.default_tokenizer)
+            checks.append(check_engine(upstream, subscriber, self.hasher, tokenizer))
+        return EngineChecks(engines=checks)
+
+    def check_engines_at_start(self, outbound: Outbound) -> None:
+        """Probe the engines with a url once their event streams connect, in the
+        background, and say in the log whether their block keys match: a mismatch would
+        otherwise only show as cached_tokens of 0 forever."""
+
+        followed = [s for s, e in zip(self.subscribers, self.kv_engines, strict=True) if e.url]
+        probed = {s.name for s in followed}
+
+        def run() -> None:
+            for _ in range(300):  # up to 30 s for their event streams to connect
+                if all(s.connections for s in followed):
+                    break
+                if self._stop.wait(0.1):
+                    return
+            try:
+                for check in self.check_engines(outbound).engines:
+                    if check.name not in probed:
+                        continue
+                    if check.matches:
+                        log.info("engine %s: %s (%s)", check.name, check.detail, check.found)
+                    else:
+                        log.warning("engine %s: %s (found %s; configured %s)", check.name,
+                                    check.detail, check.found, check.configured)  # fmt: skip
+            except Exception:
+                log.exception("probing the KV engines failed")
+
+        if any(engine.url for engine in self.kv_engines):
+            threading.Thread(target=run, name="unidb-engine-check", daemon=True).start()
 
     def warm_prefix(
         self, db: Database, outbound: Outbound, prefix_key: str, request: WarmRequest

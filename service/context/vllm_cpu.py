@@ -132,6 +132,7 @@ class CpuEngine:
     hash_seed: str | None = None
     max_model_len: int = 4096
     extra_args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)  # more environment for the engine
     port: int = field(default_factory=free_port)
     events_port: int = field(default_factory=free_port)
     replay_port: int = field(default_factory=free_port)
@@ -191,6 +192,7 @@ class CpuEngine:
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
                "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # fmt: skip
+        env.update(self.env)
         if self.hash_seed is None:
             env.pop("PYTHONHASHSEED", None)
         else:

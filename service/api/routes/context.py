@@ -4,10 +4,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from unidb.models import ContextRequest, ContextResponse, PrefixList, WarmRequest, WarmResult
+from unidb.models import (
+    ContextRequest,
+    ContextResponse,
+    EngineChecks,
+    PrefixList,
+    WarmRequest,
+    WarmResult,
+)
 from unidb.service.api.deps import EngineDep
 from unidb.service.api.errors import ERROR_RESPONSES
-from unidb.service.api.security import ADMIN, READ
+from unidb.service.api.security import ADMIN, OPERATOR, READ
 
 router = APIRouter(prefix="/v1", tags=["context"], responses=ERROR_RESPONSES)
 
@@ -41,3 +48,13 @@ def warm_prefix(prefix_key: PrefixKey, request: WarmRequest, engine: EngineDep) 
     the operator lists (``UNIDB_KV_ENGINES`` with a ``url``, or ``UNIDB_OUTBOUND_URLS``),
     named by ``engine`` or by its exact listed ``engine_url``; any other is a 400."""
     return engine.warm_prefix(prefix_key, request)
+
+
+@router.get("/engines", dependencies=[OPERATOR])
+def check_engines(engine: EngineDep) -> EngineChecks:
+    """(The operator's: the engines serve every tenant.) Probe each LLM engine unidb follows (``UNIDB_KV_ENGINES`` with a ``url``): send it
+    a short prompt of random tokens, with and without a ``cache_salt``, read the block
+    hash its KV events give, and say which hash settings reproduce it, beside the ones
+    configured; and whether unidb's tokenizer splits a probe sentence as the engine's
+    ``/tokenize`` does."""
+    return engine.check_engines()
