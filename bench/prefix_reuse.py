@@ -218,7 +218,7 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
     reuse = responses(order="reuse")
     session = responses(session=True)
     resets = sum(1 for r in session if r["session"]["reset"])
-    capacity = max(1, distinct_blocks(relevance) // 4)
+    capacity = max(1, int(distinct_blocks(relevance) * args.cache_fraction))
     base = prefix_prefill(relevance, capacity)
     figures = {
         "no_cache": sum(len(r["token_ids"]) for r in relevance),
@@ -254,6 +254,7 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
                 measured[method] = on_engine.figures() | {
                     "simulated": prefix_prefill(sent, capacity),
                     "prompt_tokens": sum(len(r["token_ids"]) for r in sent),
+                    "resets": sum(1 for r in sent if r["session"] and r["session"]["reset"]),
                 }
         finally:
             engine.stop()
@@ -271,6 +272,8 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
             "saving_vs_relevance": round(base / max(prefill, 1), 3),
             "cache_blocks": capacity,
             "max_tokens": args.max_tokens,
+            "cache_fraction": args.cache_fraction,
+            "follow_residency": os.environ.get("UNIDB_CONTEXT_FOLLOW_RESIDENCY", "true"),
             "session_resets": resets if method.startswith("session") else None,
             "measured": "simulated",
         }
@@ -288,6 +291,8 @@ def run_k(client: unidb.Client, claims: list[str], args: argparse.Namespace, k: 
                 # the simulated run above: reuse order follows what the engine holds)
                 "engine_run_simulated_prefill_tokens": on_engine["simulated"],
                 "engine_run_prompt_tokens": on_engine["prompt_tokens"],
+                # sessions that follow the engine start compact prefixes where it evicted
+                "engine_run_session_resets": on_engine["resets"] if method == "session" else None,
             }
         print(json.dumps(line), flush=True)
 
@@ -305,6 +310,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=["none", "cpu"], default="none",
                         help="cpu: also run the prompts on a real vLLM engine on the CPU")  # fmt: skip
     parser.add_argument("--engine-venv", type=Path, default=Path(".venv-engine"))
+    parser.add_argument("--cache-fraction", type=float, default=0.25,
+                        help="the KV cache, as a share of the distinct blocks relevance touches")  # fmt: skip
     args = parser.parse_args()
     args.events_port, args.replay_port = free_port(), free_port()
     global BLOCK

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
     kv_engines: list[KvEngine] = Field(
         default_factory=list, description="engines whose KV events drive cached_tokens"
     )
+    context_follow_residency: bool = Field(
+        default=True,
+        description="with kv_engines, lay prompts out by what the engines hold now: "
+        "order=reuse walks their cached blocks first, and a session turn whose grown prompt "
+        "would cost more prefill than a compact one starts the compact one",
+    )
     kv_check_at_start: bool = Field(
         default=True,
         description="probe each kv_engines entry with a url at start and log whether its "

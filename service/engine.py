@@ -182,12 +182,13 @@ class Engine:
             take_over_jobs=take_over_jobs,
             admin_dsn=connected.admin_dsn,
         )
-        engine.start_background()
+        # one-shot commands do not probe the engines (the serving processes do, at start)
+        engine.start_background(check_engines=take_over_jobs)
         return engine
 
-    def start_background(self) -> None:
+    def start_background(self, *, check_engines: bool = True) -> None:
         """Start following the outbox (BM25, FAISS live segments, prefixes, KV events) and
-        running build jobs."""
+        running build jobs; with ``check_engines``, probe the KV engines once."""
         problem = faiss_install_problem()
         if problem is not None:
             log.warning("%s", problem)
@@ -195,7 +196,7 @@ class Engine:
         self.text_indexes.start()
         self.ann.start(self.background_pool, self.settings.tailer_interval_s)
         self.context.start()
-        if self.settings.kv_check_at_start:
+        if check_engines and self.settings.kv_check_at_start:
             self.context.check_engines_at_start(self.outbound)
         self.jobs.start()
 

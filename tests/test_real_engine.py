@@ -129,8 +129,9 @@ def api(unidb_engine: Engine) -> Iterator[TestClient]:
         yield client
 
 
-def _load(api: TestClient, collection: str) -> None:
-    """Documents no other test has sent, so every block of their prompts is new."""
+def _load(api: TestClient, collection: str) -> str:
+    """Documents no other test has sent, so every block of their prompts is new; returns
+    their tag (``fact{tag}{i}x{j}`` is a word of document ``d{i}`` alone)."""
     tag = uuid.uuid4().hex[:8]
     words = ["alpha", "beta", "gamma", "delta"]
     docs = [
@@ -141,6 +142,7 @@ def _load(api: TestClient, collection: str) -> None:
     assert api.post("/v1/collections", json={"name": collection, "dim": 2}).status_code == 201
     written = api.post(f"/v1/collections/{collection}/documents", json={"documents": docs})
     assert written.status_code == 200, written.text
+    return tag
 
 
 def _context(api: TestClient, collection: str, query: str, **fields: Any) -> dict[str, Any]:
@@ -298,11 +300,7 @@ def test_evictions_reach_unidbs_residency(
 
     # prompts of new tokens filling more than the whole cache: the engine evicts the
     # least recently used blocks, this context's among them
-    mark = events.mark()
-    flood_tokens = 40 * BLOCK_SIZE
-    for n in range(ENGINE_KV_BLOCKS // 40 + 2):
-        cpu_engine.complete([1000 + (n * flood_tokens + i) % 28000 for i in range(flood_tokens)])
-    _until(lambda: context["block_keys"][0] in events.removed_since(mark), "BlockRemoved")
+    _flood(cpu_engine, events, evicted=context["block_keys"][0])
     _caught_up(unidb_engine, events)
     predicted = _context(api, collection, "alpha beta", k=3)
     reported = _sent(cpu_engine, context, events)
@@ -331,6 +329,67 @@ def test_a_subscriber_started_late_learns_what_the_engine_holds(
         assert min(held, whole) * BLOCK_SIZE == _sent(cpu_engine, context, events) > 0
     finally:
         late.close()
+
+
+def _flood(cpu_engine: CpuEngine, events: EngineEvents, evicted: int) -> None:
+    """Prompts of fresh tokens until the engine has evicted block ``evicted``."""
+    mark = events.mark()
+    flood_tokens = 40 * BLOCK_SIZE
+    for n in range(ENGINE_KV_BLOCKS // 40 + 2):
+        cpu_engine.complete([1000 + (n * flood_tokens + i) % 28000 for i in range(flood_tokens)])
+    _until(lambda: evicted in events.removed_since(mark), "BlockRemoved")
+
+
+def test_a_session_follows_what_the_engine_holds(
+    api: TestClient,
+    cpu_engine: CpuEngine,
+    events: EngineEvents,
+    unidb_engine: Engine,
+    collection: str,
+) -> None:
+    tag = _load(api, collection)
+    session = uuid.uuid4().hex
+
+    def turn(*docs: int) -> dict[str, Any]:
+        query = " ".join(f"fact{tag}{d}x1" for d in docs)
+        context = _context(api, collection, query, k=len(docs), session=session)
+        return context
+
+    def whole_blocks(context: dict[str, Any]) -> int:
+        return int(context["prefix_tokens"]) // BLOCK_SIZE * BLOCK_SIZE
+
+    first = turn(0, 1)
+    _sent(cpu_engine, first, events)
+    _caught_up(unidb_engine, events)
+    # held: the next turn grows, and the engine finds the whole earlier prefix cached
+    second = turn(2)
+    assert second["session"]["reset"] is False
+    assert [s["id"] for s in second["segments"]][-1] == "d2"
+    assert (
+        second["token_ids"][: first["prefix_tokens"]]
+        == first["token_ids"][: first["prefix_tokens"]]
+    )
+    cached = _sent(cpu_engine, second, events)
+    assert cached == second["cached_tokens"] and cached >= whole_blocks(first)
+
+    # evicted: growing would prefill d0..d4 again; the turn starts a compact prefix instead
+    _flood(cpu_engine, events, evicted=second["block_keys"][0])
+    _caught_up(unidb_engine, events)
+    third = turn(3, 4)
+    assert third["session"]["reset"] is True
+    assert sorted(s["id"] for s in third["segments"]) == ["d3", "d4"]
+    assert sorted(third["session"]["dropped"]) == ["d0", "d1", "d2"]
+    assert _sent(cpu_engine, third, events) == third["cached_tokens"]
+
+    # and the session grows again from the compact prefix, which the engine now holds
+    _caught_up(unidb_engine, events)
+    fourth = turn(5)
+    assert fourth["session"]["reset"] is False
+    assert [s["id"] for s in fourth["segments"]] == [s["id"] for s in third["segments"]] + ["d5"]
+    cached = _sent(cpu_engine, fourth, events)
+    assert cached == fourth["cached_tokens"] and cached >= whole_blocks(third)
+    # the grown prefix really was gone: the engine holds no more of it than the shared head
+    assert _sent(cpu_engine, second, events) < whole_blocks(first)
 
 
 def test_the_engine_check_finds_its_hash_settings(api: TestClient, cpu_engine: CpuEngine) -> None:

@@ -71,12 +71,22 @@ def reuse_order(chosen: Sequence[Piece], sent: Sequence[Sent], resident: set[byt
     return best + stable([p for p in chosen if id(p) not in taken])
 
 
+# block hashes one request may compute walking what an engine holds (about 10 ms of hashing)
+WALK_HASH_BUDGET = 4096
+
+
 class ContextBuilder:
     """Turns ranked document ids into a `ContextResponse` (see `ContextRequest`).
 
     A request without ``max_tokens`` gets ``default_max_tokens``; none may ask for more than
     ``max_tokens_limit``. The registry keeps ``prefixes_per_tenant`` prefixes and
-    ``sessions_per_tenant`` sessions per tenant."""
+    ``sessions_per_tenant`` sessions per tenant.
+
+    With ``follows_engines``, the KV events of the engines say what they hold, and the
+    layout follows it: ``order="reuse"`` first walks the chunks whose blocks an engine
+    holds right after the prompt's head, and a session whose grown prompt would cost more
+    prefill than a compact one of this turn's chunks (its earlier prefix was evicted)
+    starts the compact one."""
 
     def __init__(
         self,
@@ -88,6 +98,7 @@ class ContextBuilder:
         max_tokens_limit: int = 131_072,
         prefixes_per_tenant: int = 10_000,
         sessions_per_tenant: int = 10_000,
+        follows_engines: bool = False,
     ) -> None:
         if default_max_tokens > max_tokens_limit:
             raise ValueError(
@@ -101,6 +112,8 @@ class ContextBuilder:
         self.max_tokens_limit = max_tokens_limit
         self.prefixes_per_tenant = prefixes_per_tenant
         self.sessions_per_tenant = sessions_per_tenant
+        # with engines followed, layouts go by what they hold now (see `_walk_resident`)
+        self.follows_engines = follows_engines
 
     def max_tokens(self, request: ContextRequest) -> int:
         """The request's prompt budget; a 400 past the limit."""
@@ -155,37 +168,195 @@ class ContextBuilder:
         by_id = {chunk.id: chunk for chunk in found}
         ranked = [by_id[i] for i in ranked_ids if i in by_id]
 
+        salt = tenant_salt(conn, request.salt)
         turn: SessionTurn | None = None
         if request.session is not None:
-            turn = self._grow(
-                tokenizer,
-                request,
-                previous,
-                current,
-                pieces(tokenizer, request.template, ranked, room),
-                room,
-            )
+            ranked_pieces = pieces(tokenizer, request.template, ranked, room)
+            turn = self._grow(tokenizer, request, previous, current, ranked_pieces, room)
+            if self.follows_engines and previous:
+                turn = self._compact_if_cheaper(
+                    turn, previous, current, ranked_pieces, room, head, tail, request, salt
+                )
             ordered = turn.ordered
         else:
             chosen = fit(tokenizer, request.template, ranked, room)
             if request.order == "relevance":
                 ordered = chosen
             else:
-                sent = candidates(
-                    conn,
-                    collection_id=row.id,
-                    shape=shape,
-                    first_keys=[p.chunk.key for p in chosen],
-                )
-                ordered = reuse_order(chosen, sent, self._resident(sent))
+                ordered = self._reuse_order(conn, row, shape, head, chosen, request, salt)
 
         layout = Layout(head, ordered, tail, head_text, tail_text)
-        return self._respond(conn, row, request, shape, layout, turn)
+        return self._respond(conn, row, request, shape, layout, turn, salt)
+
+    def _reuse_order(
+        self,
+        conn: Connection,
+        row: catalog.CollectionRow,
+        shape: str,
+        head: list[int],
+        chosen: list[Piece],
+        request: ContextRequest,
+        salt: str | None,
+    ) -> list[Piece]:
+        """What an engine holds after the head first; failing that, the registry's best
+        guess at what was sent (see `reuse_order`)."""
+        if self.follows_engines:
+            walked = self._walk_resident(head, chosen, block_size=request.block_size, salt=salt)
+            if walked:
+                taken = {id(p) for p in walked}
+                return walked + stable([p for p in chosen if id(p) not in taken])
+        sent = candidates(
+            conn, collection_id=row.id, shape=shape, first_keys=[p.chunk.key for p in chosen]
+        )
+        return reuse_order(chosen, sent, self._resident(sent))
 
     def _resident(self, sent: Sequence[Sent]) -> set[bytes]:
         keys = {h: event_key(h) for prefix in sent for h in prefix.block_hashes}
         held = self.residency.held(keys.values())
         return {h for h, key in keys.items() if key in held}
+
+    def _walk_resident(
+        self, head: list[int], chosen: Sequence[Piece], *, block_size: int, salt: str | None
+    ) -> list[Piece]:
+        """Chunks in the order one engine's cached blocks spell out after ``head``: at each
+        step the chunk whose next blocks it holds the furthest, until none is held; the
+        engine whose walk holds the most blocks wins.
+
+        The prefix cache is a tree of blocks, and this walks it: a candidate is hashed one
+        block at a time and only while its blocks are held, so a step costs about one hash
+        per chunk; and a request hashes at most `WALK_HASH_BUDGET` blocks in all, whatever
+        its chunks hold."""
+        budget = [WALK_HASH_BUDGET]
+        best: tuple[int, list[Piece]] = (0, [])
+        for engine in self.residency.engines():
+            held, walked = self._walk_engine(engine, head, chosen, block_size, salt, budget)
+            if walked and held > best[0]:
+                best = (held, walked)
+        return best[1]
+
+    def _walk_engine(
+        self,
+        engine: str,
+        head: list[int],
+        chosen: Sequence[Piece],
+        block_size: int,
+        salt: str | None,
+        budget: list[int],
+    ) -> tuple[int, list[Piece]]:
+        def holds(block: bytes) -> bool:
+            return bool(self.residency.held_by(engine, [event_key(block)]))
+
+        hashes = self.hasher.chain(head, block_size=block_size, salt=salt)
+        budget[0] -= len(hashes)
+        if not all(holds(h) for h in hashes):
+            return 0, []  # not even the head is held: this engine has not seen the shape
+        laid, parent, held_blocks = list(head), (hashes[-1] if hashes else None), len(hashes)
+        left, walked = list(chosen), []
+        while left and budget[0] > 0:
+            partial = laid[len(laid) // block_size * block_size :]
+            best: tuple[int, bool, Piece, bytes | None] | None = None
+            for piece in left:
+                tokens = partial + piece.token_ids
+                whole = len(tokens) // block_size
+                held, last = 0, parent
+                while held < whole and budget[0] > 0:
+                    start = held * block_size
+                    # with no parent this is the prompt's block 0 (the head holds no whole
+                    # block), which carries the salt
+                    [block] = self.hasher.chain(tokens[start : start + block_size],
+                                                block_size=block_size, salt=salt,
+                                                parent=last)  # fmt: skip
+                    budget[0] -= 1
+                    if not holds(block):
+                        break
+                    held, last = held + 1, block
+                rank = (held, held == whole)
+                if held and (best is None or rank > best[:2]):
+                    best = (held, held == whole, piece, last)
+            if best is None:
+                break
+            held, whole_piece, piece, parent = best
+            walked.append(piece)
+            left.remove(piece)
+            laid += piece.token_ids
+            held_blocks += held
+            if not whole_piece:
+                break  # the cached run ends inside this chunk
+        return held_blocks, walked
+
+    def _cached(
+        self,
+        token_ids: list[int],
+        block_size: int,
+        salt: str | None,
+        hashes: Sequence[bytes] | None = None,
+    ) -> dict[str, int]:
+        """Per engine, the leading tokens of a prompt it would find cached: by block keys
+        and, where its events carry tokens, by content (right even when the engine's hash
+        settings or block size are not the request's); at most one block fewer than the
+        prompt holds whole, as vLLM caps a hit (an engine computes the last token)."""
+        if hashes is None:
+            hashes = self.hasher.chain(token_ids, block_size=block_size, salt=salt)
+        keys = [event_key(h) for h in hashes]
+        most_blocks = max(len(token_ids) - 1, 0) // block_size
+        cached = {
+            engine: min(blocks, most_blocks) * block_size
+            for engine, blocks in self.residency.resident_blocks(keys).items()
+        }
+        for engine, tokens in self.residency.resident_tokens(token_ids, salt).items():
+            cached[engine] = max(cached.get(engine, 0), tokens)
+        return cached
+
+    def _prefill(
+        self, head: list[int], ordered: Sequence[Piece], tail: list[int], block_size: int,
+        salt: str | None,
+    ) -> int:  # fmt: skip
+        """The tokens an engine would compute for this layout, by what it holds now."""
+        tokens = head + [t for p in ordered for t in p.token_ids] + tail
+        return len(tokens) - max(self._cached(tokens, block_size, salt).values(), default=0)
+
+    def _compact_if_cheaper(
+        self,
+        grown: SessionTurn,
+        previous: list[int],
+        current: dict[int, Chunk],
+        ranked: list[Piece],
+        room: int,
+        head: list[int],
+        tail: list[int],
+        request: ContextRequest,
+        salt: str | None,
+    ) -> SessionTurn:
+        """The grown turn, unless a compact prefix of this turn's chunks alone (what an
+        engine holds after the head first, the rest in stable order) costs less prefill
+        now: a grown prompt whose earlier part the engine evicted is prefilled again in
+        full, earlier chunks and all.
+
+        Only on evidence: every engine heard from is followed from its first event with
+        none missed (a block residency lacks is then truly gone), and the compact prompt
+        saves more than a block (a grown one re-prefills the partial block its earlier
+        part ends in, and growing keeps the next turns' reuse). A turn that retrieved
+        nothing keeps the session as it is."""
+        if not self.residency.knows_all():
+            return grown
+        chosen: list[Piece] = []
+        left = room
+        for piece in ranked:
+            if len(piece.token_ids) <= left:
+                chosen.append(piece)
+                left -= len(piece.token_ids)
+        if not chosen:
+            return grown
+        walked = self._walk_resident(head, chosen, block_size=request.block_size, salt=salt)
+        taken = {id(p) for p in walked}
+        compact = walked + stable([p for p in chosen if id(p) not in taken])
+        size = request.block_size
+        prefill_compact = self._prefill(head, compact, tail, size, salt)
+        if prefill_compact + size >= self._prefill(head, grown.ordered, tail, size, salt):
+            return grown
+        kept = {p.chunk.key for p in compact}
+        dropped = [current[k].id for k in previous if k in current and k not in kept]
+        return SessionTurn(compact, True, dropped)
 
     def _grow(
         self,
@@ -234,8 +405,8 @@ class ContextBuilder:
         shape: str,
         layout: Layout,
         turn: SessionTurn | None,
+        salt: str | None,
     ) -> ContextResponse:
-        salt = tenant_salt(conn, request.salt)
         prefix_tokens = layout.prefix_token_ids
         token_ids = layout.token_ids
         block_hashes = self.hasher.chain(token_ids, block_size=request.block_size, salt=salt)
@@ -298,17 +469,7 @@ class ContextBuilder:
             )
 
         block_keys = [event_key(h) for h in block_hashes]
-        # an engine computes at least the prompt's last token, so a prompt cached whole
-        # hits one block fewer than it has (vLLM caps a hit at len - 1 tokens, in blocks)
-        most_blocks = max(len(token_ids) - 1, 0) // request.block_size
-        resident = {
-            engine: min(blocks, most_blocks) * request.block_size
-            for engine, blocks in self.residency.resident_blocks(block_keys).items()
-        }
-        # by content too, where events carry tokens: right even when the engine's hash
-        # settings or block size are not the request's
-        for engine, tokens in self.residency.resident_tokens(token_ids, salt).items():
-            resident[engine] = max(resident.get(engine, 0), tokens)
+        resident = self._cached(token_ids, request.block_size, salt, block_hashes)
         best = max(resident.items(), key=lambda item: (item[1], item[0]), default=None)
         return ContextResponse(
             prompt=layout.prompt,

@@ -66,16 +66,25 @@ class BlockHasher:
         return (("cache_salt", salt),) if self.salt_style == "tagged" else (salt,)
 
     def chain(
-        self, token_ids: Sequence[int], *, block_size: int, salt: str | None = None
+        self,
+        token_ids: Sequence[int],
+        *,
+        block_size: int,
+        salt: str | None = None,
+        parent: bytes | None = None,
     ) -> list[bytes]:
-        """The hash of every full block of ``token_ids``, in order (a partial tail has none)."""
+        """The hash of every full block of ``token_ids``, in order (a partial tail has none).
+
+        With ``parent`` (the hash of the block before them) the blocks continue a chain, and
+        none of them is block 0, which alone carries the salt."""
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
         hasher = _HASHERS[self.algo]
-        parent = self.none_hash
+        first = parent is None
+        parent = self.none_hash if parent is None else parent
         hashes: list[bytes] = []
         for start in range(0, len(token_ids) - block_size + 1, block_size):
-            extra = self._salt_keys(salt) if start == 0 else None
+            extra = self._salt_keys(salt) if first and start == 0 else None
             block = tuple(int(t) for t in token_ids[start : start + block_size])
             parent = hasher((parent, block, extra))
             hashes.append(parent)

@@ -125,6 +125,16 @@ def decode_batch(payload: bytes) -> EventBatch:
 _ROOT = b"\x00" * 16
 
 
+def _root_block(event: KvEvent) -> KvEvent | None:
+    """Block 0 of a BlockStored event that starts a prompt, alone."""
+    size = event.block_size or len(event.token_ids) // max(len(event.block_keys), 1)
+    if size < 1 or len(event.token_ids) < size or not event.block_keys:
+        return None
+    extra = event.extra_keys[:1]
+    return KvEvent("BlockStored", event.block_keys[:1], event.medium,
+                   event.token_ids[:size], None, size, extra, event.group)  # fmt: skip
+
+
 def content_key(parent: bytes, tokens: Sequence[int], extra: Any) -> bytes:
     """A block's name by what it holds: its parent's name, its tokens, and the extra keys
     its engine hashed with it (the cache salt of block 0). Independent of the engine's hash
@@ -137,66 +147,64 @@ def content_key(parent: bytes, tokens: Sequence[int], extra: Any) -> bytes:
 
 
 @dataclass
-class _Contents:
-    """One engine's blocks by content: which content each (group, medium, key) holds, and
-    how many such entries hold each content per group."""
+class _GroupContents:
+    """One KV cache group's blocks by content, at the group's own block size: which content
+    each (medium, key) holds, and how many entries hold each content. Bounded by what the
+    group holds: a removal (or a clear) drops what it named."""
 
     block_size: int
-    of_entry: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
-    of_key: dict[tuple[int, int], bytes] = field(default_factory=dict)  # any medium
-    held: dict[int, dict[bytes, int]] = field(default_factory=dict)
+    of_entry: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    of_key: dict[int, bytes] = field(default_factory=dict)  # any medium
+    held: dict[bytes, int] = field(default_factory=dict)
     media: set[str] = field(default_factory=set)
 
     def stored(self, event: KvEvent) -> None:
-        size = event.block_size or self.block_size
-        if not event.token_ids or len(event.token_ids) != size * len(event.block_keys):
+        size = self.block_size
+        if len(event.token_ids) != size * len(event.block_keys):
             return
         if event.parent_key is None:
             parent = _ROOT
         else:
-            known = self.of_key.get((event.group, event.parent_key))
+            known = self.of_key.get(event.parent_key)
             if known is None:
                 return  # its parent's event was missed: its content chain is unknown
             parent = known
-        held = self.held.setdefault(event.group, {})
+        self.media.add(event.medium)
         for i, key in enumerate(event.block_keys):
             extra = event.extra_keys[i] if i < len(event.extra_keys) else None
             parent = content_key(parent, event.token_ids[i * size : (i + 1) * size], extra)
-            entry = (event.group, event.medium, key)
-            self.media.add(event.medium)
+            entry = (event.medium, key)
             if entry in self.of_entry:
                 continue
             self.of_entry[entry] = parent
-            self.of_key[(event.group, key)] = parent
-            held[parent] = held.get(parent, 0) + 1
+            self.of_key[key] = parent
+            self.held[parent] = self.held.get(parent, 0) + 1
 
     def removed(self, event: KvEvent) -> None:
-        held = self.held.get(event.group, {})
         for key in event.block_keys:
-            content = self.of_entry.pop((event.group, event.medium, key), None)
+            content = self.of_entry.pop((event.medium, key), None)
             if content is None:
                 continue
-            if not any((event.group, medium, key) in self.of_entry for medium in self.media):
-                self.of_key.pop((event.group, key), None)  # no other medium holds it
-            left = held.get(content, 0) - 1
+            if not any((medium, key) in self.of_entry for medium in self.media):
+                self.of_key.pop(key, None)  # no other medium holds it
+            left = self.held.get(content, 0) - 1
             if left > 0:
-                held[content] = left
+                self.held[content] = left
             else:
-                held.pop(content, None)
+                self.held.pop(content, None)
 
-    def leading(self, token_ids: Sequence[int], salt: str | None) -> int:
-        """How many leading blocks of ``token_ids`` (at this engine's block size) every
-        KV cache group holds."""
-        if not self.held:
-            return 0
+    def leading_tokens(self, token_ids: Sequence[int], salt: str | None) -> int:
+        """The leading tokens of ``token_ids`` this group holds, in whole blocks, at most
+        one block fewer than the prompt holds whole (the engine computes the last token)."""
         size, parent, count = self.block_size, _ROOT, 0
-        for start in range(0, len(token_ids) - size + 1, size):
+        whole = max(len(token_ids) - 1, 0) // size
+        for start in range(0, whole * size, size):
             extra = (salt,) if salt and start == 0 else None
             parent = content_key(parent, token_ids[start : start + size], extra)
-            if not all(parent in held for held in self.held.values()):
+            if parent not in self.held:
                 break
             count += 1
-        return count
+        return count * size
 
 
 class Residency:
@@ -205,34 +213,54 @@ class Residency:
 
     def __init__(self) -> None:
         self._blocks: dict[str, dict[str, set[int]]] = {}
-        self._contents: dict[str, _Contents] = {}
+        # per engine, per KV cache group (each at its own block size)
+        self._contents: dict[str, dict[int, _GroupContents]] = {}
+        # the engines whose every event since they started was applied, in order
+        self._complete: set[str] = set()
         self._lock = threading.Lock()
 
     def apply(self, engine: str, events: Iterable[KvEvent]) -> None:
         with self._lock:
             media = self._blocks.setdefault(engine, {})
+            groups = self._contents.setdefault(engine, {})
             for event in events:
                 if event.kind == "BlockStored":
                     media.setdefault(event.medium, set()).update(event.block_keys)
                     if event.token_ids and event.block_keys:
                         size = event.block_size or len(event.token_ids) // len(event.block_keys)
-                        contents = self._contents.get(engine)
+                        contents = groups.get(event.group)
                         if contents is None or contents.block_size != size:
-                            contents = self._contents[engine] = _Contents(size)
+                            contents = groups[event.group] = _GroupContents(size)
                         contents.stored(event)
                 elif event.kind == "BlockRemoved":
                     media.get(event.medium, set()).difference_update(event.block_keys)
-                    if engine in self._contents:
-                        self._contents[engine].removed(event)
+                    if event.group in groups:
+                        groups[event.group].removed(event)
                 else:
                     media.clear()
-                    self._contents.pop(engine, None)
+                    groups.clear()
 
     def forget(self, engine: str) -> None:
         """The engine's cache is gone (it stopped or restarted): it holds nothing."""
         with self._lock:
             self._blocks.pop(engine, None)
             self._contents.pop(engine, None)
+            self._complete.discard(engine)
+
+    def mark_complete(self, engine: str, complete: bool) -> None:
+        """Whether every event ``engine`` published since it started has been applied (its
+        first batch, then each next one): only then is a block it lacks known to be gone."""
+        with self._lock:
+            if complete:
+                self._complete.add(engine)
+            else:
+                self._complete.discard(engine)
+
+    def knows_all(self) -> bool:
+        """Whether some engine is followed and every engine heard from is followed
+        completely (see `mark_complete`): then what residency lacks, no engine holds."""
+        with self._lock:
+            return bool(self._blocks) and set(self._blocks) <= self._complete
 
     def resident_blocks(self, block_keys: Sequence[int]) -> dict[str, int]:
         """For each engine, how many leading blocks of ``block_keys`` it holds (any medium)."""
@@ -249,15 +277,25 @@ class Residency:
 
     def resident_tokens(self, token_ids: Sequence[int], salt: str | None) -> dict[str, int]:
         """For each engine whose events carry tokens: how many leading tokens of the prompt
-        it holds, in its own blocks, whatever its hash settings (at most one block fewer
-        than the prompt has whole: the engine computes the last token)."""
+        it holds in every KV cache group, each group in its own blocks, whatever the
+        engine's hash settings (at most one block fewer than the prompt holds whole)."""
         with self._lock:
             found = {}
-            for engine, contents in self._contents.items():
-                whole = max(len(token_ids) - 1, 0) // contents.block_size
-                blocks = min(contents.leading(token_ids, salt), whole)
-                found[engine] = blocks * contents.block_size
+            for engine, groups in self._contents.items():
+                if groups:
+                    found[engine] = min(g.leading_tokens(token_ids, salt) for g in groups.values())
             return found
+
+    def engines(self) -> list[str]:
+        """The engines heard from since they last started."""
+        with self._lock:
+            return list(self._blocks)
+
+    def held_by(self, engine: str, block_keys: Iterable[int]) -> set[int]:
+        """Those of ``block_keys`` that ``engine`` holds (any medium)."""
+        with self._lock:
+            media = list(self._blocks.get(engine, {}).values())
+            return {key for key in block_keys if any(key in blocks for blocks in media)}
 
     def held(self, block_keys: Iterable[int]) -> set[int]:
         """Those of ``block_keys`` that some engine holds."""
@@ -314,8 +352,12 @@ class Subscriber:
         self.connections = 0
         self.last_seq: list[int] = [-1] * data_parallel_size
         self.last_ts: list[float] = [0.0] * data_parallel_size
-        # the latest BlockStored events that carry their tokens, for probing the engine
-        self.recent_stored: deque[KvEvent] = deque(maxlen=_RECENT_STORED)
+        # per rank: every batch since the engine started applied, in order
+        self.complete: list[bool] = [False] * data_parallel_size
+        # the first block of the latest BlockStored events that start a prompt (block 0),
+        # for probing the engine: its key, block size and tokens only
+        self._roots: deque[KvEvent] = deque(maxlen=_RECENT_STORED)
+        self._roots_lock = threading.Lock()
         self._stop = threading.Event()
         self._context = zmq.Context()
         self._thread = threading.Thread(target=self._run, name=f"kv-events-{name}", daemon=True)
@@ -330,30 +372,38 @@ class Subscriber:
         self._context.term()
 
     def _apply(self, rank: int, seq: int, batch: EventBatch) -> None:
+        # an engine numbers its batches from 0: a view from batch 0 on, with no batch
+        # skipped, is the engine's whole history; any other start or a gap is not
+        self.complete[rank] = seq == self.last_seq[rank] + 1 and (seq == 0 or self.complete[rank])
         self.residency.apply(self.name, batch.events)
-        self.recent_stored.extend(
-            e for e in batch.events if e.kind == "BlockStored" and e.token_ids
-        )
+        self.residency.mark_complete(self.name, all(self.complete))
+        roots = [_root_block(e) for e in batch.events
+                 if e.kind == "BlockStored" and e.token_ids and e.parent_key is None]  # fmt: skip
+        if roots:
+            with self._roots_lock:
+                self._roots.extend(r for r in roots if r is not None)
         self.last_seq[rank] = seq
         self.last_ts[rank] = max(self.last_ts[rank], batch.ts)
         self.batches += 1
 
-    def stored_first_block(self, token_ids: Sequence[int]) -> KvEvent | None:
-        """The latest BlockStored event whose first block is block 0 of ``token_ids``."""
-        for event in reversed(list(self.recent_stored)):  # a copy: the thread appends
-            size = event.block_size or len(event.token_ids) // max(len(event.block_keys), 1)
-            if (
-                event.parent_key is None
-                and size > 0
-                and tuple(token_ids[:size]) == event.token_ids[:size]
-            ):
-                return event
+    def stored_first_block(
+        self, token_ids: Sequence[int], *, other_than: int | None = None
+    ) -> KvEvent | None:
+        """The latest stored block 0 of ``token_ids`` (its key other than ``other_than``),
+        as a one-block event."""
+        with self._roots_lock:
+            roots = list(self._roots)
+        for root in reversed(roots):
+            size = len(root.token_ids)
+            if root.block_keys[0] != other_than and tuple(token_ids[:size]) == root.token_ids:
+                return root
         return None
 
     def _gone(self, rank: int) -> None:
         """The engine's cache is gone: forget what it held; its numbering starts again."""
         self.residency.forget(self.name)
         self.last_seq[rank] = -1
+        self.complete[rank] = False
         self.restarts += 1
 
     def _run(self) -> None:

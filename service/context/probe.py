@@ -31,7 +31,10 @@ PROBE_TOKENS = 512  # whole blocks for any block size up to 512 (fewer if the en
 PROBE_TEXT = "Retrieval-augmented generation reuses the KV cache of a shared prompt prefix."
 PROBE_QUESTION = "Which tokens does the engine see?"
 _EVENT_WAIT_S = 10.0
-_TIMEOUT_S = 30.0
+# each call to the engine; a probe of one engine makes four
+_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+# token ids drawn from 1000 .. 4999: ordinary word pieces in any vocabulary of 5,000 or more
+_PROBE_IDS = (1000, 4000)
 _ALGOS = ("sha256", "sha256_cbor")
 _STYLES = ("tagged", "bare")
 
@@ -62,10 +65,9 @@ def _stored(
     """Block 0 of ``tokens`` as the engine stored it (a key other than ``other_than``)."""
     deadline = time.monotonic() + _EVENT_WAIT_S
     while time.monotonic() < deadline:
-        event: KvEvent | None = subscriber.stored_first_block(tokens)
-        if event is not None and event.block_keys and event.block_keys[0] != other_than:
-            size = event.block_size or len(event.token_ids) // len(event.block_keys)
-            return _Stored(event.block_keys[0], size)
+        event: KvEvent | None = subscriber.stored_first_block(tokens, other_than=other_than)
+        if event is not None:
+            return _Stored(event.block_keys[0], len(event.token_ids))
         time.sleep(0.05)
     raise _ProbeFailed(
         f"no BlockStored event for the probe within {_EVENT_WAIT_S:g} s (are KV events on, "
@@ -96,7 +98,7 @@ def check_engine(
                             salt_style=configured.salt_style)  # fmt: skip
     check = EngineCheck(name=subscriber.name, configured=settings)
     try:
-        with httpx.Client(timeout=_TIMEOUT_S, follow_redirects=False) as http:
+        with httpx.Client(timeout=_TIMEOUT, follow_redirects=False) as http:
             listed = http.get(upstream.url("/v1/models"))
             if listed.status_code != 200:
                 raise _ProbeFailed(f"the engine answered /v1/models with HTTP {listed.status_code}")
@@ -108,7 +110,8 @@ def check_engine(
             limit = int(models[0].get("max_model_len") or PROBE_TOKENS + 1)
             length = min(PROBE_TOKENS, limit - 1)
             # random tokens from the ordinary range of any vocabulary: blocks nobody sent
-            tokens = [1000 + secrets.randbelow(20000) for _ in range(length)]
+            low, span = _PROBE_IDS
+            tokens = [low + secrets.randbelow(span) for _ in range(length)]
             _send(http, upstream, model, tokens, None)
             plain = _stored(subscriber, tokens)
             check.block_size = plain.block_size
@@ -146,7 +149,7 @@ def check_engine(
         check.detail = str(failure)
     except httpx.HTTPError:
         check.detail = "the engine could not be reached"
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         check.detail = "the engine sent an answer that is not OpenAI's"
     check.matches = check.found == settings
     if check.detail is None:

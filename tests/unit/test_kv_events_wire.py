@@ -76,3 +76,22 @@ def test_residency_by_content_needs_no_matching_hash() -> None:
     assert orphan.resident_tokens(prompt, None) == {"e": 0}
     residency.apply("e", [KvEvent("AllBlocksCleared", [], "GPU")])
     assert residency.resident_tokens(prompt, None) == {}
+
+
+def test_residency_by_content_in_every_kv_cache_group() -> None:
+    from unidb.service.context.kv_events import KvEvent, Residency
+
+    prompt = list(range(200, 233))  # 33 tokens
+    residency = Residency()
+    # a hybrid model: group 0 in blocks of 4, group 1 in blocks of 8, each its own events
+    residency.apply("e", [
+        KvEvent("BlockStored", [1, 2, 3, 4, 5, 6], "GPU", tuple(prompt[:24]), None, 4, (), 0),
+        KvEvent("BlockStored", [7, 8], "GPU", tuple(prompt[:16]), None, 8, (), 1),
+    ])  # fmt: skip
+    # the prompt is cached as far as every group holds it: 16 tokens, not 24
+    assert residency.resident_tokens(prompt, None) == {"e": 16}
+    # one group's events never reset the other's
+    residency.apply("e", [KvEvent("BlockStored", [9], "GPU", tuple(prompt[16:24]), 8, 8, (), 1)])
+    assert residency.resident_tokens(prompt, None) == {"e": 24}
+    residency.apply("e", [KvEvent("BlockRemoved", [2], "GPU", group=0)])
+    assert residency.resident_tokens(prompt, None) == {"e": 4}
