@@ -1,6 +1,7 @@
 """Prefix reuse: prefill tokens of a replayed RAG workload under a block-level KV cache.
 
     python bench/prefix_reuse.py [--sessions 64] [--turns 4] [--active 16] [--k 5 10]
+        [--cache-fraction 0.25] [--engine cpu [--engine-venv .venv-engine]]
 
 The workload: SciFact test claims (../shared/data/scifact), one per session. Each session
 asks its claim, then follow-ups that re-retrieve with reworded queries (see `rewordings`);
@@ -11,7 +12,8 @@ prompt budget of `--max-tokens` (8,192; a session that outgrows it starts a new 
 counted as `session_resets`).
 
 Every returned prompt is fed, in order, to an LRU cache of KV blocks keyed by the returned
-hashes (a request's blocks freed tail first, as vLLM frees them), holding a quarter of the distinct blocks the `relevance` workload touches. A
+hashes (a request's blocks freed tail first, as vLLM frees them), holding `--cache-fraction`
+(a quarter) of the distinct blocks the `relevance` workload touches. A
 request's prefill is its tokens minus those its cached blocks cover:
 - prefix reuse (`relevance`, `reuse`, `session`): the longest run of leading blocks
   cached, as vLLM's automatic prefix caching reuses;
@@ -29,6 +31,9 @@ reset before each method. Prefill is then counted from the engine's own usage (p
 tokens minus `prompt_tokens_details.cached_tokens`) and its prefix-cache counters, beside the
 simulator's estimate for the same prompts and cache. Chunk keys stay simulator-only (no
 stock engine reuses a chunk away from its position): their lines say `"measured": "simulated"`.
+The server follows the engine's KV events, so on the engine `reuse` and `session` lay
+prompts out by what it holds; `UNIDB_CONTEXT_FOLLOW_RESIDENCY=false` in the environment
+measures layouts that do not (the simulated runs never do: no engine runs during them).
 """
 
 from __future__ import annotations
