@@ -264,12 +264,15 @@ class Bm25Index:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def _query(self, terms: Iterable[str]) -> Any:
-        return tantivy.Query.boolean_query(
-            [
-                (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "body", term))
-                for term in set(terms)
-            ]
-        )
+        """BM25 summed over the query's tokens, as Lucene and bm25s score it: a term the
+        query repeats counts as often as it appears (a boost of its count)."""
+        clauses = []
+        for term, count in Counter(terms).items():
+            query = tantivy.Query.term_query(self._schema, "body", term)
+            if count > 1:
+                query = tantivy.Query.boost_query(query, float(count))
+            clauses.append((tantivy.Occur.Should, query))
+        return tantivy.Query.boolean_query(clauses)
 
     def search(
         self, text: str, *, limit: int, keys: Iterable[int] | None = None
@@ -320,15 +323,15 @@ class Bm25Index:
         if not terms or not bodies:
             return []
         stats = self.stats(terms)
-        query_terms = set(terms)
+        query_terms = Counter(terms)  # each query token counts, repeats included
         scored = []
         for key, body in bodies.items():
             tokens = self.analyze(body)
             counts = Counter(tokens)
             norm = K1 * (1 - B + B * len(tokens) / max(stats.average_length, 1e-9))
             score = sum(
-                stats.idf(term) * counts[term] * (K1 + 1) / (counts[term] + norm)
-                for term in query_terms
+                repeats * stats.idf(term) * counts[term] * (K1 + 1) / (counts[term] + norm)
+                for term, repeats in query_terms.items()
                 if counts[term]
             )
             if score > 0:

@@ -172,6 +172,19 @@ def _caught_up(unidb_engine: Engine, events: EngineEvents) -> None:
     _until(lambda: subscriber.last_seq[0] >= events.last_seq(), "unidb to apply the events")
 
 
+def _held_context(
+    api: TestClient, collection: str, query: str, cpu_engine: CpuEngine, events: EngineEvents,
+    unidb_engine: Engine,
+) -> tuple[dict[str, Any], int]:  # fmt: skip
+    """Fresh documents, one context for ``query`` sent to the engine, and unidb caught up
+    with its events: the context and unidb's cached_tokens for it now."""
+    _load(api, collection)
+    context = _context(api, collection, query, k=3)
+    _sent(cpu_engine, context, events)
+    _caught_up(unidb_engine, events)
+    return context, _context(api, collection, query, k=3)["cached_tokens"]
+
+
 def test_block_keys_are_the_engines_block_hashes(
     api: TestClient, cpu_engine: CpuEngine, events: EngineEvents, collection: str
 ) -> None:
@@ -291,11 +304,7 @@ def test_evictions_reach_unidbs_residency(
     unidb_engine: Engine,
     collection: str,
 ) -> None:
-    _load(api, collection)
-    context = _context(api, collection, "alpha beta", k=3)
-    _sent(cpu_engine, context, events)
-    _caught_up(unidb_engine, events)
-    held = _context(api, collection, "alpha beta", k=3)["cached_tokens"]
+    context, held = _held_context(api, collection, "alpha beta", cpu_engine, events, unidb_engine)
     assert held > 0
 
     # prompts of new tokens filling more than the whole cache: the engine evicts the
@@ -410,11 +419,8 @@ def test_an_engine_restart_empties_unidbs_residency(
     unidb_engine: Engine,
     collection: str,
 ) -> None:
-    _load(api, collection)
-    context = _context(api, collection, "beta delta", k=3)
-    _sent(cpu_engine, context, events)
-    _caught_up(unidb_engine, events)
-    assert _context(api, collection, "beta delta", k=3)["cached_tokens"] > 0
+    context, held = _held_context(api, collection, "beta delta", cpu_engine, events, unidb_engine)
+    assert held > 0
     subscriber = unidb_engine.context.subscribers[0]
     restarts, connections = subscriber.restarts, subscriber.connections
 
