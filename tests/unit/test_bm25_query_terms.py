@@ -10,7 +10,7 @@ from pathlib import Path
 import bm25s
 import pytest
 
-from unidb.indexing.bm25 import B, K1, Bm25Index
+from unidb.indexing.bm25 import K1, B, Bm25Index
 
 WORDS = ["river", "stone", "maple", "copper", "lantern", "harbor", "violet", "meadow",
          "falcon", "ember", "glacier", "orchard", "thistle", "canyon", "willow", "quartz"]  # fmt: skip
