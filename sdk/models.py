@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 Metric = Literal["cosine", "l2", "ip"]
-Fusion = Literal["rrf", "weighted"]
+Fusion = Literal["rrf", "weighted", "relative", "dbsf"]
 QueryMode = Literal["hybrid", "bm25", "vector"]
 Consistency = Literal["strong", "eventual"]
 
@@ -394,7 +394,10 @@ class QueryRequest(_Model):
     filter: dict[str, Any] | None = None
     fusion: Fusion = DEFAULT_FUSION
     alpha: float = Field(
-        default=DEFAULT_ALPHA, ge=0.0, le=1.0, description="weighted fusion: the vector share"
+        default=DEFAULT_ALPHA,
+        ge=0.0,
+        le=1.0,
+        description="weighted, relative and dbsf fusion: the vector share",
     )
     consistency: Consistency = "strong"
     after: str | None = Field(

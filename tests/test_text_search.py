@@ -213,6 +213,13 @@ def test_hybrid_fuses_both_lists(engine: Engine, collection: str) -> None:
         collection, text="boats", vector=[1.0, 0.0], k=3, fusion="weighted", alpha=0.0
     ).hits
     assert weighted[0].id == "text_match"
+    for fusion in ("relative", "dbsf"):  # each list scaled on its own, alpha as the mix
+        mixed = client.query(
+            collection, text="sailing", vector=[1.0, 0.0], k=3, fusion=fusion, alpha=0.5
+        ).hits
+        assert mixed[0].id == "both" and mixed[0].scores.fused is not None
+        assert client.query(collection, text="boats", vector=[1.0, 0.0], k=3, fusion=fusion,
+                            alpha=0.0).hits[0].id == "text_match"  # fmt: skip
     text_only = client.query(collection, text="mountain").hits  # hybrid with text alone
     assert {h.id for h in text_only} == {"vector_match", "both"}  # "mountains" stems to "mountain"
     assert all(h.scores.vector is None and h.scores.bm25 is not None for h in text_only)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION
+from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION, Fusion
 from unidb.service.cli.common import backend_for, settings_from, with_database
 
 
@@ -60,7 +60,7 @@ def add_commands(commands: Any) -> None:
     )
     evaluation.add_argument("beir_dir")
     evaluation.add_argument("--mode", default="all", choices=["bm25", "vector", "hybrid", "all"])
-    evaluation.add_argument("--fusion", default=DEFAULT_FUSION, choices=["rrf", "weighted"])
+    evaluation.add_argument("--fusion", default=DEFAULT_FUSION, choices=get_args(Fusion))
     evaluation.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="weighted: the vector share"
     )

@@ -1,7 +1,9 @@
-"""Fusing ranked lists: reciprocal rank fusion, or a convex mix of scaled scores."""
+"""Fusing ranked lists: reciprocal rank fusion, or a convex mix of scaled scores (each list
+divided by its best, min-max scaled, or scaled by its own distribution)."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 
 from unidb.models import QueryRequest
@@ -56,6 +58,46 @@ def weighted(
     }
 
 
+def _min_max(scores: Mapping[int, float]) -> dict[int, float]:
+    """Each score's place between its list's lowest (0) and highest (1)."""
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    span = high - low
+    return {key: (score - low) / span if span else 1.0 for key, score in scores.items()}
+
+
+def _by_distribution(scores: Mapping[int, float]) -> dict[int, float]:
+    """Each score's place between the list's mean minus and plus three standard deviations,
+    clipped to [0, 1] (a list whose scores are all equal scales to 1)."""
+    if not scores:
+        return {}
+    mean = statistics.fmean(scores.values())
+    spread = statistics.pstdev(scores.values()) if len(scores) > 1 else 0.0
+    if spread == 0.0:
+        return dict.fromkeys(scores, 1.0)
+    low, width = mean - 3 * spread, 6 * spread
+    return {key: min(1.0, max(0.0, (score - low) / width)) for key, score in scores.items()}
+
+
+def mixed(
+    bm25: Mapping[int, float],
+    vector: Mapping[int, float],
+    *,
+    alpha: float,
+    scale: str,
+) -> dict[int, float]:
+    """``alpha`` · vector + (1 − alpha) · bm25 with each list scaled on its own
+    (``relative``: min-max, as Weaviate's relative score fusion; ``dbsf``: by its
+    distribution, as Qdrant's), a key missing from a list taking 0 from it."""
+    scaler = _min_max if scale == "relative" else _by_distribution
+    bm25_scaled, vector_scaled = scaler(bm25), scaler(vector)
+    return {
+        key: alpha * vector_scaled.get(key, 0.0) + (1.0 - alpha) * bm25_scaled.get(key, 0.0)
+        for key in bm25_scaled.keys() | vector_scaled.keys()
+    }
+
+
 def fuse(
     request: QueryRequest,
     bm25_hits: list[tuple[int, float]],
@@ -72,6 +114,9 @@ def fuse(
         return [(key, score if fused else None) for key, score in single]
     if request.fusion == "rrf":
         scores = rrf([[k for k, _ in bm25_hits], [k for k, _ in vector_hits]])
+    elif request.fusion in ("relative", "dbsf"):
+        scores = mixed(dict(bm25_hits), dict(vector_hits), alpha=request.alpha,
+                       scale=request.fusion)  # fmt: skip
     else:
         scores = weighted(
             dict(bm25_hits),

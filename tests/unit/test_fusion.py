@@ -71,3 +71,41 @@ def test_one_retriever_keeps_its_order_and_scores_only_in_hybrid_mode() -> None:
     vector_only = QueryRequest(vector=[1.0, 0.0], mode="vector")
     assert fuse(vector_only, [], hits, depth=10) == [(4, None), (2, None)]
     assert fuse(hybrid, [], [], depth=10) == []
+
+
+def test_relative_score_fusion_min_max_scales_each_list() -> None:
+    from unidb.service.search.fusion import mixed
+
+    bm25 = {1: 12.0, 2: 7.0, 3: 2.0}
+    vector = {2: 0.9, 4: 0.5, 3: 0.1}
+    fused = mixed(bm25, vector, alpha=0.25, scale="relative")
+    # bm25 → 1, 0.5, 0; vector → 1 (2), 0.5 (4), 0 (3); a list's missing key adds 0
+    assert fused == pytest.approx({1: 0.75, 2: 0.75 * 0.5 + 0.25, 3: 0.0, 4: 0.25 * 0.5})
+
+
+def test_distribution_based_fusion_scales_by_mean_and_three_deviations() -> None:
+    from unidb.service.search.fusion import mixed
+
+    bm25 = {1: 100.0, 2: 10.0, 3: 9.0, 4: 8.0}  # mean 31.75, σ 39.41
+    vector = {2: 0.30, 3: 0.50, 4: 0.40, 5: 0.99}  # mean 0.5475, σ 0.2638
+    dbsf = mixed(bm25, vector, alpha=0.5, scale="dbsf")
+
+    def scaled(score: float, values: list[float]) -> float:
+        mean = sum(values) / len(values)
+        sigma = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        return min(1.0, max(0.0, (score - mean + 3 * sigma) / (6 * sigma)))
+
+    b, v = list(bm25.values()), list(vector.values())
+    assert dbsf == pytest.approx({
+        1: 0.5 * scaled(100.0, b),  # missing from the vector list: 0 from it
+        2: 0.5 * scaled(10.0, b) + 0.5 * scaled(0.30, v),
+        3: 0.5 * scaled(9.0, b) + 0.5 * scaled(0.50, v),
+        4: 0.5 * scaled(8.0, b) + 0.5 * scaled(0.40, v),
+        5: 0.5 * scaled(0.99, v),
+    })  # fmt: skip
+    # past three deviations a score is clipped: one far outlier scales to 1 at most
+    outlier = {k: float(k == 0) * 1e6 for k in range(20)}
+    assert mixed(outlier, {}, alpha=0.0, scale="dbsf")[0] == 1.0
+    # a list of equal scores scales to 1 under both
+    assert mixed({1: 3.0, 2: 3.0}, {}, alpha=0.0, scale="dbsf") == {1: 1.0, 2: 1.0}
+    assert mixed({1: 3.0, 2: 3.0}, {}, alpha=0.0, scale="relative") == {1: 1.0, 2: 1.0}
