@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unidb.service.cli.evaluation import evaluate
+from unidb.service.cli.evaluation import evaluate, sweep
 from unidb.service.cli.main import main
 from unidb.service.engine import Engine
 
@@ -59,6 +59,14 @@ def test_eval_reports_every_mode(engine: Engine, beir_slice: Path) -> None:
             collection="t_eval_slice", reuse=True,
         )[0]  # fmt: skip
         assert (weighted.fusion, weighted.alpha) == ("weighted", 0.3)
+
+        grid = sweep(engine, beir_slice, alphas=(0.3, 0.8), collection="t_eval_slice", reuse=True)
+        settings = [(r.fusion, r.alpha) for r in grid]
+        assert settings == [("rrf", None), ("weighted", 0.3), ("weighted", 0.8),
+                            ("relative", 0.3), ("relative", 0.8), ("dbsf", 0.3), ("dbsf", 0.8)]  # fmt: skip
+        assert all(r.mode == "hybrid" and 0.0 < r.ndcg_at_10 <= 1.0 for r in grid)
+        # the sweep's point is the single run's: the same queries, the same ranking
+        assert grid[1].ndcg_at_10 == pytest.approx(weighted.ndcg_at_10)
     finally:
         engine.delete_collection("t_eval_slice")
 

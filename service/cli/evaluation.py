@@ -148,13 +148,52 @@ def run_mode(
     return ModeResult(
         mode=mode,
         fusion=fusion if fused else None,
-        alpha=alpha if fused and fusion == "weighted" else None,
+        alpha=alpha if fused and fusion != "rrf" else None,
         queries=n,
         ndcg_at_10=mean("ndcg_cut_10", per_query),
         recall_at_100=mean("recall_100", per_query),
         mrr_at_10=mean("recip_rank", reciprocal),
         qps=n / elapsed if elapsed else 0.0,
     )
+
+
+SWEEP_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SWEEP_FUSIONS: tuple[Fusion, ...] = ("weighted", "relative", "dbsf")
+
+
+def sweep(
+    backend: Backend,
+    folder: Path,
+    *,
+    alphas: tuple[float, ...] = SWEEP_ALPHAS,
+    qrels_file: str = "qrels-test.tsv",
+    collection: str | None = None,
+    reuse: bool = False,
+) -> list[ModeResult]:
+    """Hybrid queries over a grid: RRF once, then each score fusion at each ``alpha``
+    (the corpus loaded once). Choose on train judgments, report on test."""
+    name = _prepare(backend, folder, qrels_file, collection, reuse)
+    queries = read_queries(folder / "queries.jsonl")
+    qrels = read_qrels(folder / qrels_file)
+    grid: list[tuple[Fusion, float]] = [("rrf", DEFAULT_ALPHA)]
+    grid += [(fusion, alpha) for fusion in SWEEP_FUSIONS for alpha in alphas]
+    return [
+        run_mode(backend, name, queries, qrels, mode="hybrid", fusion=fusion, alpha=alpha)
+        for fusion, alpha in tqdm(grid, desc="sweep", unit="setting")
+    ]
+
+
+def _prepare(
+    backend: Backend, folder: Path, qrels_file: str, collection: str | None, reuse: bool
+) -> str:
+    for name in ("corpus.jsonl", "queries.jsonl", qrels_file):
+        if not (folder / name).exists():
+            raise InvalidInput(f"{folder} has no {name}", field="beir_dir")
+    name = collection or f"eval_{folder.name}".replace(".", "_")
+    load(backend, folder, collection=name, reuse=reuse)
+    # queries run on the indexes alone (eventual), so let them catch up first
+    wait_for_indexes(backend, name)
+    return name
 
 
 def evaluate(
@@ -168,13 +207,7 @@ def evaluate(
     collection: str | None = None,
     reuse: bool = False,
 ) -> list[ModeResult]:
-    for name in ("corpus.jsonl", "queries.jsonl", qrels_file):
-        if not (folder / name).exists():
-            raise InvalidInput(f"{folder} has no {name}", field="beir_dir")
-    name = collection or f"eval_{folder.name}".replace(".", "_")
-    load(backend, folder, collection=name, reuse=reuse)
-    # queries run on the indexes alone (eventual), so let them catch up first
-    wait_for_indexes(backend, name)
+    name = _prepare(backend, folder, qrels_file, collection, reuse)
     queries = read_queries(folder / "queries.jsonl")
     qrels = read_qrels(folder / qrels_file)
     return [

@@ -13,21 +13,25 @@ from unidb.service.cli.common import backend_for, settings_from, with_database
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from unidb.models import QueryMode
-    from unidb.service.cli.evaluation import evaluate
+    from unidb.service.cli.evaluation import evaluate, sweep
 
     modes: list[QueryMode] = ["bm25", "vector", "hybrid"] if args.mode == "all" else [args.mode]
     backend, owner = backend_for(args)
     try:
-        results = evaluate(
-            backend,
-            Path(args.beir_dir),
-            modes=modes,
-            fusion=args.fusion,
-            alpha=args.alpha,
-            qrels_file=args.qrels,
-            collection=args.collection,
-            reuse=args.reuse,
-        )
+        if args.sweep:
+            results = sweep(backend, Path(args.beir_dir), qrels_file=args.qrels,
+                            collection=args.collection, reuse=args.reuse)  # fmt: skip
+        else:
+            results = evaluate(
+                backend,
+                Path(args.beir_dir),
+                modes=modes,
+                fusion=args.fusion,
+                alpha=args.alpha,
+                qrels_file=args.qrels,
+                collection=args.collection,
+                reuse=args.reuse,
+            )
     finally:
         owner.close()
     if args.json:
@@ -45,6 +49,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{r.mode:<8} {fusion:<14} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>8.4f}"
                 f" {r.mrr_at_10:>8.4f} {r.qps:>8.1f}"
             )
+    if args.sweep:
+        best = max(results, key=lambda r: r.ndcg_at_10)
+        alpha = f" alpha {best.alpha}" if best.alpha is not None else ""
+        print(f"best nDCG@10 on {args.qrels}: {best.fusion}{alpha} ({best.ndcg_at_10:.4f})")
     return 0
 
 
@@ -72,6 +80,12 @@ def add_commands(commands: Any) -> None:
         "--reuse", action="store_true", help="keep a collection that already holds the corpus"
     )
     evaluation.add_argument("--json", action="store_true", help="one JSON object per mode")
+    evaluation.add_argument(
+        "--sweep",
+        action="store_true",
+        help="hybrid over a grid: rrf, then weighted, relative and dbsf at alpha 0.1..0.9 "
+        "(choose on --qrels qrels-train.tsv, report on test)",
+    )
     with_database(evaluation)
     evaluation.set_defaults(run=cmd_eval)
     quick = commands.add_parser(
