@@ -49,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{r.mode:<8} {fusion:<14} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>8.4f}"
                 f" {r.mrr_at_10:>8.4f} {r.qps:>8.1f}"
             )
-    if args.sweep:
+    if args.sweep and not args.json:
         best = max(results, key=lambda r: r.ndcg_at_10)
         alpha = f" alpha {best.alpha}" if best.alpha is not None else ""
         print(f"best nDCG@10 on {args.qrels}: {best.fusion}{alpha} ({best.ndcg_at_10:.4f})")
