@@ -67,8 +67,13 @@ def reuse_order(chosen: Sequence[Piece], sent: Sequence[Sent], resident: set[byt
         rank = (min(warm, len(run)) if run else 0, len(run), prefix.hits)
         if rank > best_rank:
             best, best_rank = run, rank
-    taken = {id(p) for p in best}
-    return best + stable([p for p in chosen if id(p) not in taken])
+    return then_stable(best, chosen)
+
+
+def then_stable(first: Sequence[Piece], chosen: Sequence[Piece]) -> list[Piece]:
+    """``first``, then the rest of ``chosen`` in stable order."""
+    taken = {id(p) for p in first}
+    return [*first, *stable([p for p in chosen if id(p) not in taken])]
 
 
 # block hashes one request may compute walking what an engine holds (about 10 ms of hashing)
@@ -203,8 +208,7 @@ class ContextBuilder:
         if self.follows_engines:
             walked = self._walk_resident(head, chosen, block_size=request.block_size, salt=salt)
             if walked:
-                taken = {id(p) for p in walked}
-                return walked + stable([p for p in chosen if id(p) not in taken])
+                return then_stable(walked, chosen)
         sent = candidates(
             conn, collection_id=row.id, shape=shape, first_keys=[p.chunk.key for p in chosen]
         )
@@ -348,8 +352,7 @@ class ContextBuilder:
         if not chosen:
             return grown
         walked = self._walk_resident(head, chosen, block_size=request.block_size, salt=salt)
-        taken = {id(p) for p in walked}
-        compact = walked + stable([p for p in chosen if id(p) not in taken])
+        compact = then_stable(walked, chosen)
         size = request.block_size
         prefill_compact = self._prefill(head, compact, tail, size, salt)
         if prefill_compact + size >= self._prefill(head, grown.ordered, tail, size, salt):
