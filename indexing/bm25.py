@@ -202,14 +202,17 @@ class Bm25Index:
         self, upserts: Iterable[tuple[int, str]], deletes: Iterable[int], *, watermark: int
     ) -> None:
         """Replace ``upserts`` (key, body), remove ``deletes``, commit, then move the watermark.
+        A key given several bodies (a chunked document's chunks) gets one entry for each.
 
         Outside `writing` the writer stays open until `close`."""
+        upserts = list(upserts)
         with self._lock:
             writer = self._open_writer()
             for key in deletes:
                 writer.delete_documents_by_term("key", key)
-            for key, body in upserts:
+            for key in dict.fromkeys(key for key, _ in upserts):
                 writer.delete_documents_by_term("key", key)
+            for key, body in upserts:
                 document = tantivy.Document()
                 document.add_integer("key", key)
                 document.add_integer("length", len(self.analyze(body)))
@@ -288,8 +291,17 @@ class Bm25Index:
                 [(tantivy.Occur.Must, query), (tantivy.Occur.Must, allowed)]
             )
         searcher = self._handle().searcher()
-        hits = searcher.search(query, limit).hits
-        return [(int(searcher.doc(address)["key"][0]), float(score)) for score, address in hits]
+        # a chunked document has an entry per chunk: its best one ranks it, so the search
+        # widens until ``limit`` documents are found or the index has no more
+        fetch = limit
+        while True:
+            hits = searcher.search(query, fetch).hits
+            best: dict[int, float] = {}
+            for score, address in hits:
+                best.setdefault(int(searcher.doc(address)["key"][0]), float(score))
+            if len(best) >= limit or len(hits) < fetch:
+                return list(best.items())[:limit]
+            fetch *= 4
 
     def keys(self) -> set[int]:
         """Every document key in the index as last committed (a consistency check's input)."""
@@ -317,23 +329,38 @@ class Bm25Index:
             document_frequency=frequencies,
         )
 
-    def score_unindexed(self, text: str, bodies: Mapping[int, str]) -> list[tuple[int, float]]:
-        """BM25 of documents not in the index yet, with the index's statistics."""
+    def score_unindexed(
+        self, text: str, bodies: Mapping[int, str] | Iterable[tuple[int, str]]
+    ) -> list[tuple[int, float]]:
+        """BM25 of documents not in the index yet, with the index's statistics: (key, body)
+        pairs, a key given several bodies (its chunks) scored by its best."""
+        pairs = list(bodies.items() if isinstance(bodies, Mapping) else bodies)
+        best: dict[int, float] = {}
+        for (key, _), score in zip(
+            pairs, self.score_texts(text, [b for _, b in pairs]), strict=True
+        ):
+            if score > 0 and score > best.get(key, 0.0):
+                best[key] = score
+        return list(best.items())
+
+    def score_texts(self, text: str, bodies: list[str]) -> list[float]:
+        """BM25 of each of ``bodies`` for ``text``, with the index's statistics (0 where
+        no query term occurs)."""
         terms = self.analyze(text)
         if not terms or not bodies:
-            return []
+            return [0.0] * len(bodies)
         stats = self.stats(terms)
         query_terms = Counter(terms)  # each query token counts, repeats included
-        scored = []
-        for key, body in bodies.items():
+        scores = []
+        for body in bodies:
             tokens = self.analyze(body)
             counts = Counter(tokens)
             norm = K1 * (1 - B + B * len(tokens) / max(stats.average_length, 1e-9))
-            score = sum(
-                repeats * stats.idf(term) * counts[term] * (K1 + 1) / (counts[term] + norm)
-                for term, repeats in query_terms.items()
-                if counts[term]
+            scores.append(
+                sum(
+                    repeats * stats.idf(term) * counts[term] * (K1 + 1) / (counts[term] + norm)
+                    for term, repeats in query_terms.items()
+                    if counts[term]
+                )
             )
-            if score > 0:
-                scored.append((key, score))
-        return scored
+        return scores

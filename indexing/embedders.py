@@ -97,9 +97,11 @@ class EmbeddingEndpoint:
         timeout_s: float = 60.0,
         concurrency: int = 8,
         wait_s: float = 1.0,
+        role: str = "embedder",
     ) -> None:
         import httpx
 
+        self.role = role  # what the server is to us, in messages: embedder, reranker
         self.name = name
         self.url = url
         self.timeout_s = timeout_s
@@ -114,26 +116,28 @@ class EmbeddingEndpoint:
 
         if not self._slots.acquire(timeout=self.wait_s):
             raise EmbedderBusy(
-                f"the embedder {self.name!r} has {self.concurrency} calls in flight and none "
+                f"the {self.role} {self.name!r} has {self.concurrency} calls in flight and none "
                 f"finished within {self.wait_s:g} s"
             )
         try:
             response = self._http.post(self.url, json=body)
         except httpx.TimeoutException as exc:
             raise EmbedderTimeout(
-                f"the embedder {self.name!r} did not answer within {self.timeout_s:g} s"
+                f"the {self.role} {self.name!r} did not answer within {self.timeout_s:g} s"
             ) from exc
         except httpx.HTTPError as exc:
-            raise EmbedderError(f"the embedder {self.name!r} could not be reached") from exc
+            raise EmbedderError(f"the {self.role} {self.name!r} could not be reached") from exc
         finally:
             self._slots.release()
         if response.status_code != 200:
-            raise EmbedderError(f"the embedder {self.name!r} answered HTTP {response.status_code}")
+            raise EmbedderError(
+                f"the {self.role} {self.name!r} answered HTTP {response.status_code}"
+            )
         try:
             return response.json()
         except ValueError as exc:
             raise EmbedderError(
-                f"the embedder {self.name!r} sent an answer that is not JSON"
+                f"the {self.role} {self.name!r} sent an answer that is not JSON"
             ) from exc
 
     def close(self) -> None:

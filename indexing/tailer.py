@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 from unidb.indexing.bm25 import Bm25Index, document_body
 from unidb.indexing.outbox import Horizon, read_changes, safe_watermark
 from unidb.indexing.pg import Connection
 
 _FETCH = 2000
+
+# a document with its chunks' spans, for collections that split documents
+CHUNKED_ROWS = (
+    "SELECT d.key, d.text, d.metadata, s.starts, s.ends FROM unidb.documents d, LATERAL"
+    " (SELECT array_agg(c.start_char ORDER BY c.chunk_no) AS starts,"
+    "  array_agg(c.end_char ORDER BY c.chunk_no) AS ends FROM unidb.chunks c"
+    "  WHERE c.collection_id = d.collection_id AND c.document_key = d.key) s"
+)
+
+
+def chunk_bodies(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, str]]:
+    """(key, body) per chunk of rows read by ``CHUNKED_ROWS``; a row read without spans (or
+    with none) is one body, the whole document."""
+    for key, text, metadata, *spans in rows:
+        starts, ends = spans if spans else ([], [])
+        if not starts:
+            yield key, document_body(text, metadata)
+            continue
+        for start, end in zip(starts, ends, strict=True):
+            yield key, document_body(text[start:end], metadata)
+
+
+def _is_chunked(conn: Connection, collection_id: int) -> bool:
+    row = conn.execute(
+        "SELECT coalesce(chunker->>'kind', 'none') <> 'none' FROM unidb.collections WHERE id = %s",
+        (collection_id,),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def rebuild(conn: Connection, collection_id: int, index: Bm25Index) -> int:
@@ -20,18 +51,16 @@ def rebuild(conn: Connection, collection_id: int, index: Bm25Index) -> int:
     with index.writing(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         watermark = safe_watermark(conn)
+        statement = (
+            CHUNKED_ROWS + " WHERE d.collection_id = %s"
+            if _is_chunked(conn, collection_id)
+            else "SELECT key, text, metadata FROM unidb.documents WHERE collection_id = %s"
+        )
         with conn.cursor(name="unidb_bm25_rebuild") as cursor:
             cursor.itersize = _FETCH
-            cursor.execute(
-                "SELECT key, text, metadata FROM unidb.documents WHERE collection_id = %s",
-                (collection_id,),
-            )
+            cursor.execute(statement, (collection_id,))
             while rows := cursor.fetchmany(_FETCH):
-                index.apply(
-                    [(key, document_body(text, metadata)) for key, text, metadata in rows],
-                    [],
-                    watermark=index.watermark,
-                )
+                index.apply(list(chunk_bodies(rows)), [], watermark=index.watermark)
                 count += len(rows)
         index.apply([], [], watermark=watermark)
     return count
@@ -64,11 +93,10 @@ def catch_up(
     with index.writing():
         # the document's current row decides: a key without one was deleted
         rows = conn.execute(
-            "SELECT key, text, metadata FROM unidb.documents"
-            " WHERE collection_id = %s AND key = ANY(%s)",
+            CHUNKED_ROWS + " WHERE d.collection_id = %s AND d.key = ANY(%s)",
             (collection_id, list(touched)),
         ).fetchall()
-        upserts = [(key, document_body(text, metadata)) for key, text, metadata in rows]
+        upserts = list(chunk_bodies(rows))
         deletes = touched - {key for key, _ in upserts}
         index.apply(upserts, deletes, watermark=upto)
     return len(changes)

@@ -48,6 +48,10 @@ collections = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # a pgvector HNSW index kept on the collection's embeddings, for ANN from plain SQL
     Column("pgvector_hnsw", Boolean, nullable=False, server_default=text("false")),
+    # how each document is split on upsert; NULL is one chunk per document
+    Column("chunker", JSONB, nullable=True),
+    # the fusion and alpha a query uses when it names none (unidb tune); NULL: the service's
+    Column("query_defaults", JSONB, nullable=True),
     CheckConstraint("dim BETWEEN 1 AND 16000", name="collections_dim_range"),
     CheckConstraint("metric IN ('cosine', 'l2', 'ip')", name="collections_metric_known"),
 )

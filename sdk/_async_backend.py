@@ -44,6 +44,7 @@ from .models import (
     IndexBuildRequest,
     Job,
     PrefixList,
+    QueryDefaults,
     QueryRequest,
     QueryResponse,
     StateEntry,
@@ -64,6 +65,7 @@ class AsyncBackend(Protocol):
     async def create_collection(self, spec: CollectionCreate) -> Collection: ...
     async def get_collection(self, name: str) -> Collection: ...
     async def list_collections(self) -> list[Collection]: ...
+    async def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection: ...
     async def delete_collection(self, name: str) -> DeleteResult: ...
     async def upsert_documents(
         self, collection: str, documents: list[Document]
@@ -119,6 +121,12 @@ class _AsyncHttpBackend:
     async def list_collections(self) -> list[Collection]:
         body = await self._send("GET", "/v1/collections")
         return CollectionList.model_validate_json(body).collections
+
+    async def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection:
+        path = f"{collection_path(name)}/query-defaults"
+        if defaults is None:
+            return Collection.model_validate_json(await self._send("DELETE", path))
+        return Collection.model_validate_json(await self._send("PUT", path, json_body(defaults)))
 
     async def delete_collection(self, name: str) -> DeleteResult:
         body = await self._send("DELETE", collection_path(name))

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .errors import InvalidInput, Unavailable, UnidbError, error_from_response, field_from_location
 from .models import (
+    ChunkerSpec,
     CollectionCreate,
     Consistency,
     ContextRequest,
@@ -31,8 +32,10 @@ from .models import (
     IndexBuildRequest,
     Job,
     Metric,
+    QueryDefaults,
     QueryMode,
     QueryRequest,
+    RerankSpec,
     StatePut,
     TransactionRequest,
     TransactionResult,
@@ -116,10 +119,13 @@ def state_body(body: StatePut) -> bytes:
 
 
 def query_body(request: QueryRequest) -> bytes:
-    """A query as JSON, its vector packed as base64 float32."""
+    """A query as JSON, its vector packed as base64 float32; fields left unset are left
+    out (the server's defaults, or the collection's query defaults, apply)."""
     if request.vector is None:
-        return json_body(request)
-    fields = request.model_dump(mode="json", exclude_none=True, exclude={"vector"})
+        return request.model_dump_json(exclude_none=True, exclude_unset=True).encode()
+    fields = request.model_dump(
+        mode="json", exclude_none=True, exclude_unset=True, exclude={"vector"}
+    )
     fields["vector"] = pack_vector(request.vector)
     return json.dumps(fields).encode()
 
@@ -151,14 +157,20 @@ def collection_spec(
     embedder: EmbedderSpec | Mapping[str, Any] | None,
     *,
     pgvector_hnsw: bool = False,
+    chunker: ChunkerSpec | Mapping[str, Any] | None = None,
 ) -> CollectionCreate:
-    return CollectionCreate(
-        name=name,
-        dim=dim,
-        metric=metric,
-        embedder=embedder,  # type: ignore[arg-type]
-        pgvector_hnsw=pgvector_hnsw,
-    )
+    """A ``CollectionCreate``; a wrong setting is an ``InvalidInput`` naming it."""
+    try:
+        return CollectionCreate(
+            name=name,
+            dim=dim,
+            metric=metric,
+            embedder=embedder,  # type: ignore[arg-type]
+            pgvector_hnsw=pgvector_hnsw,
+            chunker=chunker,  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
 
 
 def query_request(
@@ -167,28 +179,51 @@ def query_request(
     k: int,
     mode: QueryMode,
     filter: Mapping[str, Any] | None,
-    fusion: Fusion,
-    alpha: float,
+    fusion: Fusion | None,
+    alpha: float | None,
     consistency: Consistency,
     after: str | None = None,
     explain: bool = False,
     ef_search: int | None = None,
+    passages: int = 3,
+    rerank: RerankSpec | Mapping[str, Any] | None = None,
+    rerank_fallback: bool = False,
 ) -> QueryRequest:
+    """A ``QueryRequest``; fusion and alpha left unset when not given, so that the
+    collection's query defaults apply; a wrong option is an ``InvalidInput`` naming it."""
     if vector is not None and hasattr(vector, "tolist"):
         vector = vector.tolist()
-    return QueryRequest(
-        explain=explain,
-        ef_search=ef_search,
-        text=text,
-        vector=list(vector) if vector is not None else None,
-        k=k,
-        mode=mode,
-        filter=dict(filter) if filter is not None else None,
-        fusion=fusion,
-        alpha=alpha,
-        consistency=consistency,
-        after=after,
-    )
+    chosen: dict[str, Any] = {}
+    if fusion is not None:
+        chosen["fusion"] = fusion
+    if alpha is not None:
+        chosen["alpha"] = alpha
+    if rerank is not None:
+        chosen["rerank"] = rerank
+    try:
+        return QueryRequest(
+            passages=passages,
+            explain=explain,
+            ef_search=ef_search,
+            text=text,
+            vector=list(vector) if vector is not None else None,
+            k=k,
+            mode=mode,
+            filter=dict(filter) if filter is not None else None,
+            consistency=consistency,
+            after=after,
+            rerank_fallback=rerank_fallback,
+            **chosen,
+        )
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
+
+
+def query_defaults(fusion: Fusion, alpha: float, note: str | None) -> QueryDefaults:
+    try:
+        return QueryDefaults(fusion=fusion, alpha=alpha, note=note)
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
 
 
 def context_request(collection: str, query: str, options: Mapping[str, Any]) -> ContextRequest:

@@ -41,6 +41,7 @@ from .models import (
     IndexBuildRequest,
     Job,
     PrefixList,
+    QueryDefaults,
     QueryRequest,
     QueryResponse,
     StateEntry,
@@ -61,6 +62,7 @@ class Backend(Protocol):
     def create_collection(self, spec: CollectionCreate) -> Collection: ...
     def get_collection(self, name: str) -> Collection: ...
     def list_collections(self) -> list[Collection]: ...
+    def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection: ...
     def delete_collection(self, name: str) -> DeleteResult: ...
     def upsert_documents(self, collection: str, documents: list[Document]) -> UpsertResult: ...
     def get_document(self, collection: str, document_id: str) -> StoredDocument: ...
@@ -112,6 +114,12 @@ class _HttpBackend:
     def list_collections(self) -> list[Collection]:
         body = self._send("GET", "/v1/collections")
         return CollectionList.model_validate_json(body).collections
+
+    def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection:
+        path = f"{collection_path(name)}/query-defaults"
+        if defaults is None:
+            return Collection.model_validate_json(self._send("DELETE", path))
+        return Collection.model_validate_json(self._send("PUT", path, json_body(defaults)))
 
     def delete_collection(self, name: str) -> DeleteResult:
         body = self._send("DELETE", collection_path(name))

@@ -23,6 +23,7 @@ from ._client import (
     context_request,
     delete_where_request,
     index_request,
+    query_defaults,
     query_request,
     shifted,
     validated_batch,
@@ -36,6 +37,7 @@ from .errors import NotFound, UnidbError
 from .models import (
     DEFAULT_ALPHA,
     DEFAULT_FUSION,
+    ChunkerSpec,
     Collection,
     Consistency,
     ContextOrder,
@@ -51,6 +53,7 @@ from .models import (
     PrefixList,
     QueryMode,
     QueryResponse,
+    RerankSpec,
     StateEntry,
     StateList,
     StatePut,
@@ -138,16 +141,21 @@ class Client:
         metric: Metric = "cosine",
         embedder: EmbedderSpec | Mapping[str, Any] | None = None,
         pgvector_hnsw: bool = False,
+        chunker: ChunkerSpec | Mapping[str, Any] | None = None,
     ) -> Collection:
         """Create a collection for ``dim``-dimensional vectors compared by ``metric``.
 
         With an ``embedder`` (``{"kind": "minilm"}``, or ``{"kind": "openai", "url": ...}``)
         documents sent without embeddings are embedded on upsert, and query text on search.
         ``pgvector_hnsw`` also keeps a pgvector HNSW index, for ANN from plain SQL, at the
-        cost of slower writes; without it FAISS serves ANN.
+        cost of slower writes; without it FAISS serves ANN. A ``chunker``
+        (``{"kind": "tokens", "size": 256, "overlap": 32}``, or ``"sentences"``) splits each
+        document on upsert; hits then carry their best ``passages``.
         """
         return self._backend.create_collection(
-            collection_spec(name, dim, metric, embedder, pgvector_hnsw=pgvector_hnsw)
+            collection_spec(
+                name, dim, metric, embedder, pgvector_hnsw=pgvector_hnsw, chunker=chunker
+            )
         )
 
     def get_collection(self, name: str) -> Collection:
@@ -157,6 +165,23 @@ class Client:
     def list_collections(self) -> list[Collection]:
         """Every collection, by name."""
         return self._backend.list_collections()
+
+    def set_query_defaults(
+        self,
+        name: str,
+        *,
+        fusion: Fusion | None = None,
+        alpha: float | None = None,
+        note: str | None = None,
+    ) -> Collection:
+        """The fusion and ``alpha`` the collection's queries use when they name none (what
+        ``unidb tune`` stores); with neither, the service's defaults again."""
+        if fusion is None and alpha is None:
+            return self._backend.set_query_defaults(name, None)
+        defaults = query_defaults(
+            fusion or DEFAULT_FUSION, DEFAULT_ALPHA if alpha is None else alpha, note
+        )
+        return self._backend.set_query_defaults(name, defaults)
 
     def delete_collection(self, name: str) -> bool:
         """Drop a collection with its documents; False if there was none."""
@@ -291,19 +316,38 @@ class Client:
         k: int = 10,
         mode: QueryMode = "hybrid",
         filter: Mapping[str, Any] | None = None,
-        fusion: Fusion = DEFAULT_FUSION,
-        alpha: float = DEFAULT_ALPHA,
+        fusion: Fusion | None = None,
+        alpha: float | None = None,
         consistency: Consistency = "strong",
         after: str | None = None,
         explain: bool = False,
         ef_search: int | None = None,
+        passages: int = 3,
+        rerank: RerankSpec | Mapping[str, Any] | None = None,
+        rerank_fallback: bool = False,
     ) -> QueryResponse:
-        """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``, rrf or
-        weighted with ``alpha`` the vector share). See ``QueryRequest`` for the fields;
+        """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``: rrf,
+        weighted, relative or dbsf, ``alpha`` the vector share; by default the collection's
+        query defaults, else weighted at 0.5); ``rerank`` reorders the fused hits with a
+        cross-encoder's ``/rerank``. See ``QueryRequest`` for the fields;
         ``explain`` answers where the time went (``QueryResponse.explain``), ``ef_search``
-        widens (or narrows) the vector search."""
+        widens (or narrows) the vector search; in a chunked collection each hit carries its
+        ``passages`` best chunks."""
         request = query_request(
-            text, vector, k, mode, filter, fusion, alpha, consistency, after, explain, ef_search
+            text,
+            vector,
+            k,
+            mode,
+            filter,
+            fusion,
+            alpha,
+            consistency,
+            after,
+            explain,
+            ef_search,
+            passages,
+            rerank,
+            rerank_fallback,
         )
         return self._backend.query(collection, request)
 

@@ -16,6 +16,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     WithJsonSchema,
+    model_validator,
 )
 
 from . import vector_encoding
@@ -149,8 +150,33 @@ class EmbedderSpec(_Model):
     model: Text | None = Field(default=None, max_length=256)
 
 
+MAX_CHUNK_TOKENS = 2048
+
+
+class ChunkerSpec(_Model):
+    """How a collection splits each document on upsert. ``none``: one chunk, the whole
+    document. ``tokens``: windows of ``size`` tokens, each overlapping the one before by
+    ``overlap``. ``sentences``: whole sentences packed up to ``size`` tokens (a sentence
+    longer than that is split as ``tokens`` would). Tokens are the embedder's word pieces
+    (MiniLM's for every embedder whose tokenizer unidb does not hold)."""
+
+    kind: Literal["none", "tokens", "sentences"] = "none"
+    size: int = Field(default=256, ge=16, le=MAX_CHUNK_TOKENS, description="tokens a chunk holds")
+    overlap: int = Field(
+        default=32, ge=0, description="tokens a chunk repeats of the one before (tokens only)"
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkerSpec:
+        if self.kind != "tokens":
+            self.overlap = 0  # only token windows overlap
+        elif self.overlap * 2 > self.size:
+            raise ValueError(f"overlap ({self.overlap}) may be at most half of size ({self.size})")
+        return self
+
+
 class CollectionCreate(_Model):
-    """A new collection: its name, vector dimension, distance metric and embedder."""
+    """A new collection: its name, vector dimension, distance metric, embedder and chunker."""
 
     name: CollectionName
     dim: int = Field(ge=1, le=MAX_DIM)
@@ -161,6 +187,23 @@ class CollectionCreate(_Model):
         description="also keep a pgvector HNSW index on the embeddings once the collection "
         "holds UNIDB_HNSW_MIN_ROWS vectors, for ANN from plain SQL (unidb.search_vector); it "
         "slows every write. Without it FAISS serves ANN, and SQL search is exact",
+    )
+    chunker: ChunkerSpec | None = Field(
+        default=None,
+        description="split each document into chunks, each with its own embedding and BM25 "
+        "entry; queries rank chunks and return documents with their best passages. Needs "
+        "the collection's embedder (default: none, one chunk per document)",
+    )
+
+
+class QueryDefaults(_Model):
+    """What a collection's queries use when they name no fusion or alpha (set by
+    ``unidb tune`` from judgments, or by hand)."""
+
+    fusion: Fusion
+    alpha: float = Field(ge=0.0, le=1.0)
+    note: Text | None = Field(
+        default=None, max_length=1000, description="where the setting came from (free text)"
     )
 
 
@@ -203,6 +246,10 @@ class Collection(_Model):
         description="the pgvector HNSW index on this collection's embeddings"
     )
     pgvector_hnsw: bool = Field(default=False, description="whether it opted into that index")
+    chunker: ChunkerSpec | None = Field(default=None, description="how documents are split")
+    query_defaults: QueryDefaults | None = Field(
+        default=None, description="the fusion and alpha a query uses when it names none"
+    )
     bm25: IndexStatus | None = Field(default=None, description="the BM25 index, once opened")
     ann: AnnStatus | None = Field(
         default=None, description="the FAISS snapshot serving vector queries, once built"
@@ -371,6 +418,29 @@ def _unpacked_vector(value: Any) -> Any:
 
 
 MAX_EF_SEARCH = 1000
+MAX_PASSAGES = 32
+
+
+MAX_RERANK_TOP_N = 200
+
+
+class RerankSpec(_Model):
+    """A rerank stage: the fused top ``top_n`` hits (their best passage in a chunked
+    collection) sent with the query to a ``/rerank`` endpoint, and reordered by its
+    scores. ``protocol``: ``cohere`` (Cohere, Jina and vLLM: ``documents`` in, ``results``
+    out) or ``tei`` (Hugging Face text-embeddings-inference: ``texts`` in, a list out)."""
+
+    kind: Literal["http"] = "http"
+    url: Text = Field(
+        max_length=2048,
+        description="the name of a server the operator lists (UNIDB_OUTBOUND_URLS), or its "
+        "listed URL; unidb calls its /rerank",
+    )
+    model: Text | None = Field(default=None, max_length=256)
+    top_n: int = Field(
+        default=50, ge=1, le=MAX_RERANK_TOP_N, description="how many fused hits are reranked"
+    )
+    protocol: Literal["cohere", "tei"] = "cohere"
 
 
 class QueryRequest(_Model):
@@ -408,6 +478,20 @@ class QueryRequest(_Model):
     explain: bool = Field(
         default=False, description="answer with where the query's time went (`explain`)"
     )
+    passages: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_PASSAGES,
+        description="in a collection with a chunker, the best chunks each hit carries",
+    )
+    rerank: RerankSpec | None = Field(
+        default=None, description="reorder the fused hits with a cross-encoder (needs text)"
+    )
+    rerank_fallback: bool = Field(
+        default=False,
+        description="when the reranker fails, answer in fused order (reranked: false) "
+        "instead of a 502/504",
+    )
     ef_search: int | None = Field(
         default=None,
         ge=1,
@@ -422,6 +506,18 @@ class HitScores(_Model):
     bm25: float | None = None
     vector: float | None = None
     fused: float | None = None
+    rerank: float | None = None
+
+
+class Passage(_Model):
+    """A chunk of a hit's document: its number, its span of the text (character offsets,
+    end exclusive), the span itself, and how each retriever scored it."""
+
+    chunk: int
+    start: int
+    end: int
+    text: str
+    scores: HitScores
 
 
 class Hit(_Model):
@@ -430,12 +526,17 @@ class Hit(_Model):
     text: str
     metadata: dict[str, Any]
     scores: HitScores
+    passages: list[Passage] | None = Field(
+        default=None,
+        description="in a collection with a chunker: the document's best chunks for the "
+        "query, best first (the hit's scores are its best chunk's)",
+    )
 
 
 class QueryExplain(_Model):
     stages_ms: dict[str, float] = Field(
         description="milliseconds per stage up to building this answer: auth, parse, "
-        "dispatch, connect, plan, embed, vector, bm25, delta, fuse, hydrate, commit (those "
+        "dispatch, connect, plan, embed, vector, bm25, delta, fuse, hydrate, commit, rerank (those "
         "that ran; return and serialise come after, in /metrics only)"
     )
     candidates: int = Field(description="how deep each retriever ranked")
@@ -465,6 +566,14 @@ class QueryResponse(_Model):
     )
     explain: QueryExplain | None = Field(
         default=None, description='with "explain": true, where the time went'
+    )
+    reranked: bool | None = Field(
+        default=None,
+        description="with rerank: whether the reranker ordered the hits (false: it failed "
+        "and rerank_fallback kept the fused order); null without rerank",
+    )
+    rerank_error: str | None = Field(
+        default=None, description="why the reranker failed, when reranked is false"
     )
 
 

@@ -9,7 +9,7 @@ from unidb.errors import NotFound
 from unidb.indexing import outbox
 from unidb.indexing.pg import Connection
 from unidb.indexing.text_indexes import TextIndexes
-from unidb.models import Collection, CollectionCreate, DeleteResult, IndexStatus
+from unidb.models import Collection, CollectionCreate, DeleteResult, IndexStatus, QueryDefaults
 from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.db.database import Database
 from unidb.service.outbound import Outbound
@@ -47,6 +47,10 @@ class Collections:
     def get(self, name: str) -> Collection:
         with self.db.transaction() as conn:
             return self.describe(conn, catalog.get(conn, name))
+
+    def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection:
+        with self.db.transaction() as conn:
+            return self.describe(conn, catalog.set_query_defaults(conn, name, defaults))
 
     def list_all(self) -> list[Collection]:
         with self.db.transaction() as conn:

@@ -305,6 +305,21 @@ class Settings(BaseSettings):
         le=60,
         description="how long a call waits for a free slot at its embedding server before 503",
     )
+    rerank_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="how long one call to a reranker may take (504)"
+    )
+    rerank_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="calls in flight to one reranker; a query past them waits rerank_wait_s",
+    )
+    rerank_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="how long a query waits for a free slot at its reranker before 503",
+    )
 
     ann_exact_below: int = Field(
         default=2_000,

@@ -36,6 +36,7 @@ from unidb.models import (
     IndexBuildRequest,
     Job,
     PrefixList,
+    QueryDefaults,
     QueryRequest,
     QueryResponse,
     StateEntry,
@@ -65,6 +66,7 @@ from unidb.service.outbox_retention import OutboxRetention
 from unidb.service.search.ann_indexes import AnnIndexes
 from unidb.service.search.hnsw_builds import HnswBuilds
 from unidb.service.search.planner import QueryPlanner
+from unidb.service.search.rerank import Reranker
 from unidb.service.store import catalog, documents, jobs, state
 from unidb.service.writes import Writes
 
@@ -150,6 +152,7 @@ class Engine:
             embedders=self.embedders,
             hnsw=self.hnsw,
             metrics=self.metrics,
+            reranker=Reranker(self.outbound),
         )
         self.writes = Writes(
             self.db, settings, embedders=self.embedders, planner=self.planner, metrics=self.metrics
@@ -265,6 +268,9 @@ class Engine:
 
     def list_collections(self) -> list[Collection]:
         return self.collections.list_all()
+
+    def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection:
+        return self.collections.set_query_defaults(name, defaults)
 
     def delete_collection(self, name: str) -> DeleteResult:
         return self.collections.delete(name)

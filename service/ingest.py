@@ -16,7 +16,7 @@ from unidb import Backend, Client
 from unidb.errors import InvalidInput, NotFound, UnidbError
 from unidb.indexing.bm25 import document_body
 from unidb.indexing.embedders import Embedder
-from unidb.models import CollectionCreate, Document, UpsertResult
+from unidb.models import Collection, CollectionCreate, Document, UpsertResult
 
 
 @dataclass
@@ -119,7 +119,12 @@ def ingest_file(
     Re-running the same file changes nothing: ids are upserted, identical content is skipped.
     A bad document stops the load with an error naming its line; batches before it stay.
     """
-    _ensure_collection(backend, collection, dim or (embedder.dim if embedder else None), path)
+    target = _ensure_collection(
+        backend, collection, dim or (embedder.dim if embedder else None), path
+    )
+    if target.chunker is not None and target.chunker.kind != "none":
+        # the collection splits each document and embeds each chunk itself
+        embedder = embed_groups = None
     if embed_groups is None and embedder is not None:
         embed_groups = embed_in_process(embedder)
     report = IngestReport()
@@ -167,10 +172,9 @@ def _at_line(error: UnidbError, line_numbers: list[int]) -> UnidbError:
     return type(error)(message, field=f"line {line}")
 
 
-def _ensure_collection(backend: Backend, name: str, dim: int | None, path: Path) -> None:
+def _ensure_collection(backend: Backend, name: str, dim: int | None, path: Path) -> Collection:
     try:
-        backend.get_collection(name)
-        return
+        return backend.get_collection(name)
     except NotFound:
         pass
     if dim is None:
@@ -181,7 +185,7 @@ def _ensure_collection(backend: Backend, name: str, dim: int | None, path: Path)
             "pass --dim, or --embed minilm to embed the texts",
             field="dim",
         )
-    backend.create_collection(CollectionCreate(name=name, dim=dim))
+    return backend.create_collection(CollectionCreate(name=name, dim=dim))
 
 
 def _first_embedding_dim(path: Path) -> int | None:

@@ -47,6 +47,9 @@ class Outbound:
         embedder_timeout_s: float = 60.0,
         embedder_concurrency: int = 8,
         embedder_wait_s: float = 1.0,
+        rerank_timeout_s: float = 10.0,
+        rerank_concurrency: int = 4,
+        rerank_wait_s: float = 1.0,
     ) -> None:
         self._by_name = {name: Upstream(name, api_root(url)) for name, url in entries.items()}
         self._by_root: dict[str, Upstream] = {}
@@ -55,7 +58,11 @@ class Outbound:
         self._embedder_timeout_s = embedder_timeout_s
         self._embedder_concurrency = embedder_concurrency
         self._embedder_wait_s = embedder_wait_s
+        self._rerank_timeout_s = rerank_timeout_s
+        self._rerank_concurrency = rerank_concurrency
+        self._rerank_wait_s = rerank_wait_s
         self._endpoints: dict[str, EmbeddingEndpoint] = {}
+        self._rerankers: dict[str, EmbeddingEndpoint] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -75,6 +82,9 @@ class Outbound:
             embedder_timeout_s=settings.embedder_timeout_s,
             embedder_concurrency=settings.embedder_concurrency,
             embedder_wait_s=settings.embedder_wait_s,
+            rerank_timeout_s=settings.rerank_timeout_s,
+            rerank_concurrency=settings.rerank_concurrency,
+            rerank_wait_s=settings.rerank_wait_s,
         )
 
     def resolve(self, value: str, *, field: str) -> Upstream:
@@ -109,8 +119,27 @@ class Outbound:
                 self._endpoints[upstream.name] = endpoint
             return endpoint
 
+    def rerank_endpoint(self, value: str, *, field: str) -> EmbeddingEndpoint:
+        """The ``/rerank`` of the server ``value`` picks: one HTTP client and one bound on
+        calls in flight per server, apart from its embeddings'."""
+        upstream = self.resolve(value, field=field)
+        with self._lock:
+            endpoint = self._rerankers.get(upstream.name)
+            if endpoint is None:
+                endpoint = EmbeddingEndpoint(
+                    upstream.name,
+                    upstream.url("/rerank"),
+                    timeout_s=self._rerank_timeout_s,
+                    concurrency=self._rerank_concurrency,
+                    wait_s=self._rerank_wait_s,
+                    role="reranker",
+                )
+                self._rerankers[upstream.name] = endpoint
+            return endpoint
+
     def close(self) -> None:
         with self._lock:
-            endpoints, self._endpoints = list(self._endpoints.values()), {}
+            endpoints = [*self._endpoints.values(), *self._rerankers.values()]
+            self._endpoints, self._rerankers = {}, {}
         for endpoint in endpoints:
             endpoint.close()

@@ -26,6 +26,7 @@ STAGES = (
     "fuse",  # the two rankings fused
     "hydrate",  # the hits' text and metadata read
     "commit",  # the read transaction ended and the connection returned
+    "rerank",  # the fused hits reordered by a reranker (after commit: it holds no connection)
     "return",  # the answer handed back to the event loop (REST)
     "serialise",  # the response encoded (REST; after the explained answer is built)
 )

@@ -3,11 +3,14 @@ deleted, state put and deleted, and transactions of them, each in one Postgres t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from psycopg import sql
 
-from unidb.errors import InvalidInput, NotFound, UnidbError
+from unidb.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnidbError
+from unidb.indexing import chunking
 from unidb.indexing.bm25 import document_body
 from unidb.indexing.pg import Connection
 from unidb.models import (
@@ -32,6 +35,7 @@ from unidb.service.metrics import Metrics
 from unidb.service.search.planner import QueryPlanner
 from unidb.service.store import catalog, documents, state
 from unidb.service.store.commit_tokens import at_op, commit_token, current_xid, wal_position
+from unidb.service.store.documents import Chunks
 
 
 class Writes:
@@ -54,38 +58,98 @@ class Writes:
             max_text_chars=settings.max_text_chars,
         )
 
-    def _with_embeddings(self, collection: str, documents_: list[Document]) -> list[Document]:
-        """Documents without an embedding get one from the collection's embedder, if any.
+    def _with_embeddings(self, collection: str, documents_: list[Document]) -> Embedded:
+        """Documents without an embedding get one from the collection's embedder, if any; in
+        a chunked collection, each changed document is split and each chunk embedded.
 
         Called outside any transaction: a model call must not hold a connection."""
         with self.db.transaction() as conn:
             row = catalog.get(conn, collection)
+            if row.chunked:
+                return self._chunked(conn, row, documents_)
         missing = [d for d in documents_ if d.embedding is None] if row.embedder else []
         embedder = self.embedders.get(row) if missing else None
         if embedder is None:
-            return documents_
+            return Embedded(documents_)
         vectors = self.embedders.embed(
             embedder, [document_body(d.text, d.metadata) for d in missing]
         )
         filled = {id(d): v for d, v in zip(missing, vectors, strict=True)}
-        return [
-            d.model_copy(update={"embedding": filled[id(d)]}) if id(d) in filled else d
-            for d in documents_
+        return Embedded(
+            [
+                d.model_copy(update={"embedding": filled[id(d)]}) if id(d) in filled else d
+                for d in documents_
+            ]
+        )
+
+    def _chunked(
+        self, conn: Connection, row: catalog.CollectionRow, documents_: list[Document]
+    ) -> Embedded:
+        """Split and embed the documents that change: one whose text and metadata are
+        stored already is left out (and counted unchanged), so it is neither split nor
+        embedded again."""
+        assert row.chunker is not None
+        # refused here with the same words as the write would, before any model call
+        documents.prepare(row, documents_, self.limits, [_NO_CHUNKS] * len(documents_))
+        latest = [documents_[i] for i in documents.latest_per_id(documents_)]
+        stored = dict(
+            conn.execute(
+                "SELECT id, content_hash FROM unidb.documents"
+                " WHERE collection_id = %s AND id = ANY(%s)",
+                (row.id, [d.id for d in latest]),
+            ).fetchall()
+        )
+        changed = [
+            d
+            for d in latest
+            if stored.get(d.id)
+            != documents.content_hash(
+                d.text.encode(), documents.metadata_json(d.metadata, "metadata")
+            )
         ]
+        spans = [
+            chunking.split(d.text, row.chunker.kind, row.chunker.size, row.chunker.overlap)
+            for d in changed
+        ]
+        for doc, doc_spans in zip(changed, spans, strict=True):
+            if len(doc_spans) > chunking.MAX_CHUNKS_PER_DOCUMENT:
+                raise PayloadTooLarge(
+                    f"document {doc.id!r} splits into {len(doc_spans)} chunks, over the limit "
+                    f"of {chunking.MAX_CHUNKS_PER_DOCUMENT}: use a larger chunk size",
+                    field="documents",
+                )
+        bodies = [
+            document_body(d.text[start:end], d.metadata)
+            for d, doc_spans in zip(changed, spans, strict=True)
+            for start, end in doc_spans
+        ]
+        embedder = self.embedders.get(row)
+        assert embedder is not None  # a chunker needs one (checked at create)
+        vectors = np.asarray(self.embedders.embed(embedder, bodies), dtype=np.float32)
+        chunks = []
+        at = 0
+        for doc_spans in spans:
+            chunks.append(Chunks(doc_spans, vectors[at : at + len(doc_spans)]))
+            at += len(doc_spans)
+        return Embedded(changed, chunks, skipped=len(latest) - len(changed))
 
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
-        documents_ = self._with_embeddings(collection, documents_)
+        embedded = self._with_embeddings(collection, documents_)
         with self.db.transaction() as conn:
-            result = self.upsert_into(conn, collection, documents_)
+            result = self.upsert_into(conn, collection, embedded)
         self.metrics.ingested.labels(collection).inc(len(documents_))
         return result
 
-    def upsert_into(
-        self, conn: Connection, collection: str, documents_: list[Document]
-    ) -> UpsertResult:
+    def upsert_into(self, conn: Connection, collection: str, embedded: Embedded) -> UpsertResult:
         # the collection is held against a concurrent drop until commit
         row = catalog.get(conn, collection, lock=True)
-        return documents.upsert(conn, row, documents_, self.limits)
+        if row.chunked != (embedded.chunks is not None):
+            # the collection was dropped and made again, differently, since it was read
+            raise Conflict(f"collection {collection!r} changed during the write; send it again")
+        if not embedded.documents:
+            return UpsertResult(written=0, unchanged=embedded.skipped)
+        result = documents.upsert(conn, row, embedded.documents, self.limits, embedded.chunks)
+        return UpsertResult(written=result.written, unchanged=result.unchanged + embedded.skipped)
 
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         with self.db.transaction() as conn:
@@ -153,9 +217,7 @@ class Writes:
     def _embedded_op(self, op: Any) -> Any:
         if not isinstance(op, UpsertDocumentsOp):
             return op
-        return op.model_copy(
-            update={"documents": self._with_embeddings(op.collection, op.documents)}
-        )
+        return _EmbeddedUpsert(op.collection, self._with_embeddings(op.collection, op.documents))
 
     def _apply(self, conn: Connection, op: Any) -> StateEntry | UpsertResult | DeleteResult:
         if isinstance(op, PutStateOp):
@@ -163,8 +225,8 @@ class Writes:
         if isinstance(op, DeleteStateOp):
             state.delete(conn, op.namespace, op.key, if_version=op.if_version)
             return DeleteResult(deleted=True)
-        if isinstance(op, UpsertDocumentsOp):
-            return self.upsert_into(conn, op.collection, op.documents)
+        if isinstance(op, _EmbeddedUpsert):
+            return self.upsert_into(conn, op.collection, op.embedded)
         assert isinstance(op, DeleteDocumentOp)
         return _delete_document(conn, op.collection, op.id)
 
@@ -182,6 +244,25 @@ class Writes:
         with self.db.transaction() as conn:
             state.delete(conn, namespace, key, if_version=if_version)
         return DeleteResult(deleted=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """Documents ready to write: embedded, and in a chunked collection split into
+    ``chunks`` (one per document), with ``skipped`` unchanged ones left out."""
+
+    documents: list[Document]
+    chunks: list[Chunks] | None = None
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _EmbeddedUpsert:
+    collection: str
+    embedded: Embedded
+
+
+_NO_CHUNKS = Chunks([], np.zeros((0, 0), dtype=np.float32))
 
 
 def _delete_document(conn: Connection, collection: str, document_id: str) -> DeleteResult:

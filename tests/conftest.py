@@ -228,9 +228,7 @@ ENGINE_VENV = Path(
 ENGINE_KV_BLOCKS = 128
 
 
-@pytest.fixture(scope="session")
-def cpu_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuEngine]:
-    """One real vLLM engine on the CPU for the whole run, stopped by its own process group."""
+def _require_engine_venv() -> None:
     if not has_engine(ENGINE_VENV):
         reason = (
             f"no vLLM engine in {ENGINE_VENV} (make it with "
@@ -240,9 +238,28 @@ def cpu_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuEngine]:
         if os.environ.get("UNIDB_REQUIRE_ENGINE") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cpu_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuEngine]:
+    """One real vLLM engine on the CPU for the whole run, stopped by its own process group."""
+    _require_engine_venv()
     engine = CpuEngine(
         ENGINE_VENV, tmp_path_factory.mktemp("vllm"), kv_blocks=ENGINE_KV_BLOCKS, max_model_len=2048
     )
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def cpu_reranker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuEngine]:
+    """A real vLLM serving /rerank on the CPU for a dummy-weight cross-encoder."""
+    _require_engine_venv()
+    engine = CpuEngine(ENGINE_VENV, tmp_path_factory.mktemp("reranker"), name="reranker",
+                       task="rerank")  # fmt: skip
     engine.start()
     try:
         yield engine

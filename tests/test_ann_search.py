@@ -12,6 +12,7 @@ import pytest
 import unidb
 from unidb.models import Document, IndexBuildRequest
 from unidb.service.engine import Engine
+from unidb.service.writes import Embedded
 
 DIM = 32
 N = 6000
@@ -132,7 +133,8 @@ def test_writes_after_the_build_are_answered(engine: Engine, collection: str) ->
 
     # a write whose transaction spans the build: the snapshot cannot hold it
     with engine.transaction() as conn:
-        engine.writes.upsert_into(conn, collection, [Document(id="during", embedding=query * 3)])
+        during = Embedded([Document(id="during", embedding=query * 3)])
+        engine.writes.upsert_into(conn, collection, during)
         job = engine.build_index(collection, IndexBuildRequest())
         deadline = time.monotonic() + 120
         while engine.get_job(job.id).status not in ("done", "failed"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from unidb.service.cli.evaluation import evaluate, sweep
+import unidb
+from unidb.models import CollectionCreate
+from unidb.service.cli.evaluation import evaluate, sweep, tune
 from unidb.service.cli.main import main
 from unidb.service.engine import Engine
 
@@ -92,3 +95,52 @@ def test_eval_cli_prints_one_json_object_per_mode(
         cleanup.delete_collection("t_eval_cli")
     finally:
         cleanup.close()
+
+
+def test_tune_stores_the_best_setting_and_queries_use_it(engine: Engine, beir_slice: Path) -> None:
+    client = unidb.Client(backend=engine)
+    evaluate(engine, beir_slice, modes=["bm25"], collection="t_tune_slice")
+    try:
+        results, best = tune(
+            engine,
+            "t_tune_slice",
+            queries_file=beir_slice / "queries.jsonl",
+            qrels_file=beir_slice / "qrels-test.tsv",
+            alphas=(0.2, 0.9),
+        )
+        assert best.ndcg_at_10 == max(r.ndcg_at_10 for r in results)
+        stored = client.get_collection("t_tune_slice").query_defaults
+        assert stored is not None and stored.fusion == best.fusion
+        assert stored.alpha == (best.alpha if best.alpha is not None else 0.5)
+        assert stored.note is not None and "qrels-test.tsv" in stored.note
+
+        # a query naming no fusion now fuses as stored; one naming its own keeps it
+        client.set_query_defaults("t_tune_slice", fusion="weighted", alpha=0.9)
+        text = "vitamin D and cancer risk"
+        unnamed = client.query("t_tune_slice", text=text, k=10)
+        stored_way = client.query("t_tune_slice", text=text, k=10, fusion="weighted", alpha=0.9)
+        default_way = client.query("t_tune_slice", text=text, k=10, fusion="weighted", alpha=0.5)
+        assert [(h.id, h.score) for h in unnamed.hits] == [(h.id, h.score) for h in stored_way.hits]
+        assert [h.score for h in unnamed.hits] != [h.score for h in default_way.hits]
+        with pytest.raises(unidb.InvalidInput):
+            client.set_query_defaults("t_tune_slice", fusion="weighted", alpha=1.5)
+        assert client.get_collection("t_tune_slice").query_defaults.alpha == 0.9  # type: ignore[union-attr]
+        cleared = client.set_query_defaults("t_tune_slice")
+        assert cleared.query_defaults is None
+        back = client.query("t_tune_slice", text=text, k=10)
+        assert [h.score for h in back.hits] == [h.score for h in default_way.hits]
+    finally:
+        engine.delete_collection("t_tune_slice")
+
+
+def test_query_defaults_over_rest(api: Any, engine: Engine, collection: str) -> None:
+    engine.create_collection(CollectionCreate(name=collection, dim=4))
+    path = f"/v1/collections/{collection}/query-defaults"
+    wrong = api.put(path, json={"fusion": "loudest", "alpha": 0.5})
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "fusion"
+    assert api.get(f"/v1/collections/{collection}").json()["query_defaults"] is None
+    stored = api.put(path, json={"fusion": "rrf", "alpha": 0.3})
+    assert stored.status_code == 200 and stored.json()["query_defaults"]["fusion"] == "rrf"
+    assert api.put("/v1/collections/nope_nope/query-defaults",
+                   json={"fusion": "rrf", "alpha": 0.3}).status_code == 404  # fmt: skip
+    assert api.delete(path).json()["query_defaults"] is None

@@ -17,9 +17,11 @@ from unidb.errors import InvalidInput, NotFound
 from unidb.models import (
     DEFAULT_ALPHA,
     DEFAULT_FUSION,
+    ChunkerSpec,
     CollectionCreate,
     EmbedderSpec,
     Fusion,
+    QueryDefaults,
     QueryMode,
     QueryRequest,
 )
@@ -32,7 +34,7 @@ _MEASURES = {"ndcg_cut.10", "recall.100"}
 @dataclass(frozen=True, slots=True)
 class ModeResult:
     mode: str
-    fusion: str | None
+    fusion: Fusion | None
     alpha: float | None
     queries: int
     ndcg_at_10: float
@@ -67,20 +69,29 @@ def read_queries(path: Path) -> dict[str, str]:
 
 
 def load(
-    backend: Backend, folder: Path, *, collection: str, reuse: bool, batch_size: int = 256
+    backend: Backend,
+    folder: Path,
+    *,
+    collection: str,
+    reuse: bool,
+    batch_size: int = 256,
+    chunker: ChunkerSpec | None = None,
 ) -> None:
-    """A fresh collection holding the folder's corpus, embedded with MiniLM."""
+    """A fresh collection holding the folder's corpus, embedded with MiniLM (each chunk,
+    with a ``chunker``)."""
     corpus = folder / "corpus.jsonl"
     lines = sum(1 for line in corpus.open("rb") if line.strip())
     try:
         existing = backend.get_collection(collection)
-        if reuse and existing.documents == lines:
+        if reuse and existing.documents == lines and existing.chunker == chunker:
             return
         backend.delete_collection(collection)
     except NotFound:
         pass
     backend.create_collection(
-        CollectionCreate(name=collection, dim=384, embedder=EmbedderSpec(kind="minilm"))
+        CollectionCreate(
+            name=collection, dim=384, embedder=EmbedderSpec(kind="minilm"), chunker=chunker
+        )
     )
     ingest_file(backend, corpus, collection=collection, batch_size=batch_size)
 
@@ -169,28 +180,89 @@ def sweep(
     qrels_file: str = "qrels-test.tsv",
     collection: str | None = None,
     reuse: bool = False,
+    chunker: ChunkerSpec | None = None,
 ) -> list[ModeResult]:
     """Hybrid queries over a grid: RRF once, then each score fusion at each ``alpha``
     (the corpus loaded once). Choose on train judgments, report on test."""
-    name = _prepare(backend, folder, qrels_file, collection, reuse)
+    name = _prepare(backend, folder, qrels_file, collection, reuse, chunker)
     queries = read_queries(folder / "queries.jsonl")
     qrels = read_qrels(folder / qrels_file)
+    return run_grid(backend, name, queries, qrels, alphas=alphas)
+
+
+def run_grid(
+    backend: Backend,
+    collection: str,
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+    *,
+    alphas: tuple[float, ...] = SWEEP_ALPHAS,
+) -> list[ModeResult]:
+    """Hybrid queries at each setting of the grid: RRF once, then each score fusion at
+    each ``alpha``."""
     grid: list[tuple[Fusion, float]] = [("rrf", DEFAULT_ALPHA)]
     grid += [(fusion, alpha) for fusion in SWEEP_FUSIONS for alpha in alphas]
     return [
-        run_mode(backend, name, queries, qrels, mode="hybrid", fusion=fusion, alpha=alpha)
+        run_mode(backend, collection, queries, qrels, mode="hybrid", fusion=fusion, alpha=alpha)
         for fusion, alpha in tqdm(grid, desc="sweep", unit="setting")
     ]
 
 
+def best_setting(results: list[ModeResult]) -> ModeResult:
+    """The setting with the highest nDCG@10 (the first of equals, in grid order)."""
+    return max(results, key=lambda r: r.ndcg_at_10)
+
+
+def tune(
+    backend: Backend,
+    collection: str,
+    *,
+    queries_file: Path,
+    qrels_file: Path,
+    alphas: tuple[float, ...] = SWEEP_ALPHAS,
+    store: bool = True,
+) -> tuple[list[ModeResult], ModeResult]:
+    """Sweep the grid on ``collection`` as it is, on these judgments (train ones: report on
+    others), and store the best fusion and alpha as its query defaults."""
+    for path in (queries_file, qrels_file):
+        if not path.is_file():
+            raise InvalidInput(f"no file {path}", field="qrels")
+    backend.get_collection(collection)  # NotFound before any work
+    queries = read_queries(queries_file)
+    qrels = read_qrels(qrels_file)
+    if not qrels:
+        raise InvalidInput(f"{qrels_file} judges no query", field="qrels")
+    wait_for_indexes(backend, collection)
+    results = run_grid(backend, collection, queries, qrels, alphas=alphas)
+    best = best_setting(results)
+    if store:
+        assert best.fusion is not None
+        note = (
+            f"unidb tune: nDCG@10 {best.ndcg_at_10:.4f} on {qrels_file.name} "
+            f"({best.queries} queries), {time.strftime('%Y-%m-%d')}"
+        )
+        defaults = QueryDefaults(
+            fusion=best.fusion,
+            alpha=best.alpha if best.alpha is not None else DEFAULT_ALPHA,
+            note=note,
+        )
+        backend.set_query_defaults(collection, defaults)
+    return results, best
+
+
 def _prepare(
-    backend: Backend, folder: Path, qrels_file: str, collection: str | None, reuse: bool
+    backend: Backend,
+    folder: Path,
+    qrels_file: str,
+    collection: str | None,
+    reuse: bool,
+    chunker: ChunkerSpec | None = None,
 ) -> str:
     for name in ("corpus.jsonl", "queries.jsonl", qrels_file):
         if not (folder / name).exists():
             raise InvalidInput(f"{folder} has no {name}", field="beir_dir")
     name = collection or f"eval_{folder.name}".replace(".", "_")
-    load(backend, folder, collection=name, reuse=reuse)
+    load(backend, folder, collection=name, reuse=reuse, chunker=chunker)
     # queries run on the indexes alone (eventual), so let them catch up first
     wait_for_indexes(backend, name)
     return name
@@ -206,8 +278,9 @@ def evaluate(
     qrels_file: str = "qrels-test.tsv",
     collection: str | None = None,
     reuse: bool = False,
+    chunker: ChunkerSpec | None = None,
 ) -> list[ModeResult]:
-    name = _prepare(backend, folder, qrels_file, collection, reuse)
+    name = _prepare(backend, folder, qrels_file, collection, reuse, chunker)
     queries = read_queries(folder / "queries.jsonl")
     qrels = read_qrels(folder / qrels_file)
     return [

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, get_args
 
-from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION, Fusion
+from unidb.models import DEFAULT_ALPHA, DEFAULT_FUSION, ChunkerSpec, Fusion
 from unidb.service.cli.common import backend_for, settings_from, with_database
 
 
@@ -16,11 +16,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from unidb.service.cli.evaluation import evaluate, sweep
 
     modes: list[QueryMode] = ["bm25", "vector", "hybrid"] if args.mode == "all" else [args.mode]
+    chunker = parse_chunker(args.chunker)
     backend, owner = backend_for(args)
     try:
         if args.sweep:
             results = sweep(backend, Path(args.beir_dir), qrels_file=args.qrels,
-                            collection=args.collection, reuse=args.reuse)  # fmt: skip
+                            collection=args.collection, reuse=args.reuse,
+                            chunker=chunker)  # fmt: skip
         else:
             results = evaluate(
                 backend,
@@ -31,29 +33,76 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 qrels_file=args.qrels,
                 collection=args.collection,
                 reuse=args.reuse,
+                chunker=chunker,
             )
     finally:
         owner.close()
     if args.json:
+        chunking = {"chunker": args.chunker or "none"}
         for result in results:
-            print(json.dumps({"dataset": Path(args.beir_dir).name, **result.as_dict()}))
+            print(json.dumps({"dataset": Path(args.beir_dir).name, **chunking, **result.as_dict()}))
     else:
-        print(f"{'mode':<8} {'fusion':<14} {'nDCG@10':>8} {'R@100':>8} {'MRR@10':>8} {'QPS':>8}")
-        for r in results:
-            fusion = (
-                ""
-                if r.fusion is None
-                else r.fusion + (f" a={r.alpha}" if r.alpha is not None else "")
-            )
-            print(
-                f"{r.mode:<8} {fusion:<14} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>8.4f}"
-                f" {r.mrr_at_10:>8.4f} {r.qps:>8.1f}"
-            )
+        _print_results(results)
     if args.sweep and not args.json:
-        best = max(results, key=lambda r: r.ndcg_at_10)
+        from unidb.service.cli.evaluation import best_setting
+
+        best = best_setting(results)
         alpha = f" alpha {best.alpha}" if best.alpha is not None else ""
         print(f"best nDCG@10 on {args.qrels}: {best.fusion}{alpha} ({best.ndcg_at_10:.4f})")
     return 0
+
+
+def _print_results(results: list[Any]) -> None:
+    print(f"{'mode':<8} {'fusion':<14} {'nDCG@10':>8} {'R@100':>8} {'MRR@10':>8} {'QPS':>8}")
+    for r in results:
+        fusion = (
+            "" if r.fusion is None else r.fusion + (f" a={r.alpha}" if r.alpha is not None else "")
+        )
+        print(
+            f"{r.mode:<8} {fusion:<14} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>8.4f}"
+            f" {r.mrr_at_10:>8.4f} {r.qps:>8.1f}"
+        )
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from unidb.service.cli.evaluation import tune
+
+    qrels = Path(args.qrels)
+    queries = Path(args.queries) if args.queries else qrels.parent / "queries.jsonl"
+    backend, owner = backend_for(args)
+    try:
+        results, best = tune(
+            backend, args.collection, queries_file=queries, qrels_file=qrels, store=not args.dry_run
+        )
+    finally:
+        owner.close()
+    if args.json:
+        for result in results:
+            print(json.dumps({"collection": args.collection, **result.as_dict()}))
+        return 0
+    _print_results(results)
+    alpha = f" alpha {best.alpha}" if best.alpha is not None else ""
+    verb = "best" if args.dry_run else "stored as the collection's query defaults"
+    print(f"{verb}: {best.fusion}{alpha} (nDCG@10 {best.ndcg_at_10:.4f} on {qrels.name})")
+    return 0
+
+
+def parse_chunker(text: str | None) -> ChunkerSpec | None:
+    """``tokens:SIZE:OVERLAP``, ``sentences:SIZE`` or ``none`` as a chunker."""
+    if text is None or text == "none":
+        return None
+    kind, *numbers = text.split(":")
+    try:
+        values = [int(n) for n in numbers]
+        if kind == "tokens" and len(values) == 2:
+            return ChunkerSpec(kind="tokens", size=values[0], overlap=values[1])
+        if kind == "sentences" and len(values) == 1:
+            return ChunkerSpec(kind="sentences", size=values[0], overlap=0)
+    except ValueError as exc:
+        raise SystemExit(f"unidb eval: --chunker {text}: {exc}") from exc
+    raise SystemExit(
+        f"unidb eval: --chunker {text}: give tokens:SIZE:OVERLAP, sentences:SIZE or none"
+    )
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -81,6 +130,10 @@ def add_commands(commands: Any) -> None:
     )
     evaluation.add_argument("--json", action="store_true", help="one JSON object per mode")
     evaluation.add_argument(
+        "--chunker",
+        help="split documents on load: tokens:SIZE:OVERLAP or sentences:SIZE (default none)",
+    )
+    evaluation.add_argument(
         "--sweep",
         action="store_true",
         help="hybrid over a grid: rrf, then weighted, relative and dbsf at alpha 0.1..0.9 "
@@ -88,6 +141,22 @@ def add_commands(commands: Any) -> None:
     )
     with_database(evaluation)
     evaluation.set_defaults(run=cmd_eval)
+    tuning = commands.add_parser(
+        "tune",
+        help="sweep hybrid fusion and alpha on judgments and store the best as the "
+        "collection's query defaults",
+    )
+    tuning.add_argument("collection")
+    tuning.add_argument(
+        "--qrels", required=True, help="judgments (BEIR qrels TSV); tune on train, report on test"
+    )
+    tuning.add_argument(
+        "--queries", help="the queries (BEIR queries.jsonl; default: beside the judgments)"
+    )
+    tuning.add_argument("--dry-run", action="store_true", help="print the best, store nothing")
+    tuning.add_argument("--json", action="store_true", help="one JSON object per setting")
+    with_database(tuning)
+    tuning.set_defaults(run=cmd_tune)
     quick = commands.add_parser(
         "quickstart", help="serve, load SciFact with MiniLM vectors, run a query, keep serving"
     )

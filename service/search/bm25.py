@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from unidb.indexing.bm25 import Bm25Index, document_body
+from unidb.indexing.bm25 import Bm25Index
 from unidb.indexing.pg import Executor
+from unidb.indexing.tailer import CHUNKED_ROWS, chunk_bodies
 from unidb.service.search.candidates import admitted_keys
 from unidb.service.search.filters import CompiledFilter
 from unidb.service.store.catalog import CollectionRow
@@ -47,12 +48,17 @@ def bm25_search(
     if masked:
         condition = where.expression if where is not None else sql.SQL("TRUE")
         params = where.params if where is not None else []
+        select = (
+            CHUNKED_ROWS
+            if collection.chunked
+            else "SELECT d.key, d.text, d.metadata FROM unidb.documents d"
+        )
         statement = sql.SQL(
-            "SELECT d.key, d.text, d.metadata FROM unidb.documents d"
-            " WHERE d.collection_id = {} AND d.key = ANY({}) AND {}"
-        ).format(sql.Literal(collection.id), sql.Placeholder(), condition)
+            select + " WHERE d.collection_id = {} AND d.key = ANY({}) AND {}"
+        ).format(  # noqa: S608 (constants only)
+            sql.Literal(collection.id), sql.Placeholder(), condition
+        )
         rows = conn.execute(statement, [list(masked), *params]).fetchall()
-        bodies = {key: document_body(text_, metadata) for key, text_, metadata in rows}
-        hits.extend(index.score_unindexed(text, bodies))
+        hits.extend(index.score_unindexed(text, chunk_bodies(rows)))
     hits.sort(key=lambda hit: (-hit[1], hit[0]))
     return hits[:limit]

@@ -75,3 +75,6 @@ class CollectionRows:
             return
         if current != used:
             self.remember(key, current)
+            if remembered and current.query_defaults != used.query_defaults:
+                # the answer fused by the old defaults: answer again by the new ones
+                raise StaleCollection(key[1])

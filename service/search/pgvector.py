@@ -52,16 +52,37 @@ def _select(
     statement = sql.SQL(
         "SELECT c.document_key, {distance} AS distance FROM {source}"
         " WHERE c.collection_id = {collection} AND c.embedding IS NOT NULL AND {filter}{only}"
-        " ORDER BY distance LIMIT {k}"
+        " ORDER BY distance{limit}"
     ).format(
         distance=distance,
         source=source,
         collection=sql.Literal(collection.id),
         filter=condition,
         only=only,
-        k=sql.Literal(k),
+        limit=_chunk_limit(collection, k, indexed=indexed),
     )
+    if collection.chunked:
+        # a document is as near as its nearest chunk
+        statement = sql.SQL(
+            "SELECT document_key, min(distance) AS distance FROM ({chunks}) nearest_chunks"
+            " GROUP BY document_key ORDER BY distance LIMIT {k}"
+        ).format(chunks=statement, k=sql.Literal(k))
     return statement, [query, *params, *([keys] if keys else [])]
+
+
+# chunks an HNSW walk reads per document wanted in a chunked collection; a walk that comes
+# up short of k documents is answered exactly instead
+CHUNKS_PER_DOCUMENT_WALKED = 8
+
+
+def _chunk_limit(collection: CollectionRow, k: int, *, indexed: bool) -> sql.Composable:
+    """How many rows the chunk scan returns: k of an unchunked collection's; of a chunked
+    one's, every chunk (exact) or a few per document wanted (on the HNSW index)."""
+    if not collection.chunked:
+        return sql.SQL(" LIMIT {}").format(sql.Literal(k))
+    if indexed:
+        return sql.SQL(" LIMIT {}").format(sql.Literal(k * CHUNKS_PER_DOCUMENT_WALKED))
+    return sql.SQL("")
 
 
 def nearest_with_rows(

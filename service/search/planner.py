@@ -20,7 +20,7 @@ from unidb.service.config import Settings
 from unidb.service.db.database import Database, ReadTransaction, Statement
 from unidb.service.metrics import Metrics
 from unidb.service.query_stages import StageClock, lap, note_changed, query_clock
-from unidb.service.search import hits
+from unidb.service.search import hits, passages
 from unidb.service.search.ann import ann_search
 from unidb.service.search.ann_indexes import AnnIndexes, Served
 from unidb.service.search.bm25 import bm25_search
@@ -36,12 +36,26 @@ from unidb.service.search.pgvector import (
     scored,
     vector_search,
 )
+from unidb.service.search.rerank import Reranker
 from unidb.service.store import catalog, documents
 from unidb.service.store.commit_tokens import token_xid
 
 
 class IndexBehind(Exception):
     """An index answering the query is below the pruned outbox horizon: answer again."""
+
+
+def with_query_defaults(request: QueryRequest, row: catalog.CollectionRow) -> QueryRequest:
+    """``request`` with the collection's fusion and alpha where it names none."""
+    defaults = row.query_defaults
+    if defaults is None:
+        return request
+    unset = {
+        name: getattr(defaults, name)
+        for name in ("fusion", "alpha")
+        if name not in request.model_fields_set
+    }
+    return request.model_copy(update=unset) if unset else request
 
 
 class QueryPlanner:
@@ -55,7 +69,9 @@ class QueryPlanner:
         embedders: CollectionEmbedders,
         hnsw: HnswBuilds,
         metrics: Metrics,
+        reranker: Reranker,
     ) -> None:
+        self.reranker = reranker
         self.db = db
         self.settings = settings
         self.text_indexes = text_indexes
@@ -76,8 +92,11 @@ class QueryPlanner:
         else:
             clock.lap("dispatch")  # from the event loop to this worker thread
         try:
-            answer = self._query(collection, request)
-            clock.lap("commit")
+            if request.rerank is None:
+                answer = self._query(collection, request)
+                clock.lap("commit")
+            else:
+                answer = self._reranked(collection, request, clock)
         finally:
             if token is not None:
                 query_clock.reset(token)
@@ -92,6 +111,25 @@ class QueryPlanner:
                 changed_since_index=clock.changed,
                 vector_plan=clock.vector_plan,
             )
+        return answer
+
+    def _reranked(self, collection: str, request: QueryRequest, clock: StageClock) -> QueryResponse:
+        """Retrieve the reranker's candidates (after the read transaction ends, so the call
+        holds no connection), then have it order them."""
+        assert request.rerank is not None
+        self.check_limits(request.k, request.text, "text")
+        if request.rerank.top_n > self.settings.max_k:
+            raise InvalidInput(
+                f"top_n is {request.rerank.top_n}, over the limit of {self.settings.max_k} "
+                "(UNIDB_MAX_K)",
+                field="rerank.top_n",
+            )
+        self.reranker.check(request)
+        wide = request.model_copy(update={"k": self.reranker.depth(request)})
+        answer = self._query(collection, wide)
+        clock.lap("commit")
+        answer = self.reranker.apply(request, answer)
+        clock.lap("rerank")
         return answer
 
     def depth(self, request: QueryRequest) -> int:
@@ -127,7 +165,8 @@ class QueryPlanner:
             try:
                 return self._run(key, request, remembered)
             except StaleCollection:
-                # answered from a row that no longer holds (dropped, re-created elsewhere)
+                # answered from a row that no longer holds (dropped, re-created elsewhere, or
+                # its query defaults changed)
                 self.collections.forget(key)
             except (InvalidInput, NotFound):
                 # the caller's mistake, unless the remembered row misled the checks
@@ -165,6 +204,7 @@ class QueryPlanner:
             else:
                 row = remembered
                 read.begin(*settings)
+            request = with_query_defaults(request, row)
             # compiled once the collection is known to exist (and within the filter limits)
             where = self.compiled_filter(request.filter) if request.filter else None
             lap("plan")
@@ -218,7 +258,7 @@ class QueryPlanner:
             raise InvalidInput("give query text, a query vector, or both", field="text")
         vector = documents.check_vector(row, query_vector, "vector") if run_vector else None
 
-        if request.mode == "vector" and vector is not None:
+        if request.mode == "vector" and vector is not None and not row.chunked:
             one_trip = self._vector_in_one_round_trip(
                 read, key, row, request, vector, where, remembered is not None
             )
@@ -240,7 +280,9 @@ class QueryPlanner:
         watermarks = [bm25_watermark] if index is not None and strong else []
         if served is not None:
             watermarks.append(served.watermark)
-        if request.mode == "bm25" and index is not None and request.text and where is None:
+        # one round trip where it can; a chunked collection's hits read their chunks too
+        one_trip_bm25 = request.mode == "bm25" and not row.chunked
+        if one_trip_bm25 and index is not None and request.text and where is None:
             one_trip = self._bm25_in_one_round_trip(
                 read, key, row, request, index, watermarks, remembered is not None
             )
@@ -302,13 +344,28 @@ class QueryPlanner:
             lap("bm25")
         ranked = fuse(request, bm25_hits, vector_hits, depth=depth)[: request.k]
         lap("fuse")
-        # the hits' rows, the collection's row as it is now, and COMMIT: one round trip
+        # the hits' rows (and chunks), the collection's row as it is now, and COMMIT: one
+        # round trip
         reads = [hits.statement(row, ranked)] if ranked else []
+        if ranked and row.chunked:
+            ranked_keys = [doc_key for doc_key, _ in ranked]
+            reads.append(passages.statement(row, ranked_keys, with_vectors=vector is not None))
         *hit_rows, current = read.finish(*reads, catalog.lookup(row.name))
         self.collections.check(key, row, current, remembered is not None)
         found = hits.build(
             hit_rows[0] if hit_rows else [], ranked, dict(bm25_hits), dict(vector_hits)
         )
+        if row.chunked and hit_rows:
+            passages.attach(
+                found,
+                {doc_id: doc_key for doc_key, doc_id, *_ in hit_rows[0]},
+                hit_rows[1],
+                collection=row,
+                text=request.text,
+                vector=vector,
+                index=index,
+                limit=request.passages,
+            )
         lap("hydrate")
         return QueryResponse(hits=found, exhaustive=exhaustive, vector_index=served_by)
 

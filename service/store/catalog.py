@@ -12,7 +12,16 @@ from psycopg.types.json import Jsonb
 from unidb.errors import Conflict, InvalidInput, NotFound
 from unidb.indexing.outbox import record_drop
 from unidb.indexing.pg import Connection
-from unidb.models import AnnStatus, Collection, CollectionCreate, EmbedderSpec, IndexStatus, Metric
+from unidb.models import (
+    AnnStatus,
+    ChunkerSpec,
+    Collection,
+    CollectionCreate,
+    EmbedderSpec,
+    IndexStatus,
+    Metric,
+    QueryDefaults,
+)
 
 MINILM_DIM = 384
 
@@ -27,6 +36,13 @@ class CollectionRow:
     embedder: EmbedderSpec | None = None
     hnsw_valid: bool | None = None  # None: no HNSW index; False: being built
     pgvector_hnsw: bool = False  # opted into a pgvector HNSW index
+    chunker: ChunkerSpec | None = None  # None: one chunk per document
+    query_defaults: QueryDefaults | None = None  # None: the service's fusion and alpha
+
+    @property
+    def chunked(self) -> bool:
+        """Whether a document may have several chunks (each its own index entry)."""
+        return self.chunker is not None and self.chunker.kind != "none"
 
     @property
     def vector_index(self) -> Literal["none", "building", "hnsw"]:
@@ -41,7 +57,7 @@ class CollectionRow:
 
 # the HNSW index's state comes along, saving queries a round trip
 _COLUMNS = (
-    "SELECT id, name, dim, metric, created_at, embedder, pgvector_hnsw,"
+    "SELECT id, name, dim, metric, created_at, embedder, pgvector_hnsw, chunker, query_defaults,"
     " (SELECT i.indisvalid FROM pg_index i"
     "   WHERE i.indexrelid = to_regclass('unidb.chunks_embedding_hnsw_c' || id))"
     " FROM unidb.collections"
@@ -51,7 +67,8 @@ _GET_LOCKED = _GET + " FOR SHARE"
 
 
 def _row(values: tuple[Any, ...]) -> CollectionRow:
-    collection_id, name, dim, metric, created_at, embedder, pgvector_hnsw, hnsw_valid = values
+    (collection_id, name, dim, metric, created_at, embedder, pgvector_hnsw, chunker, defaults,
+     hnsw_valid) = values  # fmt: skip
     return CollectionRow(
         collection_id,
         name,
@@ -61,6 +78,8 @@ def _row(values: tuple[Any, ...]) -> CollectionRow:
         embedder=EmbedderSpec.model_validate(embedder) if embedder else None,
         hnsw_valid=hnsw_valid,
         pgvector_hnsw=pgvector_hnsw,
+        chunker=ChunkerSpec.model_validate(chunker) if chunker else None,
+        query_defaults=QueryDefaults.model_validate(defaults) if defaults else None,
     )
 
 
@@ -73,16 +92,24 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
             )
         if embedder.kind == "openai" and not embedder.url:
             raise InvalidInput("an openai embedder needs the endpoint's url", field="embedder.url")
+    chunker = spec.chunker if spec.chunker is not None and spec.chunker.kind != "none" else None
+    if chunker is not None and embedder is None:
+        raise InvalidInput(
+            "a chunker needs the collection's embedder: unidb embeds each chunk itself",
+            field="chunker",
+        )
     row = conn.execute(
-        "INSERT INTO unidb.collections (name, dim, metric, embedder, pgvector_hnsw)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, name) DO NOTHING"
-        " RETURNING id, name, dim, metric, created_at, embedder, pgvector_hnsw, NULL::boolean",
+        "INSERT INTO unidb.collections (name, dim, metric, embedder, pgvector_hnsw, chunker)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, name) DO NOTHING"
+        " RETURNING id, name, dim, metric, created_at, embedder, pgvector_hnsw, chunker,"
+        " query_defaults, NULL::boolean",
         (
             spec.name,
             spec.dim,
             spec.metric,
             Jsonb(embedder.model_dump(exclude_none=True)) if embedder else None,
             spec.pgvector_hnsw,
+            Jsonb(chunker.model_dump()) if chunker else None,
         ),
     ).fetchone()
     if row is None:
@@ -108,6 +135,19 @@ def get(conn: Connection, name: str, *, lock: bool = False) -> CollectionRow:
     if row is None:
         raise NotFound(f"collection {name!r} does not exist", field="collection")
     return _row(row)
+
+
+def set_query_defaults(
+    conn: Connection, name: str, defaults: QueryDefaults | None
+) -> CollectionRow:
+    """Store (or with None, clear) the collection's query defaults."""
+    row = conn.execute(
+        "UPDATE unidb.collections SET query_defaults = %s WHERE name = %s RETURNING id",
+        (Jsonb(defaults.model_dump(exclude_none=True)) if defaults else None, name),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"collection {name!r} does not exist", field="collection")
+    return get(conn, name)
 
 
 def get_by_id(conn: Connection, collection_id: int) -> CollectionRow:
@@ -158,6 +198,8 @@ def describe(
         documents=count[0] if count else 0,
         vector_index=collection.vector_index,
         pgvector_hnsw=collection.pgvector_hnsw,
+        chunker=collection.chunker,
+        query_defaults=collection.query_defaults,
         bm25=bm25,
         ann=ann,
     )

@@ -58,12 +58,15 @@ def _int4_field(name: str) -> list[tuple[str, str]]:
 def chunks_payload(
     collection_id: int,
     document_keys: np.ndarray,
-    text_lengths: np.ndarray,
+    chunk_nos: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
     vectors: np.ndarray,
     has_vector: np.ndarray,
 ) -> bytes:
-    """One chunk per document: (document_key int8, chunk_no int4, collection_id int4,
-    start_char int4, end_char int4, embedding vector) with NULL where ``has_vector`` is false."""
+    """Chunks, the i-th of them ``chunk_nos[i]`` of ``document_keys[i]``: (document_key int8,
+    chunk_no int4, collection_id int4, start_char int4, end_char int4, embedding vector) with
+    NULL where ``has_vector`` is false."""
     dim = vectors.shape[1]
     common = [
         ("fields", ">i2"),
@@ -92,7 +95,9 @@ def chunks_payload(
         for name in ("chunk_no", "collection", "start", "end"):
             rows[f"{name}_len"] = 4
         rows["collection"] = collection_id
-        rows["end"] = text_lengths[selected]
+        rows["chunk_no"] = chunk_nos[selected]
+        rows["start"] = starts[selected]
+        rows["end"] = ends[selected]
         if with_vector:
             rows["vec_len"] = 4 + 4 * dim
             rows["dim"] = dim

@@ -89,6 +89,53 @@ SELECT %(collection)s, w.key, 'upsert', w.version FROM written w
 """  # noqa: S608 (constants only)
 
 
+# A chunked collection's changed documents: each one's chunks replaced by the staged ones
+# (its chunks past the new count deleted), in the same statement as the documents.
+_STAGE_CHUNKS = """
+CREATE TEMP TABLE IF NOT EXISTS unidb_stage_chunks (
+    ord integer, chunk_no integer, start_char integer, end_char integer, embedding vector
+) ON COMMIT DELETE ROWS
+"""
+_MERGE_CHUNKED = f"""
+WITH written AS (
+    INSERT INTO unidb.documents AS d (collection_id, key, id, text, metadata, content_hash)
+    SELECT %(collection)s, (%(block)s::bigint << 20) + s.ord, s.id, s.text, s.metadata::jsonb,
+           s.content_hash
+    FROM unidb_stage s
+    ON CONFLICT (collection_id, id) DO UPDATE
+        SET text = excluded.text, metadata = excluded.metadata,
+            content_hash = excluded.content_hash, version = d.version + 1, updated_at = now()
+        WHERE d.content_hash IS DISTINCT FROM excluded.content_hash
+    RETURNING d.id, d.key, d.version
+), counted AS (
+    SELECT w.key, s.ord, (SELECT count(*) FROM unidb_stage_chunks sc WHERE sc.ord = s.ord) AS n
+    FROM written w JOIN unidb_stage s ON s.id = w.id
+), cleared AS (
+    DELETE FROM unidb.chunks c USING counted
+    WHERE c.collection_id = %(collection)s AND c.document_key = counted.key
+      AND c.chunk_no >= counted.n
+), chunked AS (
+    INSERT INTO unidb.chunks AS c
+        (document_key, chunk_no, collection_id, start_char, end_char, embedding)
+    SELECT counted.key, sc.chunk_no, %(collection)s, sc.start_char, sc.end_char, sc.embedding
+    FROM unidb_stage_chunks sc JOIN counted ON counted.ord = sc.ord
+    ON CONFLICT (collection_id, document_key, chunk_no) DO UPDATE
+        SET start_char = excluded.start_char, end_char = excluded.end_char,
+            embedding = excluded.embedding
+)
+{RECORD_CHANGES}
+SELECT %(collection)s, w.key, 'upsert', w.version FROM written w
+"""  # noqa: S608 (constants only)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """A document's chunks in a chunked collection: spans of its text and their vectors."""
+
+    spans: list[tuple[int, int]]
+    vectors: np.ndarray  # (len(spans), dim) float32
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_batch_documents: int
@@ -107,20 +154,54 @@ class Batch:
     content_hashes: list[bytes]
     vectors: np.ndarray  # (n, dim) float32; rows without an embedding are zero
     has_vector: np.ndarray  # (n,) bool
+    chunks: list[Chunks] | None = None  # per document, in a chunked collection
 
 
-def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Limits) -> Batch:
-    """Check every document; raises InvalidInput/PayloadTooLarge naming the first bad field."""
+def content_hash(text: bytes, metadata: bytes, vector: bytes | None = None) -> bytes:
+    """What decides whether an upsert changes a document: its text, metadata and (where
+    the caller gives it) embedding. A chunked collection's are derived: never part of it."""
+    # NUL cannot occur in text or JSON, so it separates the parts unambiguously
+    content = text + b"\x00" + metadata
+    if vector is not None:
+        content += b"\x00" + vector
+    return blake2b(content, digest_size=16).digest()
+
+
+def latest_per_id(documents: Sequence[Document]) -> list[int]:
+    """The positions of ``documents`` that count: the last of each id, in order."""
+    last: dict[str, int] = {}
+    for i, doc in enumerate(documents):
+        last[doc.id] = i
+    return sorted(last.values())
+
+
+def prepare(
+    collection: CollectionRow,
+    documents: Sequence[Document],
+    limits: Limits,
+    chunks: Sequence[Chunks] | None = None,
+) -> Batch:
+    """Check every document; raises InvalidInput/PayloadTooLarge naming the first bad field.
+
+    ``chunks``, one per document, in a chunked collection (where no document may carry an
+    embedding: the collection embeds each chunk)."""
     if len(documents) > min(limits.max_batch_documents, MAX_BATCH):
         raise PayloadTooLarge(
             f"a batch holds at most {limits.max_batch_documents} documents, got {len(documents)}",
             field="documents",
         )
-    last: dict[str, int] = {}
-    for i, doc in enumerate(documents):
-        last[doc.id] = i
-    order = sorted(last.values())
+    order = latest_per_id(documents)
     n = len(order)
+    if collection.chunked:
+        for i in order:
+            if documents[i].embedding is not None:
+                raise InvalidInput(
+                    f"collection {collection.name!r} chunks its documents and embeds each "
+                    "chunk itself: send documents without an embedding",
+                    field=f"documents[{i}].embedding",
+                )
+        if chunks is None or len(chunks) != len(documents):
+            raise ValueError("a chunked collection's documents come with their chunks")
 
     vectors = np.zeros((n, collection.dim), dtype=np.float32)
     has_vector = np.zeros(n, dtype=bool)
@@ -150,12 +231,9 @@ def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Li
             )
         metadata = _metadata_json(doc.metadata, f"{where}.metadata")
         text = doc.text.encode()
-        # NUL cannot occur in text or JSON, so it separates the parts unambiguously
-        content = text + b"\x00" + metadata
-        if has_vector[row]:
-            content += b"\x00" + vector_bytes[row * stride : (row + 1) * stride]
+        vector = bytes(vector_bytes[row * stride : (row + 1) * stride]) if has_vector[row] else None
         metadata_json.append(metadata)
-        hashes.append(blake2b(content, digest_size=16).digest())
+        hashes.append(content_hash(text, metadata, vector))
         encoded_ids.append(doc.id.encode())
         encoded_texts.append(text)
     return Batch(
@@ -167,7 +245,13 @@ def prepare(collection: CollectionRow, documents: Sequence[Document], limits: Li
         content_hashes=hashes,
         vectors=vectors,
         has_vector=has_vector,
+        chunks=[chunks[i] for i in order] if collection.chunked and chunks is not None else None,
     )
+
+
+def metadata_json(metadata: dict[str, Any], field: str) -> bytes:
+    """Metadata as the bytes stored and hashed."""
+    return _metadata_json(metadata, field)
 
 
 def _metadata_json(metadata: dict[str, Any], field: str) -> bytes:
@@ -241,10 +325,15 @@ def check_vector(collection: CollectionRow, values: Any, field: str) -> np.ndarr
 
 
 def upsert(
-    conn: Connection, collection: CollectionRow, documents: Sequence[Document], limits: Limits
+    conn: Connection,
+    collection: CollectionRow,
+    documents: Sequence[Document],
+    limits: Limits,
+    chunks: Sequence[Chunks] | None = None,
 ) -> UpsertResult:
-    """Write ``documents`` in the caller's transaction; validation fails before any write."""
-    batch = prepare(collection, documents, limits)
+    """Write ``documents`` in the caller's transaction; validation fails before any write.
+    ``chunks``: one per document, in a chunked collection."""
+    batch = prepare(collection, documents, limits, chunks)
     block_row = conn.execute("SELECT nextval('unidb.document_key_blocks')").fetchone()
     assert block_row is not None
     block = int(block_row[0])
@@ -262,7 +351,21 @@ def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: 
     """Bulk-load ids that are all new: COPY to the session's staging tables, one INSERT on."""
     n = len(batch.ids)
     keys = (np.int64(block) << KEY_BLOCK_BITS) + np.arange(n, dtype=np.int64)
-    lengths = np.fromiter((len(t) for t in batch.texts), dtype=np.int32, count=n)
+    if batch.chunks is None:
+        # one chunk per document: the whole text
+        chunk_keys = keys
+        chunk_nos = np.zeros(n, dtype=np.int32)
+        starts = np.zeros(n, dtype=np.int32)
+        ends = np.fromiter((len(t) for t in batch.texts), dtype=np.int32, count=n)
+        vectors, has_vector = batch.vectors, batch.has_vector
+    else:
+        counts = np.fromiter((len(c.spans) for c in batch.chunks), dtype=np.int64, count=n)
+        chunk_keys = np.repeat(keys, counts)
+        chunk_nos = np.concatenate([np.arange(c, dtype=np.int32) for c in counts])
+        spans = np.asarray([span for c in batch.chunks for span in c.spans], dtype=np.int32)
+        starts, ends = spans[:, 0], spans[:, 1]
+        vectors = np.concatenate([c.vectors for c in batch.chunks]).astype(np.float32)
+        has_vector = np.ones(len(chunk_keys), dtype=bool)
     conn.execute(_NEW_DOCUMENTS)
     conn.execute(_NEW_CHUNKS)
     # an earlier batch of this transaction left its rows
@@ -288,7 +391,9 @@ def _copy_new(conn: Connection, collection: CollectionRow, batch: Batch, block: 
             " FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.write(
-                chunks_payload(collection.id, keys, lengths, batch.vectors, batch.has_vector)
+                chunks_payload(
+                    collection.id, chunk_keys, chunk_nos, starts, ends, vectors, has_vector
+                )
             )
         cur.execute(_INSERT_NEW)
 
@@ -317,9 +422,25 @@ def _merge(conn: Connection, collection: CollectionRow, batch: Batch, block: int
                         batch.vectors[row] if batch.has_vector[row] else None,
                     )
                 )
-        cur.execute(_MERGE, {"collection": collection.id, "block": block})
+        if batch.chunks is not None:
+            _stage_chunks(conn, cur, batch.chunks)
+        merge = _MERGE if batch.chunks is None else _MERGE_CHUNKED
+        cur.execute(merge, {"collection": collection.id, "block": block})
         written = cur.rowcount
     return UpsertResult(written=written, unchanged=len(batch.ids) - written)
+
+
+def _stage_chunks(conn: Connection, cur: psycopg.Cursor[Any], chunks: list[Chunks]) -> None:
+    conn.execute(_STAGE_CHUNKS)
+    conn.execute("TRUNCATE unidb_stage_chunks")
+    with cur.copy(
+        "COPY unidb_stage_chunks (ord, chunk_no, start_char, end_char, embedding)"
+        " FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["int4", "int4", "int4", "int4", "vector"])
+        for ord_, document_chunks in enumerate(chunks):
+            for chunk_no, (start, end) in enumerate(document_chunks.spans):
+                copy.write_row((ord_, chunk_no, start, end, document_chunks.vectors[chunk_no]))
 
 
 def _float_list(vector: Any) -> list[float]:

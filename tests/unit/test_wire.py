@@ -111,8 +111,10 @@ def test_chunks_payload_is_binary_copy_with_pgvector_values() -> None:
     vectors = np.asarray([[1.0, 2.0], [0.0, 0.0], [-0.5, 4.0]], dtype=np.float32)
     payload = chunks_payload(
         3,
-        np.asarray([10, 11, 12]),
-        np.asarray([5, 0, 9]),
+        np.asarray([10, 11, 11]),
+        np.asarray([0, 0, 1]),
+        np.asarray([0, 0, 4]),
+        np.asarray([5, 6, 9]),
         vectors,
         np.asarray([True, False, True]),
     )
@@ -120,8 +122,8 @@ def test_chunks_payload_is_binary_copy_with_pgvector_values() -> None:
     # rows with a vector first, then those without
     assert [[_int(f) for f in row[:5]] for row in rows] == [
         [10, 0, 3, 0, 5],
-        [12, 0, 3, 0, 9],
-        [11, 0, 3, 0, 0],
+        [11, 1, 3, 4, 9],
+        [11, 0, 3, 0, 6],
     ]
     assert rows[2][5] is None
     for row, expected in ((rows[0], [1.0, 2.0]), (rows[1], [-0.5, 4.0])):

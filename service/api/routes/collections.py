@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from unidb.models import Collection, CollectionCreate, CollectionList, DeleteResult
+from unidb.models import Collection, CollectionCreate, CollectionList, DeleteResult, QueryDefaults
 from unidb.service.api.deps import EngineDep
 from unidb.service.api.errors import ERROR_RESPONSES
 from unidb.service.api.security import ADMIN, READ
@@ -32,3 +32,15 @@ def get_collection(name: str, engine: EngineDep) -> Collection:
 def delete_collection(name: str, engine: EngineDep) -> DeleteResult:
     """Drop a collection with all its documents."""
     return engine.delete_collection(name)
+
+
+@router.put("/{name}/query-defaults", dependencies=[ADMIN])
+def set_query_defaults(name: str, defaults: QueryDefaults, engine: EngineDep) -> Collection:
+    """The fusion and alpha the collection's queries use when they name none."""
+    return engine.set_query_defaults(name, defaults)
+
+
+@router.delete("/{name}/query-defaults", dependencies=[ADMIN])
+def clear_query_defaults(name: str, engine: EngineDep) -> Collection:
+    """Back to the service's fusion and alpha."""
+    return engine.set_query_defaults(name, None)
