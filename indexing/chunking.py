@@ -15,6 +15,8 @@ import numpy as np
 
 # at most this many chunks per document: past it, a document is refused, not cut short
 MAX_CHUNKS_PER_DOCUMENT = 4096
+# at most this many chunks one write may embed (a bounded wait, and bounded memory)
+MAX_CHUNKS_PER_REQUEST = 32_768
 
 # a sentence ends at ., ! or ? (and closing quotes or brackets) before white space, or at a
 # blank line

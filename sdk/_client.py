@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -121,12 +121,13 @@ def state_body(body: StatePut) -> bytes:
 def query_body(request: QueryRequest) -> bytes:
     """A query as JSON, its vector packed as base64 float32; fields left unset are left
     out (the server's defaults, or the collection's query defaults, apply)."""
-    if request.vector is None:
-        return request.model_dump_json(exclude_none=True, exclude_unset=True).encode()
     fields = request.model_dump(
         mode="json", exclude_none=True, exclude_unset=True, exclude={"vector"}
     )
-    fields["vector"] = pack_vector(request.vector)
+    if "rerank" in request.model_fields_set and request.rerank is None:
+        fields["rerank"] = None  # said outright: not even the collection's default
+    if request.vector is not None:
+        fields["vector"] = pack_vector(request.vector)
     return json.dumps(fields).encode()
 
 
@@ -186,7 +187,7 @@ def query_request(
     explain: bool = False,
     ef_search: int | None = None,
     passages: int = 3,
-    rerank: RerankSpec | Mapping[str, Any] | None = None,
+    rerank: RerankSpec | Mapping[str, Any] | Literal[False] | None = None,
     rerank_fallback: bool = False,
 ) -> QueryRequest:
     """A ``QueryRequest``; fusion and alpha left unset when not given, so that the
@@ -199,7 +200,8 @@ def query_request(
     if alpha is not None:
         chosen["alpha"] = alpha
     if rerank is not None:
-        chosen["rerank"] = rerank
+        # False: no rerank, not even the collection's default one
+        chosen["rerank"] = None if rerank is False else rerank
     try:
         return QueryRequest(
             passages=passages,
@@ -219,9 +221,19 @@ def query_request(
         raise invalid_from(exc) from exc
 
 
-def query_defaults(fusion: Fusion, alpha: float, note: str | None) -> QueryDefaults:
+def query_defaults(
+    fusion: Fusion | None,
+    alpha: float | None,
+    rerank: RerankSpec | Mapping[str, Any] | None,
+    note: str | None,
+) -> QueryDefaults:
     try:
-        return QueryDefaults(fusion=fusion, alpha=alpha, note=note)
+        return QueryDefaults(
+            fusion=fusion,
+            alpha=alpha,
+            rerank=rerank,  # type: ignore[arg-type]
+            note=note,
+        )
     except ValidationError as exc:
         raise invalid_from(exc) from exc
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 
@@ -35,8 +35,6 @@ from ._sync_tool_calls import call_tool
 from ._sync_transaction import Transaction
 from .errors import NotFound, UnidbError
 from .models import (
-    DEFAULT_ALPHA,
-    DEFAULT_FUSION,
     ChunkerSpec,
     Collection,
     Consistency,
@@ -172,15 +170,15 @@ class Client:
         *,
         fusion: Fusion | None = None,
         alpha: float | None = None,
+        rerank: RerankSpec | Mapping[str, Any] | None = None,
         note: str | None = None,
     ) -> Collection:
-        """The fusion and ``alpha`` the collection's queries use when they name none (what
-        ``unidb tune`` stores); with neither, the service's defaults again."""
-        if fusion is None and alpha is None:
+        """The fusion, ``alpha`` and rerank stage the collection's queries use when they
+        name none (``unidb tune`` stores fusion and alpha); with none of them, the
+        service's defaults again."""
+        if fusion is None and alpha is None and rerank is None:
             return self._backend.set_query_defaults(name, None)
-        defaults = query_defaults(
-            fusion or DEFAULT_FUSION, DEFAULT_ALPHA if alpha is None else alpha, note
-        )
+        defaults = query_defaults(fusion, alpha, rerank, note)
         return self._backend.set_query_defaults(name, defaults)
 
     def delete_collection(self, name: str) -> bool:
@@ -323,13 +321,13 @@ class Client:
         explain: bool = False,
         ef_search: int | None = None,
         passages: int = 3,
-        rerank: RerankSpec | Mapping[str, Any] | None = None,
+        rerank: RerankSpec | Mapping[str, Any] | Literal[False] | None = None,
         rerank_fallback: bool = False,
     ) -> QueryResponse:
         """Search a collection: ``mode`` bm25 | vector | hybrid (fused by ``fusion``: rrf,
         weighted, relative or dbsf, ``alpha`` the vector share; by default the collection's
         query defaults, else weighted at 0.5); ``rerank`` reorders the fused hits with a
-        cross-encoder's ``/rerank``. See ``QueryRequest`` for the fields;
+        cross-encoder's ``/rerank`` (``rerank=False``: not even the collection's default). See ``QueryRequest`` for the fields;
         ``explain`` answers where the time went (``QueryResponse.explain``), ``ef_search``
         widens (or narrows) the vector search; in a chunked collection each hit carries its
         ``passages`` best chunks."""

@@ -196,12 +196,38 @@ class CollectionCreate(_Model):
     )
 
 
-class QueryDefaults(_Model):
-    """What a collection's queries use when they name no fusion or alpha (set by
-    ``unidb tune`` from judgments, or by hand)."""
+MAX_RERANK_TOP_N = 200
 
-    fusion: Fusion
-    alpha: float = Field(ge=0.0, le=1.0)
+
+class RerankSpec(_Model):
+    """A rerank stage: the fused top ``top_n`` hits (their best passage in a chunked
+    collection) sent with the query to a ``/rerank`` endpoint, and reordered by its
+    scores. ``protocol``: ``cohere`` (Cohere, Jina and vLLM: ``documents`` in, ``results``
+    out) or ``tei`` (Hugging Face text-embeddings-inference: ``texts`` in, a list out)."""
+
+    kind: Literal["http"] = "http"
+    url: Text = Field(
+        max_length=2048,
+        description="the name of a server the operator lists (UNIDB_OUTBOUND_URLS), or its "
+        "listed URL; unidb calls its /rerank",
+    )
+    model: Text | None = Field(default=None, max_length=256)
+    top_n: int = Field(
+        default=50, ge=1, le=MAX_RERANK_TOP_N, description="how many fused hits are reranked"
+    )
+    protocol: Literal["cohere", "tei"] = "cohere"
+
+
+class QueryDefaults(_Model):
+    """What a collection's queries use when they name no fusion, alpha or rerank (fusion
+    and alpha set by ``unidb tune`` from judgments, or by hand); a field left out is the
+    service's default."""
+
+    fusion: Fusion | None = None
+    alpha: float | None = Field(default=None, ge=0.0, le=1.0)
+    rerank: RerankSpec | None = Field(
+        default=None, description="the rerank stage of every query that names none"
+    )
     note: Text | None = Field(
         default=None, max_length=1000, description="where the setting came from (free text)"
     )
@@ -419,28 +445,6 @@ def _unpacked_vector(value: Any) -> Any:
 
 MAX_EF_SEARCH = 1000
 MAX_PASSAGES = 32
-
-
-MAX_RERANK_TOP_N = 200
-
-
-class RerankSpec(_Model):
-    """A rerank stage: the fused top ``top_n`` hits (their best passage in a chunked
-    collection) sent with the query to a ``/rerank`` endpoint, and reordered by its
-    scores. ``protocol``: ``cohere`` (Cohere, Jina and vLLM: ``documents`` in, ``results``
-    out) or ``tei`` (Hugging Face text-embeddings-inference: ``texts`` in, a list out)."""
-
-    kind: Literal["http"] = "http"
-    url: Text = Field(
-        max_length=2048,
-        description="the name of a server the operator lists (UNIDB_OUTBOUND_URLS), or its "
-        "listed URL; unidb calls its /rerank",
-    )
-    model: Text | None = Field(default=None, max_length=256)
-    top_n: int = Field(
-        default=50, ge=1, le=MAX_RERANK_TOP_N, description="how many fused hits are reranked"
-    )
-    protocol: Literal["cohere", "tei"] = "cohere"
 
 
 class QueryRequest(_Model):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from unidb.errors import BadGateway, GatewayTimeout, Unavailable
@@ -46,11 +48,19 @@ class CollectionEmbedders:
             return embedder
 
     def embed(self, embedder: Embedder, texts: list[str]) -> Any:
-        try:
+        with upstream_errors("embedder", "UNIDB_EMBEDDER"):
             return embedder.embed_documents(texts)
-        except EmbedderBusy as exc:
-            raise Unavailable(f"{exc} (UNIDB_EMBEDDER_CONCURRENCY)", field="embedder") from exc
-        except EmbedderTimeout as exc:
-            raise GatewayTimeout(f"{exc} (UNIDB_EMBEDDER_TIMEOUT_S)", field="embedder") from exc
-        except EmbedderError as exc:
-            raise BadGateway(str(exc), field="embedder") from exc
+
+
+@contextmanager
+def upstream_errors(field: str, settings: str) -> Iterator[None]:
+    """An outbound server's failures as the service's errors (503 busy, 504 slow, 502
+    failed), naming ``field`` and the ``settings`` prefix that bounds them."""
+    try:
+        yield
+    except EmbedderBusy as exc:
+        raise Unavailable(f"{exc} ({settings}_CONCURRENCY)", field=field) from exc
+    except EmbedderTimeout as exc:
+        raise GatewayTimeout(f"{exc} ({settings}_TIMEOUT_S)", field=field) from exc
+    except EmbedderError as exc:
+        raise BadGateway(str(exc), field=field) from exc

@@ -270,6 +270,9 @@ class Engine:
         return self.collections.list_all()
 
     def set_query_defaults(self, name: str, defaults: QueryDefaults | None) -> Collection:
+        if defaults is not None and defaults.rerank is not None:
+            # refused now, not at every query that would use it
+            self.outbound.resolve(defaults.rerank.url, field="rerank.url")
         return self.collections.set_query_defaults(name, defaults)
 
     def delete_collection(self, name: str) -> DeleteResult:

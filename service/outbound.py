@@ -106,35 +106,40 @@ class Outbound:
         """The embedding endpoint of the server ``value`` picks, shared by every collection
         using it (one HTTP client, one bound on calls in flight)."""
         upstream = self.resolve(value, field=field)
-        with self._lock:
-            endpoint = self._endpoints.get(upstream.name)
-            if endpoint is None:
-                endpoint = EmbeddingEndpoint(
-                    upstream.name,
-                    upstream.url("/v1/embeddings"),
-                    timeout_s=self._embedder_timeout_s,
-                    concurrency=self._embedder_concurrency,
-                    wait_s=self._embedder_wait_s,
-                )
-                self._endpoints[upstream.name] = endpoint
-            return endpoint
+        return self._endpoint(self._endpoints, upstream, "/v1/embeddings", "embedder",
+                              self._embedder_timeout_s, self._embedder_concurrency,
+                              self._embedder_wait_s)  # fmt: skip
 
     def rerank_endpoint(self, value: str, *, field: str) -> EmbeddingEndpoint:
         """The ``/rerank`` of the server ``value`` picks: one HTTP client and one bound on
         calls in flight per server, apart from its embeddings'."""
         upstream = self.resolve(value, field=field)
+        return self._endpoint(self._rerankers, upstream, "/rerank", "reranker",
+                              self._rerank_timeout_s, self._rerank_concurrency,
+                              self._rerank_wait_s)  # fmt: skip
+
+    def _endpoint(
+        self,
+        made: dict[str, EmbeddingEndpoint],
+        upstream: Upstream,
+        path: str,
+        role: str,
+        timeout_s: float,
+        concurrency: int,
+        wait_s: float,
+    ) -> EmbeddingEndpoint:
         with self._lock:
-            endpoint = self._rerankers.get(upstream.name)
+            endpoint = made.get(upstream.name)
             if endpoint is None:
                 endpoint = EmbeddingEndpoint(
                     upstream.name,
-                    upstream.url("/rerank"),
-                    timeout_s=self._rerank_timeout_s,
-                    concurrency=self._rerank_concurrency,
-                    wait_s=self._rerank_wait_s,
-                    role="reranker",
+                    upstream.url(path),
+                    timeout_s=timeout_s,
+                    concurrency=concurrency,
+                    wait_s=wait_s,
+                    role=role,
                 )
-                self._rerankers[upstream.name] = endpoint
+                made[upstream.name] = endpoint
             return endpoint
 
     def close(self) -> None:

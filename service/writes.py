@@ -3,7 +3,7 @@ deleted, state put and deleted, and transactions of them, each in one Postgres t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,15 +58,21 @@ class Writes:
             max_text_chars=settings.max_text_chars,
         )
 
-    def _with_embeddings(self, collection: str, documents_: list[Document]) -> Embedded:
+    def _with_embeddings(
+        self, collection: str, documents_: list[Document], *, skip_unchanged: bool = True
+    ) -> Embedded:
         """Documents without an embedding get one from the collection's embedder, if any; in
-        a chunked collection, each changed document is split and each chunk embedded.
+        a chunked collection, each changed document is split and each chunk embedded
+        (``skip_unchanged``: one stored already as it is, left out).
 
         Called outside any transaction: a model call must not hold a connection."""
         with self.db.transaction() as conn:
             row = catalog.get(conn, collection)
-            if row.chunked:
-                return self._chunked(conn, row, documents_)
+            stored = (
+                self._stored_hashes(conn, row, documents_) if row.chunked and skip_unchanged else {}
+            )
+        if row.chunked:
+            return self._chunked(row, documents_, stored)
         missing = [d for d in documents_ if d.embedding is None] if row.embedder else []
         embedder = self.embedders.get(row) if missing else None
         if embedder is None:
@@ -82,31 +88,34 @@ class Writes:
             ]
         )
 
-    def _chunked(
+    def _stored_hashes(
         self, conn: Connection, row: catalog.CollectionRow, documents_: list[Document]
-    ) -> Embedded:
-        """Split and embed the documents that change: one whose text and metadata are
-        stored already is left out (and counted unchanged), so it is neither split nor
-        embedded again."""
-        assert row.chunker is not None
+    ) -> dict[str, bytes]:
         # refused here with the same words as the write would, before any model call
         documents.prepare(row, documents_, self.limits, [_NO_CHUNKS] * len(documents_))
-        latest = [documents_[i] for i in documents.latest_per_id(documents_)]
-        stored = dict(
+        return dict(
             conn.execute(
                 "SELECT id, content_hash FROM unidb.documents"
                 " WHERE collection_id = %s AND id = ANY(%s)",
-                (row.id, [d.id for d in latest]),
+                (row.id, list({d.id for d in documents_})),
             ).fetchall()
         )
-        changed = [
-            d
+
+    def _chunked(
+        self, row: catalog.CollectionRow, documents_: list[Document], stored: dict[str, bytes]
+    ) -> Embedded:
+        """Split and embed the documents that change. One whose text and metadata were
+        stored already (``stored``: id to content hash) is left out, so it is neither split
+        nor embedded again; the write checks that it is still stored so."""
+        assert row.chunker is not None
+        documents.prepare(row, documents_, self.limits, [_NO_CHUNKS] * len(documents_))
+        latest = [documents_[i] for i in documents.latest_per_id(documents_)]
+        hashes = [
+            documents.content_hash(d.text.encode(), documents.metadata_json(d.metadata, "metadata"))
             for d in latest
-            if stored.get(d.id)
-            != documents.content_hash(
-                d.text.encode(), documents.metadata_json(d.metadata, "metadata")
-            )
         ]
+        unchanged = {d.id: h for d, h in zip(latest, hashes, strict=True) if stored.get(d.id) == h}
+        changed = [d for d in latest if d.id not in unchanged]
         spans = [
             chunking.split(d.text, row.chunker.kind, row.chunker.size, row.chunker.overlap)
             for d in changed
@@ -118,6 +127,13 @@ class Writes:
                     f"of {chunking.MAX_CHUNKS_PER_DOCUMENT}: use a larger chunk size",
                     field="documents",
                 )
+        total = sum(len(doc_spans) for doc_spans in spans)
+        if total > chunking.MAX_CHUNKS_PER_REQUEST:
+            raise PayloadTooLarge(
+                f"the documents split into {total} chunks, over the limit of "
+                f"{chunking.MAX_CHUNKS_PER_REQUEST} a request may embed: send fewer at a time",
+                field="documents",
+            )
         bodies = [
             document_body(d.text[start:end], d.metadata)
             for d, doc_spans in zip(changed, spans, strict=True)
@@ -125,13 +141,16 @@ class Writes:
         ]
         embedder = self.embedders.get(row)
         assert embedder is not None  # a chunker needs one (checked at create)
-        vectors = np.asarray(self.embedders.embed(embedder, bodies), dtype=np.float32)
+        vectors = np.zeros((len(bodies), row.dim), dtype=np.float32)
+        for at in range(0, len(bodies), EMBED_BATCH):
+            part = self.embedders.embed(embedder, bodies[at : at + EMBED_BATCH])
+            vectors[at : at + EMBED_BATCH] = np.asarray(part, dtype=np.float32)
         chunks = []
         at = 0
         for doc_spans in spans:
             chunks.append(Chunks(doc_spans, vectors[at : at + len(doc_spans)]))
             at += len(doc_spans)
-        return Embedded(changed, chunks, skipped=len(latest) - len(changed))
+        return Embedded(changed, chunks, unchanged=unchanged, collection_id=row.id)
 
     def upsert_documents(self, collection: str, documents_: list[Document]) -> UpsertResult:
         embedded = self._with_embeddings(collection, documents_)
@@ -143,13 +162,17 @@ class Writes:
     def upsert_into(self, conn: Connection, collection: str, embedded: Embedded) -> UpsertResult:
         # the collection is held against a concurrent drop until commit
         row = catalog.get(conn, collection, lock=True)
-        if row.chunked != (embedded.chunks is not None):
-            # the collection was dropped and made again, differently, since it was read
+        made_for = embedded.collection_id
+        if row.chunked != (embedded.chunks is not None) or made_for not in (None, row.id):
+            # the collection was dropped and made again since it was read
             raise Conflict(f"collection {collection!r} changed during the write; send it again")
+        if embedded.unchanged:
+            _check_still_stored(conn, row, embedded.unchanged)
+        skipped = len(embedded.unchanged)
         if not embedded.documents:
-            return UpsertResult(written=0, unchanged=embedded.skipped)
+            return UpsertResult(written=0, unchanged=skipped)
         result = documents.upsert(conn, row, embedded.documents, self.limits, embedded.chunks)
-        return UpsertResult(written=result.written, unchanged=result.unchanged + embedded.skipped)
+        return UpsertResult(written=result.written, unchanged=result.unchanged + skipped)
 
     def delete_document(self, collection: str, document_id: str) -> DeleteResult:
         with self.db.transaction() as conn:
@@ -217,7 +240,10 @@ class Writes:
     def _embedded_op(self, op: Any) -> Any:
         if not isinstance(op, UpsertDocumentsOp):
             return op
-        return _EmbeddedUpsert(op.collection, self._with_embeddings(op.collection, op.documents))
+        # the ops before it in the transaction may change what is stored: every chunked
+        # document is split and embedded
+        embedded = self._with_embeddings(op.collection, op.documents, skip_unchanged=False)
+        return _EmbeddedUpsert(op.collection, embedded)
 
     def _apply(self, conn: Connection, op: Any) -> StateEntry | UpsertResult | DeleteResult:
         if isinstance(op, PutStateOp):
@@ -246,14 +272,41 @@ class Writes:
         return DeleteResult(deleted=True)
 
 
+# texts one embedder call is given: a server's input limit, a bounded model batch
+EMBED_BATCH = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Embedded:
-    """Documents ready to write: embedded, and in a chunked collection split into
-    ``chunks`` (one per document), with ``skipped`` unchanged ones left out."""
+    """Documents ready to write: embedded, and in a chunked collection (``collection_id``)
+    split into ``chunks`` (one per document), with ``unchanged`` ones (id to the content
+    hash they were found stored with) left out."""
 
     documents: list[Document]
     chunks: list[Chunks] | None = None
-    skipped: int = 0
+    unchanged: dict[str, bytes] = field(default_factory=dict)
+    collection_id: int | None = None
+
+
+def _check_still_stored(
+    conn: Connection, row: catalog.CollectionRow, unchanged: dict[str, bytes]
+) -> None:
+    """Documents left out of a write as unchanged must still be stored so, now that the
+    write holds them: else another writer changed one meanwhile, and the write is sent
+    again (it was split and embedded for what was stored before)."""
+    stored = dict(
+        conn.execute(
+            "SELECT id, content_hash FROM unidb.documents"
+            " WHERE collection_id = %s AND id = ANY(%s) FOR SHARE",
+            (row.id, list(unchanged)),
+        ).fetchall()
+    )
+    moved = [doc_id for doc_id, digest in unchanged.items() if stored.get(doc_id) != digest]
+    if moved:
+        raise Conflict(
+            f"document {moved[0]!r} changed while this write was being embedded; send it again",
+            field="documents",
+        )
 
 
 @dataclass(frozen=True, slots=True)

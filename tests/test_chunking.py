@@ -4,6 +4,7 @@ chunker splits each document on upsert, ranks chunks and returns documents with 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,9 +14,15 @@ from typing import Any
 import pytest
 
 import unidb
-from unidb.errors import InvalidInput
+from unidb.errors import Conflict, InvalidInput
 from unidb.indexing import chunking
-from unidb.models import IndexBuildRequest
+from unidb.models import (
+    DeleteDocumentOp,
+    Document,
+    IndexBuildRequest,
+    TransactionRequest,
+    UpsertDocumentsOp,
+)
 from unidb.service.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,6 +177,75 @@ def test_a_shorter_text_replaces_every_chunk_and_delete_removes_them(
     for mode in ("bm25", "vector", "hybrid"):
         hits = client.query(chunked, text=short[:300], k=5, mode=mode).hits
         assert "copy" not in [hit.id for hit in hits], mode
+
+
+def test_racing_writers_of_one_document_leave_one_texts_chunks(
+    engine: Engine, chunked: str, corpus: dict[str, Any]
+) -> None:
+    """Two writers of the same id at once, one long text and one short: whichever commits
+    last, the document's chunks are exactly its text's, none left of the other's."""
+    # near in length, so both embed for about as long and their writes overlap
+    long_text, short_text = corpus["long"][:4000], corpus["long"][5000:8200]
+    for round_ in range(6):
+        doc_id = f"race{round_}"
+        start = threading.Barrier(2)
+
+        def write(text: str, doc_id: str = doc_id, start: threading.Barrier = start) -> None:
+            start.wait()
+            unidb.Client(backend=engine).upsert(chunked, [{"id": doc_id, "text": text}])
+
+        writers = [threading.Thread(target=write, args=(t,)) for t in (long_text, short_text)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        stored = unidb.Client(backend=engine).get(chunked, doc_id).text
+        spans = [(s, e) for _, s, e in _chunks(engine, chunked, doc_id)]
+        assert spans == chunking.split(stored, "tokens", 128, 32), round_
+        unidb.Client(backend=engine).delete(chunked, doc_id)
+
+
+def test_a_document_changed_while_its_write_was_embedded_is_a_conflict(
+    engine: Engine, chunked: str
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.upsert(chunked, [{"id": "moving", "text": "Ribosomes build proteins."}])
+    # the write found it unchanged, and left it out...
+    embedded = engine.writes._with_embeddings(
+        chunked, [Document(id="moving", text="Ribosomes build proteins.")]
+    )
+    assert list(embedded.unchanged) == ["moving"] and not embedded.documents
+    # ...then another writer changed it before the write began
+    client.upsert(chunked, [{"id": "moving", "text": "Mitochondria make energy."}])
+    with pytest.raises(Conflict) as conflict, engine.transaction() as conn:
+        engine.writes.upsert_into(conn, chunked, embedded)
+    assert conflict.value.field == "documents" and "'moving'" in conflict.value.message
+    assert client.get(chunked, "moving").text == "Mitochondria make energy."
+    client.delete(chunked, "moving")
+
+
+def test_a_transaction_splits_what_its_own_earlier_ops_delete(engine: Engine, chunked: str) -> None:
+    """Deleting a document and upserting it again, unchanged, in one transaction: it is
+    there at the end, with its chunks (found unchanged before the transaction, it would
+    have been left out)."""
+    client = unidb.Client(backend=engine)
+    text = "Ribosomes build proteins. " * 40
+    client.upsert(chunked, [{"id": "again", "text": text}])
+    engine.transact(
+        TransactionRequest(
+            ops=[
+                DeleteDocumentOp(op="delete_document", collection=chunked, id="again"),
+                UpsertDocumentsOp(
+                    op="upsert_documents", collection=chunked,
+                    documents=[Document(id="again", text=text)],
+                ),
+            ]
+        )
+    )  # fmt: skip
+    assert client.get(chunked, "again").text == text
+    spans = [(s, e) for _, s, e in _chunks(engine, chunked, "again")]
+    assert spans == chunking.split(text, "tokens", 128, 32)
+    client.delete(chunked, "again")
 
 
 def test_faiss_ranks_chunked_documents_by_their_nearest_chunk(

@@ -92,3 +92,39 @@ def test_an_answer_that_cannot_be_read_is_a_502(rest: str, collection: str) -> N
     assert answer.json()["error"]["message"] == (
         "the reranker 'garbled' sent an answer unidb cannot read as cohere rerank results"
     )
+
+
+def test_a_collection_default_rerank_applies_unless_a_query_names_its_own(
+    rest: str, collection: str
+) -> None:
+    client = unidb.Client(rest)
+    assert _query(rest, collection, text="cell biology", k=3).json()["reranked"] is None
+    made = client.set_query_defaults(collection, rerank={"url": "cohere", "top_n": 5})
+    assert made.query_defaults is not None and made.query_defaults.rerank is not None
+    assert made.query_defaults.fusion is None  # the service's fusion still
+    answer = _query(rest, collection, text="cell biology", k=3).json()
+    assert answer["reranked"] is True
+    assert [h["id"] for h in answer["hits"]] == ["s4", "s2", "s0"]
+    # rerank: null turns the default off for one query, and so does the SDK's False
+    plain = _query(rest, collection, text="cell biology", k=3, rerank=None).json()
+    assert plain["reranked"] is None
+    assert client.query(collection, text="cell biology", k=3, rerank=False).reranked is None
+    # a query without text is not reranked: there is nothing to rerank by
+    vector_only = _query(rest, collection, vector=[0.05] * 384, mode="vector", k=3)
+    assert vector_only.status_code == 200 and vector_only.json()["reranked"] is None
+    # an unlisted server is refused when the defaults are set, not at query time
+    with pytest.raises(unidb.InvalidInput) as refused:
+        client.set_query_defaults(collection, rerank={"url": "http://10.0.0.1"})
+    assert refused.value.field == "rerank.url"
+    client.set_query_defaults(collection)
+    assert _query(rest, collection, text="cell biology", k=3).json()["reranked"] is None
+
+
+def test_past_top_n_the_fused_order_follows(rest: str, collection: str) -> None:
+    fused = [h["id"] for h in _query(rest, collection, text="cell biology", k=5).json()["hits"]]
+    spec = {"url": "cohere", "top_n": 2}
+    answer = _query(rest, collection, text="cell biology", k=5, rerank=spec).json()
+    ids = [h["id"] for h in answer["hits"]]
+    first_two = sorted(fused[:2], key=lambda i: -protein_count(TEXTS[int(i[1:])]))
+    assert ids == first_two + fused[2:]
+    assert [h["scores"]["rerank"] is not None for h in answer["hits"]] == [True] * 2 + [False] * 3

@@ -131,7 +131,15 @@ def run_mode(
     first = next(iter(qrels))
     backend.query(
         collection,
-        QueryRequest(text=queries[first], k=DEPTH, mode=mode, fusion=fusion, alpha=alpha),
+        QueryRequest(
+            text=queries[first],
+            k=DEPTH,
+            mode=mode,
+            fusion=fusion,
+            alpha=alpha,
+            rerank=None,
+            passages=0,
+        ),
     )
     started = time.perf_counter()
     for qid in tqdm(qrels, desc=f"eval {mode}", unit="q", leave=False):
@@ -142,6 +150,8 @@ def run_mode(
             fusion=fusion,
             alpha=alpha,
             consistency="eventual",
+            rerank=None,  # retrieval alone, not a collection's default rerank
+            passages=0,  # only the ranking counts
         )
         hits = backend.query(collection, request).hits
         # rank by position: trec_eval re-sorts by score, and fused scores may tie
@@ -241,9 +251,12 @@ def tune(
             f"unidb tune: nDCG@10 {best.ndcg_at_10:.4f} on {qrels_file.name} "
             f"({best.queries} queries), {time.strftime('%Y-%m-%d')}"
         )
+        # a rerank stage set before is kept
+        kept = backend.get_collection(collection).query_defaults
         defaults = QueryDefaults(
             fusion=best.fusion,
             alpha=best.alpha if best.alpha is not None else DEFAULT_ALPHA,
+            rerank=kept.rerank if kept is not None else None,
             note=note,
         )
         backend.set_query_defaults(collection, defaults)

@@ -288,6 +288,11 @@ class AnnIndexes:
                 "(half the snapshot's vectors, at least UNIDB_ANN_MAX_DELTA)"
             )
         keys, ready = self._current_vectors(conn, collection_id, served, touched)
+        if served.live.vectors + len(keys) > bound:  # a chunked document has many vectors
+            raise TooManyChanges(
+                f"{len(keys)} vectors changed in one pass, on top of the "
+                f"{served.live.vectors} its live segment holds, pass its bound of {bound}"
+            )
         # building the pieces is CPU work: no snapshot held open meanwhile (it would hold
         # back outbox retention and vacuum)
         conn.commit()

@@ -26,7 +26,7 @@ def build(
 ) -> list[Hit]:
     """The ranked keys as hits, from the rows ``statement`` read; documents deleted since
     the ranking was read are left out."""
-    found = {key: (doc_id, text, metadata) for key, doc_id, text, metadata in rows}
+    found = {key: (doc_id, text, metadata) for key, doc_id, text, metadata, *_ in rows}
     hits = []
     for key, fused in ranked:
         if key not in found:

@@ -13,7 +13,7 @@ from unidb.indexing.bm25 import Bm25Index, IndexRetired
 from unidb.indexing.outbox import HORIZON_STATEMENT
 from unidb.indexing.pg import Executor
 from unidb.indexing.text_indexes import TextIndexes
-from unidb.models import QueryExplain, QueryRequest, QueryResponse
+from unidb.models import QueryExplain, QueryRequest, QueryResponse, RerankSpec
 from unidb.service.auth.tenancy import current_tenant
 from unidb.service.collection_embedders import CollectionEmbedders
 from unidb.service.config import Settings
@@ -53,7 +53,7 @@ def with_query_defaults(request: QueryRequest, row: catalog.CollectionRow) -> Qu
     unset = {
         name: getattr(defaults, name)
         for name in ("fusion", "alpha")
-        if name not in request.model_fields_set
+        if name not in request.model_fields_set and getattr(defaults, name) is not None
     }
     return request.model_copy(update=unset) if unset else request
 
@@ -92,11 +92,7 @@ class QueryPlanner:
         else:
             clock.lap("dispatch")  # from the event loop to this worker thread
         try:
-            if request.rerank is None:
-                answer = self._query(collection, request)
-                clock.lap("commit")
-            else:
-                answer = self._reranked(collection, request, clock)
+            answer, request = self._answered(collection, request, clock)
         finally:
             if token is not None:
                 query_clock.reset(token)
@@ -113,9 +109,72 @@ class QueryPlanner:
             )
         return answer
 
+    def _answered(
+        self, collection: str, request: QueryRequest, clock: StageClock
+    ) -> tuple[QueryResponse, QueryRequest]:
+        """The answer, reranked when the request names a rerank stage or the collection
+        has a default one (``rerank: null`` turns the default off); and the request as
+        answered. A default is read from the collection's row as this process remembers
+        it, then checked against the row the query read: a default set or cleared since
+        applies to this answer already."""
+        if "rerank" in request.model_fields_set or request.rerank is not None:
+            if request.rerank is None:
+                answer = self._query(collection, request)
+                clock.lap("commit")
+                return answer, request
+            return self._reranked(collection, request, clock), request
+        default = self._default_rerank(collection, request, remembered_only=False)
+        if default is None:
+            answer = self._query(collection, request)
+            clock.lap("commit")
+            default = self._default_rerank(collection, request)
+            if default is None:
+                return answer, request
+            reranked = request.model_copy(update={"rerank": default})
+            return self._reranked(collection, reranked, clock), reranked
+        reranked = request.model_copy(update={"rerank": default})
+        answer = self._retrieved_for(collection, reranked)
+        clock.lap("commit")
+        now = self._default_rerank(collection, request)
+        if now is None:  # cleared meanwhile
+            answer.hits = answer.hits[: request.k]
+            return answer, request
+        reranked = request.model_copy(update={"rerank": now})
+        answer = self.reranker.apply(reranked, answer)
+        clock.lap("rerank")
+        return answer, reranked
+
+    def _default_rerank(
+        self, collection: str, request: QueryRequest, *, remembered_only: bool = True
+    ) -> RerankSpec | None:
+        """The collection's default rerank stage for ``request`` (none for a query without
+        text), from the row this process remembers (looked up once if it has none and
+        not ``remembered_only``)."""
+        if not request.text:
+            return None
+        key = (current_tenant.get(), collection)
+        row = self.collections.get(key)
+        if row is None and not remembered_only:
+            with self.db.reading(consistency="strong", after=None) as read:
+                (found,) = read.finish(catalog.lookup(collection))
+            if not found:
+                return None  # the query says the collection does not exist
+            row = self.collections.remember(key, catalog.found(found, collection))
+        if row is None or row.query_defaults is None:
+            return None
+        return row.query_defaults.rerank
+
     def _reranked(self, collection: str, request: QueryRequest, clock: StageClock) -> QueryResponse:
         """Retrieve the reranker's candidates (after the read transaction ends, so the call
         holds no connection), then have it order them."""
+        answer = self._retrieved_for(collection, request)
+        clock.lap("commit")
+        answer = self.reranker.apply(request, answer)
+        clock.lap("rerank")
+        return answer
+
+    def _retrieved_for(self, collection: str, request: QueryRequest) -> QueryResponse:
+        """The fused hits a rerank of ``request`` reads: its top_n, or k if more."""
         assert request.rerank is not None
         self.check_limits(request.k, request.text, "text")
         if request.rerank.top_n > self.settings.max_k:
@@ -126,11 +185,7 @@ class QueryPlanner:
             )
         self.reranker.check(request)
         wide = request.model_copy(update={"k": self.reranker.depth(request)})
-        answer = self._query(collection, wide)
-        clock.lap("commit")
-        answer = self.reranker.apply(request, answer)
-        clock.lap("rerank")
-        return answer
+        return self._query(collection, wide)
 
     def depth(self, request: QueryRequest) -> int:
         """How deep each retriever ranks: k, or for hybrid enough candidates to fuse."""
@@ -346,26 +401,30 @@ class QueryPlanner:
         lap("fuse")
         # the hits' rows (and chunks), the collection's row as it is now, and COMMIT: one
         # round trip
-        reads = [hits.statement(row, ranked)] if ranked else []
-        if ranked and row.chunked:
+        with_passages = bool(ranked) and row.chunked and request.passages > 0
+        reads = [hits.statement(row, ranked)] if ranked and not with_passages else []
+        if with_passages:
             ranked_keys = [doc_key for doc_key, _ in ranked]
-            reads.append(passages.statement(row, ranked_keys, with_vectors=vector is not None))
+            reads.append(passages.hits_statement(row, ranked_keys))
+            reads.append(passages.statement(row, ranked_keys, vector))
         *hit_rows, current = read.finish(*reads, catalog.lookup(row.name))
         self.collections.check(key, row, current, remembered is not None)
         found = hits.build(
             hit_rows[0] if hit_rows else [], ranked, dict(bm25_hits), dict(vector_hits)
         )
-        if row.chunked and hit_rows:
+        if with_passages:
             passages.attach(
                 found,
-                {doc_id: doc_key for doc_key, doc_id, *_ in hit_rows[0]},
+                hit_rows[0],
                 hit_rows[1],
                 collection=row,
                 text=request.text,
-                vector=vector,
                 index=index,
                 limit=request.passages,
             )
+        elif row.chunked:
+            for hit in found:
+                hit.passages = []
         lap("hydrate")
         return QueryResponse(hits=found, exhaustive=exhaustive, vector_index=served_by)
 

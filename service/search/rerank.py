@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from unidb.errors import BadGateway, GatewayTimeout, InvalidInput, Unavailable, UnidbError
-from unidb.indexing.embedders import EmbedderBusy, EmbedderError, EmbedderTimeout
+from unidb.errors import BadGateway, InvalidInput, UnidbError
 from unidb.models import Hit, QueryRequest, QueryResponse, RerankSpec
+from unidb.service.collection_embedders import upstream_errors
 from unidb.service.outbound import Outbound
 
 # what a cross-encoder reads of a hit: its best passage, or the start of its text (they
@@ -45,6 +45,7 @@ class Reranker:
         spec = request.rerank
         assert spec is not None and request.text
         candidates = answer.hits[: spec.top_n]
+        rest = answer.hits[spec.top_n : request.k]  # past top_n, in fused order
         try:
             scores = self._scores(spec, request.text, candidates)
         except UnidbError as exc:
@@ -63,7 +64,7 @@ class Reranker:
             range(len(candidates)),
             key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i),
         )
-        answer.hits = [candidates[i] for i in order][: request.k]
+        answer.hits = [*(candidates[i] for i in order), *rest][: request.k]
         answer.reranked = True
         return answer
 
@@ -75,18 +76,12 @@ class Reranker:
         body: dict[str, Any] = (
             {"query": query, "documents": texts, "top_n": len(texts)}
             if spec.protocol == "cohere"
-            else {"query": query, "texts": texts}
+            else {"query": query, "texts": texts, "truncate": True}
         )
         if spec.model:
             body["model"] = spec.model
-        try:
+        with upstream_errors("rerank", "UNIDB_RERANK"):
             answer = endpoint.post(body)
-        except EmbedderBusy as exc:
-            raise Unavailable(f"{exc} (UNIDB_RERANK_CONCURRENCY)", field="rerank") from exc
-        except EmbedderTimeout as exc:
-            raise GatewayTimeout(f"{exc} (UNIDB_RERANK_TIMEOUT_S)", field="rerank") from exc
-        except EmbedderError as exc:
-            raise BadGateway(str(exc), field="rerank") from exc
         return _parsed(endpoint.name, answer, spec.protocol, len(texts))
 
 

@@ -24,6 +24,7 @@ from unidb.models import (
 )
 
 MINILM_DIM = 384
+MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,13 @@ def create(conn: Connection, spec: CollectionCreate) -> CollectionRow:
             "a chunker needs the collection's embedder: unidb embeds each chunk itself",
             field="chunker",
         )
+    if chunker is not None and embedder is not None and embedder.kind == "minilm":
+        if chunker.size > MINILM_MAX_TOKENS:
+            raise InvalidInput(
+                f"the minilm embedder reads at most {MINILM_MAX_TOKENS} word pieces; a chunk "
+                f"of {chunker.size} would be cut",
+                field="chunker.size",
+            )
     row = conn.execute(
         "INSERT INTO unidb.collections (name, dim, metric, embedder, pgvector_hnsw, chunker)"
         " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, name) DO NOTHING"

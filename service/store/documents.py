@@ -62,9 +62,10 @@ SELECT collection_id, key, 'upsert', 1 FROM unidb_new_documents
 KEY_BLOCK_BITS = 20
 MAX_BATCH = 1 << KEY_BLOCK_BITS
 
-# Changed or new documents get a bumped version, their chunk replaced and an outbox row,
+# Changed or new documents get a bumped version, their chunks replaced and an outbox row,
 # all in the caller's transaction. Identical re-upserts fail the WHERE and touch nothing.
-_MERGE = f"""
+# ``chunks``: the SELECT of the rows to upsert into unidb.chunks, from ``written w``.
+_MERGE_TEMPLATE = """
 WITH written AS (
     INSERT INTO unidb.documents AS d (collection_id, key, id, text, metadata, content_hash)
     SELECT %(collection)s, (%(block)s::bigint << 20) + s.ord, s.id, s.text, s.metadata::jsonb,
@@ -78,54 +79,43 @@ WITH written AS (
 ), chunked AS (
     INSERT INTO unidb.chunks AS c
         (document_key, chunk_no, collection_id, start_char, end_char, embedding)
-    SELECT w.key, 0, %(collection)s, 0, length(s.text), s.embedding
-    FROM unidb_stage s JOIN written w ON w.id = s.id
+    {chunks}
     ON CONFLICT (collection_id, document_key, chunk_no) DO UPDATE
         SET start_char = excluded.start_char, end_char = excluded.end_char,
             embedding = excluded.embedding
 )
-{RECORD_CHANGES}
+{record_changes}
 SELECT %(collection)s, w.key, 'upsert', w.version FROM written w
-"""  # noqa: S608 (constants only)
+"""
+# one chunk per document: the whole text
+_MERGE = _MERGE_TEMPLATE.format(
+    chunks="SELECT w.key, 0, %(collection)s, 0, length(s.text), s.embedding"
+    " FROM unidb_stage s JOIN written w ON w.id = s.id",
+    record_changes=RECORD_CHANGES,
+)
 
-
-# A chunked collection's changed documents: each one's chunks replaced by the staged ones
-# (its chunks past the new count deleted), in the same statement as the documents.
+# A chunked collection's changed documents: their staged chunks upserted in the same
+# statement as the documents; then, in a statement of its own, their chunks past the new
+# count deleted. Its own statement reads a snapshot taken once this transaction holds the
+# documents' rows, so it sees the chunks of a writer that committed before it.
 _STAGE_CHUNKS = """
 CREATE TEMP TABLE IF NOT EXISTS unidb_stage_chunks (
     ord integer, chunk_no integer, start_char integer, end_char integer, embedding vector
 ) ON COMMIT DELETE ROWS
 """
-_MERGE_CHUNKED = f"""
-WITH written AS (
-    INSERT INTO unidb.documents AS d (collection_id, key, id, text, metadata, content_hash)
-    SELECT %(collection)s, (%(block)s::bigint << 20) + s.ord, s.id, s.text, s.metadata::jsonb,
-           s.content_hash
-    FROM unidb_stage s
-    ON CONFLICT (collection_id, id) DO UPDATE
-        SET text = excluded.text, metadata = excluded.metadata,
-            content_hash = excluded.content_hash, version = d.version + 1, updated_at = now()
-        WHERE d.content_hash IS DISTINCT FROM excluded.content_hash
-    RETURNING d.id, d.key, d.version
-), counted AS (
-    SELECT w.key, s.ord, (SELECT count(*) FROM unidb_stage_chunks sc WHERE sc.ord = s.ord) AS n
-    FROM written w JOIN unidb_stage s ON s.id = w.id
-), cleared AS (
-    DELETE FROM unidb.chunks c USING counted
-    WHERE c.collection_id = %(collection)s AND c.document_key = counted.key
-      AND c.chunk_no >= counted.n
-), chunked AS (
-    INSERT INTO unidb.chunks AS c
-        (document_key, chunk_no, collection_id, start_char, end_char, embedding)
-    SELECT counted.key, sc.chunk_no, %(collection)s, sc.start_char, sc.end_char, sc.embedding
-    FROM unidb_stage_chunks sc JOIN counted ON counted.ord = sc.ord
-    ON CONFLICT (collection_id, document_key, chunk_no) DO UPDATE
-        SET start_char = excluded.start_char, end_char = excluded.end_char,
-            embedding = excluded.embedding
+_MERGE_CHUNKED = _MERGE_TEMPLATE.format(
+    chunks="SELECT w.key, sc.chunk_no, %(collection)s, sc.start_char, sc.end_char, sc.embedding"
+    " FROM written w JOIN unidb_stage s ON s.id = w.id"
+    " JOIN unidb_stage_chunks sc ON sc.ord = s.ord",
+    record_changes=RECORD_CHANGES,
 )
-{RECORD_CHANGES}
-SELECT %(collection)s, w.key, 'upsert', w.version FROM written w
-"""  # noqa: S608 (constants only)
+_TRIM_CHUNKS = """
+WITH counted AS (SELECT ord, count(*) AS n FROM unidb_stage_chunks GROUP BY ord)
+DELETE FROM unidb.chunks c
+USING unidb_stage s JOIN counted ON counted.ord = s.ord
+    JOIN unidb.documents d ON d.collection_id = %(collection)s AND d.id = s.id
+WHERE c.collection_id = %(collection)s AND c.document_key = d.key AND c.chunk_no >= counted.n
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +417,8 @@ def _merge(conn: Connection, collection: CollectionRow, batch: Batch, block: int
         merge = _MERGE if batch.chunks is None else _MERGE_CHUNKED
         cur.execute(merge, {"collection": collection.id, "block": block})
         written = cur.rowcount
+        if batch.chunks is not None:
+            cur.execute(_TRIM_CHUNKS, {"collection": collection.id})
     return UpsertResult(written=written, unchanged=len(batch.ids) - written)
 
 
@@ -464,6 +456,8 @@ def get(conn: Connection, collection: CollectionRow, document_id: str) -> Stored
             f"document {document_id!r} is not in collection {collection.name!r}", field="id"
         )
     doc_id, text, metadata, embedding, version, created_at, updated_at = row
+    if collection.chunked:
+        embedding = None  # each chunk has its own; the document has none
     return StoredDocument(
         id=doc_id,
         text=text,
