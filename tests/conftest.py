@@ -214,6 +214,19 @@ def snapshot(engine: Engine) -> tuple[Any, ...]:
 
 
 REPO = Path(__file__).resolve().parents[1]
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+
+
+def scifact() -> Path:
+    """The SciFact folder beside the checkout: a test that needs it skips, with the
+    reason, where it is absent; under CI=true it fails instead, so a CI without the data
+    cannot pass without those tests."""
+    if not (SCIFACT / "corpus.jsonl").exists():
+        reason = f"{SCIFACT} is absent (the shared BEIR data beside the checkout)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return SCIFACT
 
 
 # the real vLLM engine's own virtual environment (`.ci/run` makes it; so does

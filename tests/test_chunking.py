@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +24,13 @@ from unidb.models import (
 )
 from unidb.service.engine import Engine
 
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+from .conftest import scifact
+
 CHUNKER = {"kind": "tokens", "size": 128, "overlap": 32}
 
 
 def _abstracts() -> list[dict[str, Any]]:
-    if not CORPUS.exists():
-        pytest.skip("shared/data/scifact is not beside this checkout")
-    with CORPUS.open() as stream:
+    with (scifact() / "corpus.jsonl").open() as stream:
         return [json.loads(line) for line in stream]
 
 
@@ -292,6 +289,14 @@ def test_a_chunker_is_checked(engine: Engine, collection: str) -> None:
             chunker={"kind": "tokens", "size": 64, "overlap": 40},
         )
     assert "overlap" in overlap.value.message
+    with pytest.raises(InvalidInput) as too_long:
+        client.create_collection(
+            collection,
+            dim=384,
+            embedder={"kind": "minilm"},
+            chunker={"kind": "tokens", "size": 512, "overlap": 32},
+        )
+    assert too_long.value.field == "chunker.size" and "256" in too_long.value.message
     client.create_collection(collection, dim=384, embedder={"kind": "minilm"}, chunker=CHUNKER)
     assert client.get_collection(collection).chunker is not None
     with pytest.raises(InvalidInput) as embedded:

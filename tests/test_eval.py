@@ -15,16 +15,14 @@ from unidb.service.cli.evaluation import evaluate, sweep, tune
 from unidb.service.cli.main import main
 from unidb.service.engine import Engine
 
-from .conftest import REPO
+from .conftest import SCIFACT, scifact
 
 pytestmark = pytest.mark.slow
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 
 @pytest.fixture(scope="module")
 def beir_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip("shared/data/scifact is absent")
+    scifact()
     folder = tmp_path_factory.mktemp("scifact_slice")
     lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()[:150]
     (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")

@@ -13,7 +13,7 @@ from unidb.service.cli.main import main
 from unidb.service.engine import Engine
 from unidb.service.ingest import ingest_file
 
-from .conftest import REPO
+from .conftest import scifact
 
 
 def _write_unidb_lines(path: Path, n: int, dim: int) -> list[dict[str, object]]:
@@ -57,9 +57,7 @@ def test_ingest_unidb_lines_then_rerun_changes_nothing(
 def test_ingest_beir_lines_keeps_title_in_metadata(
     engine: Engine, collection: str, tmp_path: Path
 ) -> None:
-    corpus = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
-    if not corpus.exists():
-        pytest.skip("shared/data/scifact is not beside this checkout")
+    corpus = scifact() / "corpus.jsonl"
     sample = tmp_path / "corpus.jsonl"
     with corpus.open() as source:
         sample.write_text("".join(next(source) for _ in range(50)))

@@ -26,9 +26,7 @@ from unidb.indexing.embedders import MiniLM
 from unidb.integrations.llamaindex import UnidbVectorStore, to_unidb_filter
 from unidb.service.engine import Engine
 
-from .conftest import REPO
-
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+from .conftest import SCIFACT, scifact
 
 
 class MiniLMEmbedding(BaseEmbedding):
@@ -170,8 +168,7 @@ def test_async_methods(store: UnidbVectorStore) -> None:
 @pytest.mark.slow
 def test_vector_store_index_on_scifact(engine: Engine, collection: str) -> None:
     """VectorStoreIndex over 300 SciFact abstracts, queried through LlamaIndex's retriever."""
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip("shared/data/scifact is absent")
+    scifact()
     with (SCIFACT / "corpus.jsonl").open() as stream:
         corpus = [json.loads(line) for line, _ in zip(stream, range(300), strict=False)]
     ids = {row["_id"] for row in corpus}

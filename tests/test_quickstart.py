@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port
+from .conftest import free_port, scifact
 
 pytestmark = pytest.mark.slow
 
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
-
-@pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason="shared/data/scifact is absent")
 def test_quickstart_serves_a_real_query(tmp_path: Path) -> None:
+    data = scifact()
     command = [
         sys.executable, "-m", "unidb.service.cli", "quickstart", "--exit", "--limit", "60",
-        "--data-dir", str(tmp_path), "--port", str(free_port()), "--data", str(SCIFACT),
+        "--data-dir", str(tmp_path), "--port", str(free_port()), "--data", str(data),
     ]  # fmt: skip
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
