@@ -123,7 +123,7 @@ class QueryPlanner:
                 clock.lap("commit")
                 return answer, request
             return self._reranked(collection, request, clock), request
-        default = self._default_rerank(collection, request, remembered_only=False)
+        default = self._default_rerank(collection, request)
         if default is None:
             answer = self._query(collection, request)
             clock.lap("commit")
@@ -144,22 +144,13 @@ class QueryPlanner:
         clock.lap("rerank")
         return answer, reranked
 
-    def _default_rerank(
-        self, collection: str, request: QueryRequest, *, remembered_only: bool = True
-    ) -> RerankSpec | None:
+    def _default_rerank(self, collection: str, request: QueryRequest) -> RerankSpec | None:
         """The collection's default rerank stage for ``request`` (none for a query without
-        text), from the row this process remembers (looked up once if it has none and
-        not ``remembered_only``)."""
+        text), from the row this process remembers: a first query finds it when its
+        answer comes back, and is answered again with it."""
         if not request.text:
             return None
-        key = (current_tenant.get(), collection)
-        row = self.collections.get(key)
-        if row is None and not remembered_only:
-            with self.db.reading(consistency="strong", after=None) as read:
-                (found,) = read.finish(catalog.lookup(collection))
-            if not found:
-                return None  # the query says the collection does not exist
-            row = self.collections.remember(key, catalog.found(found, collection))
+        row = self.collections.get((current_tenant.get(), collection))
         if row is None or row.query_defaults is None:
             return None
         return row.query_defaults.rerank
