@@ -330,3 +330,20 @@ def test_rest_hits_carry_passages(api: Any, collection: str) -> None:
     assert passage["text"].startswith("Ribosomes")
     assert text[passage["start"] : passage["end"]] == passage["text"]
     assert passage["scores"]["bm25"] > 0 and passage["scores"]["vector"] > 0
+
+
+def test_context_lays_out_the_best_passage_not_the_whole_document(
+    engine: Engine, chunked: str, corpus: dict[str, Any]
+) -> None:
+    client = unidb.Client(backend=engine)
+    built = client.context(chunked, corpus["phrase"], k=2, max_tokens=2048)
+    # the long document's passage from its last page, not its first page
+    assert corpus["long"][:200] not in built.prompt
+    (long_segment,) = [segment for segment in built.segments if segment.id == "long"]
+    body = long_segment.text.split("] ", 1)[1][:80]
+    assert body in corpus["long"][-4000:] and not long_segment.truncated
+    assert built.prefix_tokens < 2048
+    # a session lays out whole documents (its later turns reload them); this one's first
+    # page is what fits
+    session = client.context(chunked, corpus["phrase"], k=1, max_tokens=2048, session="s1")
+    assert corpus["long"][:200] in session.prompt

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from unidb.errors import InvalidInput
@@ -68,6 +68,22 @@ def reuse_order(chosen: Sequence[Piece], sent: Sequence[Sent], resident: set[byt
         if rank > best_rank:
             best, best_rank = run, rank
     return then_stable(best, chosen)
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A span of a document's text, and that text as the span was read from."""
+
+    start: int
+    end: int
+    text: str
+
+
+def _as_passage(chunk: Chunk, passage: Passage | None) -> Chunk:
+    """``chunk`` cut to ``passage``, unless its text changed since the passage was read."""
+    if passage is None or passage.text != chunk.text:
+        return chunk
+    return replace(chunk, text=chunk.text[passage.start : passage.end])
 
 
 def then_stable(first: Sequence[Piece], chosen: Sequence[Piece]) -> list[Piece]:
@@ -151,7 +167,11 @@ class ContextBuilder:
         row: catalog.CollectionRow,
         request: ContextRequest,
         ranked_ids: Sequence[str],
+        passages: Mapping[str, Passage] | None = None,
     ) -> ContextResponse:
+        """Lay the ranked documents out. ``passages``: a chunked collection's hits' best
+        passage, by id (the hit's document as it was read), laid out instead of the whole
+        document wherever the document still reads so."""
         assert request.tokenizer is not None  # the service names the default
         tokenizer = self.tokenizers.get(request.tokenizer)
         head_text, head, tail_text, tail = frame(tokenizer, request.template, request.query)
@@ -172,6 +192,8 @@ class ContextBuilder:
         current = {chunk.key: chunk for chunk in found}
         by_id = {chunk.id: chunk for chunk in found}
         ranked = [by_id[i] for i in ranked_ids if i in by_id]
+        if passages:
+            ranked = [_as_passage(chunk, passages.get(chunk.id)) for chunk in ranked]
 
         salt = tenant_salt(conn, request.salt)
         turn: SessionTurn | None = None

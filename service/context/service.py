@@ -27,7 +27,7 @@ from unidb.models import (
 )
 from unidb.service.config import Settings
 from unidb.service.context import registry
-from unidb.service.context.builder import ContextBuilder
+from unidb.service.context.builder import ContextBuilder, Passage
 from unidb.service.context.hashing import BlockHasher
 from unidb.service.context.kv_events import Residency, Subscriber
 from unidb.service.context.probe import check_engine
@@ -144,11 +144,25 @@ class ContextService:
                 filter=request.filter,
                 consistency=request.consistency,
                 after=request.after,
+                passages=1,
             ),
+        )
+        # a chunked collection's hits come with their best passage: laid out in place of
+        # the document, except in a session (whose later turns reload whole documents)
+        best = (
+            {
+                hit.id: Passage(hit.passages[0].start, hit.passages[0].end, hit.text)
+                for hit in found.hits
+                if hit.passages
+            }
+            if request.session is None
+            else None
         )
         with db.transaction() as conn:
             row = catalog.get(conn, request.collection)
-            built = self.builder.build(conn, row, request, [hit.id for hit in found.hits])
+            built = self.builder.build(
+                conn, row, request, [hit.id for hit in found.hits], passages=best
+            )
         metrics.context_tokens.inc(len(built.token_ids))
         metrics.context_cached_tokens.inc(built.cached_tokens)
         return built
