@@ -1,5 +1,5 @@
-"""The `unidb` command line: serve, ingest, query, migrate, keys, tenants, index, eval, mcp,
-quickstart. Each command group lives in its own module and adds its own parsers."""
+"""The `unidb` command line: serve, ingest, query, migrate, keys, tenants, index, eval, tune,
+mcp, quickstart. Each command group lives in its own module and adds its own parsers."""
 
 from __future__ import annotations
 
