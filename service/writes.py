@@ -91,8 +91,6 @@ class Writes:
     def _stored_hashes(
         self, conn: Connection, row: catalog.CollectionRow, documents_: list[Document]
     ) -> dict[str, bytes]:
-        # refused here with the same words as the write would, before any model call
-        documents.prepare(row, documents_, self.limits, [_NO_CHUNKS] * len(documents_))
         return dict(
             conn.execute(
                 "SELECT id, content_hash FROM unidb.documents"
@@ -108,13 +106,15 @@ class Writes:
         stored already (``stored``: id to content hash) is left out, so it is neither split
         nor embedded again; the write checks that it is still stored so."""
         assert row.chunker is not None
-        documents.prepare(row, documents_, self.limits, [_NO_CHUNKS] * len(documents_))
+        # refused here with the same words as the write would, before any model call; its
+        # content hashes are those of the latest document of each id, in order
+        batch = documents.prepare(row, documents_, self.limits, [_NO_CHUNKS] * len(documents_))
         latest = [documents_[i] for i in documents.latest_per_id(documents_)]
-        hashes = [
-            documents.content_hash(d.text.encode(), documents.metadata_json(d.metadata, "metadata"))
-            for d in latest
-        ]
-        unchanged = {d.id: h for d, h in zip(latest, hashes, strict=True) if stored.get(d.id) == h}
+        unchanged = {
+            d.id: digest
+            for d, digest in zip(latest, batch.content_hashes, strict=True)
+            if stored.get(d.id) == digest
+        }
         changed = [d for d in latest if d.id not in unchanged]
         spans = [
             chunking.split(d.text, row.chunker.kind, row.chunker.size, row.chunker.overlap)

@@ -9,10 +9,16 @@ from unidb.service.db.database import Statement
 from unidb.service.store import catalog
 
 
-def statement(row: catalog.CollectionRow, ranked: list[tuple[int, float | None]]) -> Statement:
-    """What reads the ranked documents' current id, text and metadata."""
+def statement(
+    row: catalog.CollectionRow,
+    ranked: list[tuple[int, float | None]],
+    *,
+    with_version: bool = False,
+) -> Statement:
+    """What reads the ranked documents' current id, text and metadata (and version)."""
+    columns = "key, id, text, metadata, version" if with_version else "key, id, text, metadata"
     return (
-        "SELECT key, id, text, metadata FROM unidb.documents"
+        f"SELECT {columns} FROM unidb.documents"  # noqa: S608 (constants only)
         " WHERE collection_id = %s AND key = ANY(%s)",
         (row.id, [key for key, _ in ranked]),
     )

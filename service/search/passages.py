@@ -30,15 +30,6 @@ PASSAGE_HITS = 50
 BM25_CHUNKS = 16_384
 
 
-def hits_statement(row: CollectionRow, keys: list[int]) -> Statement:
-    """The ranked documents' rows, as `hits.statement` reads them, with their version."""
-    return (
-        "SELECT key, id, text, metadata, version FROM unidb.documents"
-        " WHERE collection_id = %s AND key = ANY(%s)",
-        (row.id, keys),
-    )
-
-
 def statement(row: CollectionRow, keys: list[int], vector: np.ndarray | None) -> Statement:
     """What reads the chunks of the documents ``keys`` (the first PASSAGE_HITS), each with
     its distance to ``vector`` and its document's version (to match the hits' rows, read
@@ -70,8 +61,9 @@ def attach(
     limit: int,
 ) -> None:
     """Give each hit its ``limit`` best passages, best first. ``rows``: the hits' rows by
-    `hits_statement`; a hit whose chunks were read at another version of its document (a
-    write committed between the two reads) gets none, like hits past PASSAGE_HITS."""
+    ``hits.statement(..., with_version=True)``; a hit whose chunks were read at another
+    version of its document (a write committed between the two reads) gets none, like
+    hits past PASSAGE_HITS."""
     versions = {doc_id: (key, version) for key, doc_id, _, _, version in rows}
     by_key: dict[int, list[tuple[Any, ...]]] = {}
     for chunk_row in chunk_rows:

@@ -393,11 +393,9 @@ class QueryPlanner:
         # the hits' rows (and chunks), the collection's row as it is now, and COMMIT: one
         # round trip
         with_passages = bool(ranked) and row.chunked and request.passages > 0
-        reads = [hits.statement(row, ranked)] if ranked and not with_passages else []
+        reads = [hits.statement(row, ranked, with_version=with_passages)] if ranked else []
         if with_passages:
-            ranked_keys = [doc_key for doc_key, _ in ranked]
-            reads.append(passages.hits_statement(row, ranked_keys))
-            reads.append(passages.statement(row, ranked_keys, vector))
+            reads.append(passages.statement(row, [doc_key for doc_key, _ in ranked], vector))
         *hit_rows, current = read.finish(*reads, catalog.lookup(row.name))
         self.collections.check(key, row, current, remembered is not None)
         found = hits.build(

@@ -239,11 +239,6 @@ def prepare(
     )
 
 
-def metadata_json(metadata: dict[str, Any], field: str) -> bytes:
-    """Metadata as the bytes stored and hashed."""
-    return _metadata_json(metadata, field)
-
-
 def _metadata_json(metadata: dict[str, Any], field: str) -> bytes:
     return encode_json(metadata, field=field, sort_keys=True)
 
