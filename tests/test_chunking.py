@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import unidb
-from unidb.errors import Conflict, InvalidInput
+from unidb.errors import Conflict, InvalidInput, PayloadTooLarge
 from unidb.indexing import chunking
 from unidb.models import (
     DeleteDocumentOp,
@@ -23,6 +23,7 @@ from unidb.models import (
     UpsertDocumentsOp,
 )
 from unidb.service.engine import Engine
+from unidb.service.search import passages
 
 from .conftest import scifact
 
@@ -347,3 +348,30 @@ def test_context_lays_out_the_best_passage_not_the_whole_document(
     # page is what fits
     session = client.context(chunked, corpus["phrase"], k=1, max_tokens=2048, session="s1")
     assert corpus["long"][:200] in session.prompt
+
+
+def test_chunk_counts_past_their_bounds_are_refused_before_any_embedding(
+    engine: Engine, collection: str
+) -> None:
+    client = unidb.Client(backend=engine)
+    client.create_collection(collection, dim=384, embedder={"kind": "minilm"},
+                             chunker={"kind": "tokens", "size": 16, "overlap": 0})  # fmt: skip
+    # "word " is one piece: 16 pieces a chunk
+    too_long = "word " * (16 * chunking.MAX_CHUNKS_PER_DOCUMENT + 16)
+    with pytest.raises(PayloadTooLarge) as one:
+        client.upsert(collection, [{"id": "huge", "text": too_long}])
+    assert f"over the limit of {chunking.MAX_CHUNKS_PER_DOCUMENT}" in one.value.message
+    each = "word " * (16 * 4000)  # 4,000 chunks each: under the document bound
+    many = [{"id": f"d{i}", "text": each} for i in range(9)]  # 36,000 in all
+    with pytest.raises(PayloadTooLarge) as total:
+        client.upsert(collection, many)
+    assert f"over the limit of {chunking.MAX_CHUNKS_PER_REQUEST}" in total.value.message
+    assert client.get_collection(collection).documents == 0
+
+
+def test_hits_past_the_passage_bound_carry_none(engine: Engine, chunked: str) -> None:
+    client = unidb.Client(backend=engine)
+    hits = client.query(chunked, text="cells proteins gene expression", k=61, mode="vector").hits
+    assert len(hits) > passages.PASSAGE_HITS
+    assert all(hit.passages for hit in hits[: passages.PASSAGE_HITS])
+    assert all(hit.passages == [] for hit in hits[passages.PASSAGE_HITS :])
