@@ -286,7 +286,10 @@ class Bm25Index:
             return []
         query = self._query(terms)
         if keys is not None:
-            allowed = tantivy.Query.term_set_query(self._schema, "key", list(keys))
+            # a term set scores each match 1: held at 0 it admits without adding
+            allowed = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self._schema, "key", list(keys)), 0.0
+            )
             query = tantivy.Query.boolean_query(
                 [(tantivy.Occur.Must, query), (tantivy.Occur.Must, allowed)]
             )

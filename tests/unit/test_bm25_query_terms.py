@@ -55,3 +55,16 @@ def test_rows_not_yet_indexed_score_alike(corpus: tuple[Bm25Index, dict[int, str
     indexed = dict(index.search(QUERY, limit=10))
     rescored = dict(index.score_unindexed(QUERY, {key: bodies[key] for key in indexed}))
     assert rescored == pytest.approx(indexed, rel=1e-4)
+
+
+def test_a_key_filter_leaves_scores_as_they_are(corpus: tuple[Bm25Index, dict[int, str]]) -> None:
+    """A filtered search scores each admitted document exactly as the unfiltered one does:
+    the filter admits, it adds nothing (rows scored outside the index are compared with
+    these scores, and hybrid fusion scales them)."""
+    index, _ = corpus
+    unfiltered = dict(index.search(QUERY, limit=300))
+    admitted = sorted(unfiltered)[::3]
+    filtered = index.search(QUERY, limit=10, keys=admitted)
+    assert filtered
+    assert {key for key, _ in filtered} <= set(admitted)
+    assert dict(filtered) == pytest.approx({key: unfiltered[key] for key, _ in filtered}, rel=1e-6)
