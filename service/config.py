@@ -69,9 +69,24 @@ class Settings(BaseSettings):
         "extension and the unidb_service role), when database_url logs in as the service's "
         "own role; unset: database_url runs them",
     )
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="embedded Postgres (pg/), the BM25 and FAISS indexes (indexes/) live here",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="unidb's own log lines (the `--log-level` flag wins); libraries log at "
+        "WARNING unless this is debug",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text, or one JSON object per line for a log collector (`--log-format`)",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="the address to bind; anything but loopback turns API keys on (auth auto)",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="the port to serve on")
     workers: int = Field(
         default_factory=lambda: len(os.sched_getaffinity(0)) or 1,
         ge=1,
@@ -127,17 +142,37 @@ class Settings(BaseSettings):
         "before the primary answers",
     )
 
-    pool_min_size: int = Field(default=1, ge=1)
-    pool_max_size: int = Field(default=10, ge=1)
-    pool_timeout_s: float = Field(default=10.0, gt=0)
-    statement_timeout_ms: int = Field(default=30_000, ge=0)
-    # background work (index builds, tailers): 0 is none, so a build of any size finishes
-    background_statement_timeout_ms: int = Field(default=0, ge=0)
+    pool_min_size: int = Field(default=1, ge=1, description="connections each process keeps open")
+    pool_max_size: int = Field(
+        default=10, ge=1, description="connections each process opens at most"
+    )
+    pool_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a request waits for a pooled connection (then 503)",
+    )
+    statement_timeout_ms: int = Field(
+        default=30_000, ge=0, description="Postgres statement_timeout of a request's statements"
+    )
+    background_statement_timeout_ms: int = Field(
+        default=0,
+        ge=0,
+        description="statement_timeout of background work (index builds, tailers); 0 is none, "
+        "so a build of any size finishes",
+    )
 
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_batch_documents: int = Field(default=10_000, ge=1, le=1 << 20)
-    max_text_chars: int = Field(default=1_000_000, ge=1)
-    max_filter_depth: int = Field(default=8, ge=1)
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="a request body larger than this gets 413"
+    )
+    max_batch_documents: int = Field(
+        default=10_000, ge=1, le=1 << 20, description="documents one upsert may carry"
+    )
+    max_text_chars: int = Field(
+        default=1_000_000, ge=1, description="characters of one document's text"
+    )
+    max_filter_depth: int = Field(
+        default=8, ge=1, description="nesting of and/or/not a metadata filter may have"
+    )
     max_filter_conditions: int = Field(
         default=1_000,
         ge=1,
@@ -169,12 +204,21 @@ class Settings(BaseSettings):
         "once it holds this many vectors; below it vector search is an exact scan; 0: only "
         "when asked",
     )
-    hnsw_m: int = Field(default=16, ge=2, le=100)
-    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
-    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
-    hnsw_max_scan_tuples: int = Field(default=20_000, ge=1)
-
-    ingest_batch_size: int = Field(default=2_000, ge=1)
+    hnsw_m: int = Field(default=16, ge=2, le=100, description="pgvector HNSW: links per node")
+    hnsw_ef_construction: int = Field(
+        default=64, ge=4, le=1000, description="pgvector HNSW: candidates kept while building"
+    )
+    hnsw_ef_search: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="pgvector HNSW: candidates kept while searching (a query's ef_search wins)",
+    )
+    hnsw_max_scan_tuples: int = Field(
+        default=20_000,
+        ge=1,
+        description="pgvector HNSW: tuples a filtered iterative scan visits at most",
+    )
 
     tailer_interval_s: float = Field(
         default=0.25,

@@ -79,7 +79,7 @@ class OutboxRetention:
                 ", ".join(pruned.stale),
             )
         if pruned.deleted:
-            log.info("outbox pruned below %d: %d rows", pruned.horizon, pruned.deleted)
+            log.debug("outbox pruned below %d: %d rows", pruned.horizon, pruned.deleted)
         return pruned
 
     def run_once(self) -> outbox.Pruned:

@@ -25,6 +25,7 @@ from unidb.service.api.routes import (
 from unidb.service.api.security import mcp_tenant
 from unidb.service.config import Settings
 from unidb.service.engine import Engine
+from unidb.service.logs import configure
 from unidb.service.mcp_server import build_server
 
 
@@ -36,6 +37,10 @@ def create_app(
     Without an ``engine`` the app starts one from ``settings`` on startup and closes it on
     shutdown; a given engine is closed on shutdown only with ``close_engine=True``.
     """
+    if settings is None and engine is None:
+        # built by uvicorn's workers from the environment: log as the parent was told to
+        settings = Settings()
+        configure(settings.log_level, settings.log_format)
     settings = settings or (engine.settings if engine else Settings())
     # MCP over streamable HTTP at /mcp: the same tools as `unidb mcp`, on this app's engine
     mcp = build_server(lambda: app.state.engine, tenant_of=mcp_tenant)

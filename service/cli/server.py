@@ -9,6 +9,7 @@ from typing import Any
 
 from unidb.service.cli.common import backend_for, settings_from, with_database
 from unidb.service.config import Settings
+from unidb.service.logs import LogFormat, library_level, uvicorn_log_config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "UNIDB_AUTH=off" if settings.auth == "off" else "bound to loopback only",
             )
         if settings.workers > 1:
-            serve_with_workers(settings, args.log_level)
+            serve_with_workers(settings, args.log_level, args.log_format)
             return 0
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown whose lifespan closes the
         # engine (stopping embedded Postgres), then re-raises the signal to exit
@@ -42,14 +43,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             create_app(settings, engine=engine, close_engine=True),
             host=settings.host,
             port=settings.port,
-            log_level=args.log_level,
+            log_config=uvicorn_log_config(args.log_level),
+            log_level=library_level(args.log_level),
         )
     finally:
         engine.close()
     return 0
 
 
-def serve_with_workers(settings: Settings, log_level: str) -> None:
+def serve_with_workers(settings: Settings, log_level: str, log_format: LogFormat) -> None:
     """Answer requests with ``settings.workers`` processes on one port (uvicorn's workers),
     each with its own engine on the same database and data directory: this process keeps
     the BM25 indexes and runs build jobs, the workers follow the indexes it writes."""
@@ -61,6 +63,8 @@ def serve_with_workers(settings: Settings, log_level: str) -> None:
         UNIDB_PORT=str(settings.port),
         UNIDB_DATA_DIR=str(settings.data_dir),
         UNIDB_WORKERS="1",
+        UNIDB_LOG_LEVEL=log_level,
+        UNIDB_LOG_FORMAT=log_format,
     )
     logging.getLogger("unidb").info("answering with %d worker processes", settings.workers)
     uvicorn.run(
@@ -69,7 +73,8 @@ def serve_with_workers(settings: Settings, log_level: str) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_level=log_level,
+        log_config=uvicorn_log_config(log_level),
+        log_level=library_level(log_level),
     )
 
 
@@ -80,6 +85,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     engine.close()
     print("schema unidb is at the head revision")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from unidb.service.cli.doctor import run
+
+    return run(settings_from(args))
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
@@ -109,6 +120,13 @@ def add_commands(commands: Any) -> None:
     )
     with_database(migrate, url=False)
     migrate.set_defaults(run=cmd_migrate)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check Postgres and pgvector, the data directory and its disk, the index "
+        "libraries, embedders and engines: one line per check, exit 1 if one fails",
+    )
+    with_database(doctor, url=False)
+    doctor.set_defaults(run=cmd_doctor)
     mcp = commands.add_parser("mcp", help="serve unidb's agent tools over MCP on stdio")
     with_database(mcp)
     mcp.set_defaults(run=cmd_mcp)

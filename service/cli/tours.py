@@ -108,7 +108,13 @@ def parse_chunker(text: str | None) -> ChunkerSpec | None:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from unidb.service.cli.quickstart import run
 
-    return run(settings_from(args), data=args.data, limit=args.limit, keep_serving=not args.exit)
+    return run(
+        settings_from(args),
+        data=args.data,
+        limit=args.limit,
+        keep_serving=not args.exit,
+        log_level=args.log_level,
+    )
 
 
 def add_commands(commands: Any) -> None:
@@ -158,10 +164,16 @@ def add_commands(commands: Any) -> None:
     with_database(tuning)
     tuning.set_defaults(run=cmd_tune)
     quick = commands.add_parser(
-        "quickstart", help="serve, load SciFact with MiniLM vectors, run a query, keep serving"
+        "quickstart",
+        help="serve on embedded Postgres, load unidb's documentation (bundled), run a hybrid "
+        "query, a fresh write and a context prompt, keep serving",
     )
-    quick.add_argument("--data", type=Path, help="a BEIR folder (default: shared/data/scifact)")
-    quick.add_argument("--limit", type=int, default=500, help="documents to load (default 500)")
+    quick.add_argument(
+        "--data", type=Path, help="a BEIR folder to load instead (../shared/data/scifact, say)"
+    )
+    quick.add_argument(
+        "--limit", type=int, default=500, help="with --data: documents to load (default 500)"
+    )
     quick.add_argument("--port", type=int)
     quick.add_argument("--host")
     quick.add_argument("--exit", action="store_true", help="stop after printing the hits")

@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from unidb.errors import Unavailable
 from unidb.indexing.pg import Connection
-from unidb.schema import at_head, upgrade
+from unidb.schema import at_head, head_revision, upgrade
 from unidb.service.auth.tenancy import SERVICE_ROLE, SERVICE_WIDE
 from unidb.service.config import Settings
 
@@ -53,8 +53,11 @@ def migrate(dsn: str) -> None:
     engine = sqlalchemy_engine(dsn)
     try:
         with engine.begin() as connection:
-            if not at_head(connection):
+            if at_head(connection):
+                log.info("schema at migration %s", head_revision())
+            else:
                 upgrade(connection)
+                log.info("schema migrated to %s", head_revision())
     finally:
         engine.dispose()
 
