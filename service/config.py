@@ -9,12 +9,16 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("unidb", appauthor=False))
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _outbound_url(value: str) -> str:
@@ -37,11 +41,18 @@ class KvEngine(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(
+        min_length=1, max_length=128, description="how responses and metrics name this engine"
+    )
     events: str = Field(description="its ZMQ publisher, e.g. tcp://vllm:5557")
     replay: str | None = Field(default=None, description="its replay ROUTER, e.g. tcp://vllm:5558")
-    topic: str = ""
-    data_parallel_size: int = Field(default=1, ge=1, le=256)
+    topic: str = Field(default="", description="the ZMQ topic its KV events carry (empty: all)")
+    data_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="its data-parallel ranks, each publishing on its own port",
+    )
     url: OutboundUrl | None = Field(
         default=None,
         description="its OpenAI-compatible HTTP API, e.g. http://vllm:8000: prefix warm-up "
@@ -73,12 +84,14 @@ class Settings(BaseSettings):
         default_factory=_default_data_dir,
         description="embedded Postgres (pg/), the BM25 and FAISS indexes (indexes/) live here",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info",
-        description="unidb's own log lines (the `--log-level` flag wins); libraries log at "
-        "WARNING unless this is debug",
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = (
+        Field(
+            default="info",
+            description="unidb's own log lines (the `--log-level` flag wins); libraries log at "
+            "WARNING unless this is debug",
+        )
     )
-    log_format: Literal["text", "json"] = Field(
+    log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
         default="text",
         description="text, or one JSON object per line for a log collector (`--log-format`)",
     )
@@ -330,8 +343,9 @@ class Settings(BaseSettings):
     )
     outbound_urls: dict[OutboundName, OutboundUrl] = Field(
         default_factory=dict,
-        description="the only servers unidb calls for a request (OpenAI-compatible embedders "
-        "and LLM engines), by name → base URL; kv_engines with a url are listed too",
+        description="the only servers unidb calls for a request (OpenAI-compatible embedders, "
+        "rerankers and LLM engines), by name → base URL (http or https, no userinfo, query or "
+        "fragment, at most 2048 characters); kv_engines with a url are listed too",
     )
     embedder_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="how long one call to an embedding server may take"

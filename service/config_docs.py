@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from unidb.service.config import Settings
+from unidb.service.config import KvEngine, Settings
 
 HEADER = """# Configuration
 
@@ -95,18 +96,33 @@ def _cell(text: str) -> str:
     return re.sub(r"(?<!\\)\|", r"\\|", text).replace("\n", " ")
 
 
-def render() -> str:
+ENGINE_HEADER = """
+## Each `UNIDB_KV_ENGINES` entry
+
+A JSON list of objects, e.g.
+`UNIDB_KV_ENGINES='[{"name": "vllm0", "events": "tcp://vllm:5557", "url": "http://vllm:8000"}]'`.
+
+| key | type | default | bounds | what it does |
+| --- | --- | --- | --- | --- |
+"""
+
+
+def _rows(fields: dict[str, FieldInfo], label: Callable[[str], str]) -> str:
     rows = []
-    for name, field in Settings.model_fields.items():
-        cells = [
-            f"`UNIDB_{name.upper()}`",
-            _type(field),
-            _default(name, field),
-            _bounds(field),
-            field.description or "",
-        ]
+    for name, field in fields.items():
+        cells = [label(name), _type(field), _default(name, field), _bounds(field),
+                 field.description or ""]  # fmt: skip
         rows.append("| " + " | ".join(_cell(cell) for cell in cells) + " |\n")
-    return HEADER + "".join(rows)
+    return "".join(rows)
+
+
+def render() -> str:
+    return (
+        HEADER
+        + _rows(Settings.model_fields, lambda name: f"`UNIDB_{name.upper()}`")
+        + ENGINE_HEADER
+        + _rows(KvEngine.model_fields, lambda name: f"`{name}`")
+    )
 
 
 def target() -> Path:

@@ -63,14 +63,13 @@ def _groups(
     """Parsed documents in file order, in groups of ``size``."""
     pending: list[Document] = []
     for number, line in enumerate(stream, start=1):
-        # with a limit the bar counts documents, otherwise bytes of the file
-        progress.update(len(line) if limit is None else 0)
+        # with a limit the bar counts documents written (``on_batch``), otherwise bytes read
+        if limit is None:
+            progress.update(len(line))
         if not line.strip():
             continue
         if limit is not None and len(line_numbers) >= limit:
             break
-        if limit is not None:
-            progress.update(1)
         line_numbers.append(number)
         pending.append(parse_line(line, number))
         if len(pending) >= size:
@@ -132,6 +131,8 @@ def ingest_file(
 
     def on_batch(size: int, result: UpsertResult) -> None:
         report.lines += size
+        if limit is not None:
+            progress.update(size)
         report.written += result.written
         report.unchanged += result.unchanged
         progress.set_postfix(written=report.written, unchanged=report.unchanged)

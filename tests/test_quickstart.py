@@ -67,7 +67,11 @@ def test_quickstart_from_a_wheel_walks_the_tour(tmp_path: Path) -> None:
     venv = _fresh_venv_with_wheel(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("UNIDB_")
+    }
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import unidb; print(unidb.__file__)"],
         cwd=elsewhere, env=env, check=True, capture_output=True, text=True,
@@ -92,12 +96,12 @@ def test_quickstart_from_a_wheel_walks_the_tour(tmp_path: Path) -> None:
     assert re.search(r"\d+ prompt tokens, \d+ of them retrieved context in 3 segments", out)
     assert re.search(r"prefix key [0-9a-f]{16}", out)
     assert out.rstrip().splitlines()[-1].endswith("the REST API, browsable")
-    # quiet: unidb's own lifecycle lines, no library chatter or model-loading bars
+    # quiet: unidb's own lifecycle lines and the load's progress bar, nothing else
     chatter = [
         line for line in first.stderr.splitlines()
         if line.strip() and " INFO unidb." not in line and not line.startswith("ingest ")
     ]  # fmt: skip
-    assert not [line for line in chatter if "Loading weights" in line or "alembic" in line]
+    assert chatter == []
     assert "schema migrated to" in first.stderr
 
     # a second run finds the corpus in place (the note it wrote gone again) and answers alike
@@ -105,7 +109,9 @@ def test_quickstart_from_a_wheel_walks_the_tour(tmp_path: Path) -> None:
                             timeout=600)  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"{loaded.group(1)} documents: 0 written, {loaded.group(1)} unchanged" in second.stdout
-    assert [row[4] for row in _hits(second.stdout, "2")] == [row[4] for row in hybrid]
+    # (the first run's query may score rows the index had not reached, with the statistics
+    # of a partly built index: the order of near ties below the top can differ)
+    assert _hits(second.stdout, "2")[0][4] == hybrid[0][4]
 
 
 def test_quickstart_loads_a_beir_folder(tmp_path: Path) -> None:

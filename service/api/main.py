@@ -29,6 +29,14 @@ from unidb.service.logs import configure
 from unidb.service.mcp_server import build_server
 
 
+def create_worker_app() -> FastAPI:
+    """The app each process of ``unidb serve --workers N`` builds (uvicorn's factory): its
+    settings from the environment the parent set, logging as the parent was told to."""
+    settings = Settings()
+    configure(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, close_engine: bool = False
 ) -> FastAPI:
@@ -37,10 +45,6 @@ def create_app(
     Without an ``engine`` the app starts one from ``settings`` on startup and closes it on
     shutdown; a given engine is closed on shutdown only with ``close_engine=True``.
     """
-    if settings is None and engine is None:
-        # built by uvicorn's workers from the environment: log as the parent was told to
-        settings = Settings()
-        configure(settings.log_level, settings.log_format)
     settings = settings or (engine.settings if engine else Settings())
     # MCP over streamable HTTP at /mcp: the same tools as `unidb mcp`, on this app's engine
     mcp = build_server(lambda: app.state.engine, tenant_of=mcp_tenant)

@@ -2,8 +2,9 @@
 directory and its disk, Postgres and pgvector, the schema's migration, the index libraries,
 the local embedder, and every engine and outbound URL the settings name.
 
-It changes nothing: no migration runs, and embedded Postgres it had to start is stopped
-again."""
+It migrates nothing and creates nothing: a data directory or cluster that does not exist
+yet is reported as such. Embedded Postgres it starts to look at is stopped again (one a
+live service runs is left alone)."""
 
 from __future__ import annotations
 
@@ -49,13 +50,18 @@ def _package_version(name: str) -> str | None:
 
 
 def _writable(folder: Path) -> str | None:
-    """Why ``folder`` cannot hold the data directory, or None."""
+    """Why ``folder`` cannot hold the data directory, or None; a missing one is judged by
+    the nearest folder above it that exists (doctor creates nothing)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing}: not a directory"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
+        with tempfile.NamedTemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        return f"{folder}: {exc.strerror or exc}"
+        return f"{existing}: {exc.strerror or exc}"
     return None
 
 
@@ -65,27 +71,42 @@ def data_dir_checks(settings: Settings) -> Iterator[Check]:
     if problem:
         yield Check("data dir", "fail", problem)
         return
-    yield Check("data dir", "ok", f"{folder} (writable)")
-    free = shutil.disk_usage(folder).free
+    state = "writable" if folder.exists() else "not created yet; its parent is writable"
+    yield Check("data dir", "ok", f"{folder} ({state})")
+    measured = folder
+    while not measured.exists():
+        measured = measured.parent
+    free = shutil.disk_usage(measured).free
     status: Status = (
         "fail" if free < DISK_FAIL_BYTES else "warn" if free < DISK_WARN_BYTES else "ok"
     )
     yield Check("disk", status, f"{free / (1 << 30):.1f} GiB free under {folder}")
 
 
+def _reason(exc: BaseException, secrets: list[str]) -> str:
+    """The first line of an error, with every DSN (and so its password) cut out."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<the URL>")
+    if isinstance(exc, psycopg.ProgrammingError) and "connection info string" in text:
+        return "not a libpq URI or DSN (postgresql://user:password@host:port/database)"
+    return text
+
+
 @contextmanager
-def _database(settings: Settings) -> Iterator[tuple[str, str]]:
-    """(DSN, where) of the database the service would use; embedded Postgres is started for
-    the checks and stopped after unless it was running already."""
-    if settings.database_url:
-        yield settings.migration_database_url or settings.database_url, "UNIDB_DATABASE_URL"
-        return
+def _embedded(settings: Settings) -> Iterator[str | None]:
+    """The DSN of embedded Postgres, started for the checks and stopped after unless it
+    was running already; None when its cluster does not exist yet (doctor creates none)."""
     from unidb.service.db.embedded import EmbeddedPostgres
 
+    if not (settings.pgdata / "PG_VERSION").is_file():
+        yield None
+        return
     embedded = EmbeddedPostgres(settings.pgdata)
     dsn = embedded.start()
     try:
-        yield dsn, f"embedded in {settings.pgdata}"
+        yield dsn
     finally:
         embedded.stop()
 
@@ -94,21 +115,54 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
+def _server_facts(dsn: str) -> tuple[str, tuple[str | None, str | None] | None]:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        server = conn.execute("SHOW server_version").fetchone()
+        vector = conn.execute(
+            "SELECT default_version, installed_version FROM pg_available_extensions"
+            " WHERE name = 'vector'"
+        ).fetchone()
+    return (str(server[0]) if server else "?"), vector
+
+
 def database_checks(settings: Settings) -> Iterator[Check]:
+    """Postgres as the service logs in (``database_url``, or embedded Postgres), pgvector
+    there, the schema's migration, and the migrating role's login when it is another."""
+    secrets = [settings.database_url or "", settings.migration_database_url or ""]
+    if settings.database_url:
+        yield from _checks_at(settings.database_url, "UNIDB_DATABASE_URL", secrets)
+        if settings.migration_database_url:
+            try:
+                _server_facts(settings.migration_database_url)
+                yield Check("migrations", "ok", "UNIDB_MIGRATION_DATABASE_URL logs in")
+            except Exception as exc:  # noqa: BLE001 (every failure is the check's answer)
+                yield Check("migrations", "fail", f"UNIDB_MIGRATION_DATABASE_URL: "
+                            f"{_reason(exc, secrets)}")  # fmt: skip
+        return
     try:
-        with _database(settings) as (dsn, where):
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-                server = conn.execute("SHOW server_version").fetchone()
-                vector = conn.execute(
-                    "SELECT default_version, installed_version FROM pg_available_extensions"
-                    " WHERE name = 'vector'"
-                ).fetchone()
-            yield Check("postgres", "ok", f"PostgreSQL {server[0] if server else '?'} ({where})")
-            yield _pgvector_check(vector)
-            yield _schema_check(dsn)
-    except Exception as exc:  # noqa: BLE001 (every failure is the check's answer)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        yield Check("postgres", "fail", f"cannot reach the database: {reason}")
+        with _embedded(settings) as dsn:
+            if dsn is None:
+                yield Check("postgres", "warn", f"no cluster in {settings.pgdata} yet: "
+                            "`unidb serve` or `unidb migrate` creates it")  # fmt: skip
+                return
+            yield from _checks_at(dsn, f"embedded in {settings.pgdata}", secrets)
+    except Exception as exc:  # noqa: BLE001
+        yield Check("postgres", "fail", f"embedded Postgres did not start: {_reason(exc, [])}")
+
+
+def _checks_at(dsn: str, where: str, secrets: list[str]) -> Iterator[Check]:
+    try:
+        server, vector = _server_facts(dsn)
+    except Exception as exc:  # noqa: BLE001
+        yield Check("postgres", "fail", f"cannot reach the database ({where}): "
+                    f"{_reason(exc, secrets + [dsn])}")  # fmt: skip
+        return
+    yield Check("postgres", "ok", f"PostgreSQL {server} ({where})")
+    yield _pgvector_check(vector)
+    try:
+        yield _schema_check(dsn)
+    except Exception as exc:  # noqa: BLE001
+        yield Check("schema", "fail", f"cannot read the migration: {_reason(exc, secrets + [dsn])}")
 
 
 def _pgvector_check(row: tuple[str | None, str | None] | None) -> Check:

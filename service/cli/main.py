@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from unidb.errors import UnidbError
 from unidb.service.cli import admin, data, server, tours
 from unidb.service.logs import configure
@@ -20,6 +22,29 @@ def _version() -> str:
         return version("unidb")
     except PackageNotFoundError:
         return "unknown (not installed)"
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--log-level``/``--log-format`` on every subcommand, nested ones too (``unidb keys
+    create --log-level debug``); SUPPRESS keeps a subcommand from overwriting the flag given
+    before it (``unidb --log-level debug serve``)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for command in action.choices.values():
+            command.add_argument(
+                "--log-level",
+                default=argparse.SUPPRESS,
+                choices=["debug", "info", "warning", "error"],
+                help="unidb's own lines (default info); debug lets every library speak",
+            )
+            command.add_argument(
+                "--log-format",
+                default=argparse.SUPPRESS,
+                choices=["text", "json"],
+                help="json: one JSON object per line",
+            )
+            _add_log_flags(command)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,13 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (server, admin, data, tours):
         group.add_commands(commands)
-    # `unidb serve --log-level debug` as well as `unidb --log-level debug serve`; SUPPRESS
-    # keeps a subcommand from overwriting the flag given before it
-    for command in commands.choices.values():
-        command.add_argument(
-            "--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"]
-        )
-        command.add_argument("--log-format", default=argparse.SUPPRESS, choices=["text", "json"])
+    _add_log_flags(parser)
     return parser
 
 
@@ -66,6 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except UnidbError as exc:
         print(f"unidb: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        # a setting out of its bounds: one line naming it, not a traceback
+        for error in exc.errors():
+            name = "UNIDB_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            # the value itself is not echoed: it may be a key or a URL with a password
+            print(f"unidb: {name}: {error['msg']}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ With no ``--data`` it loads unidb's own documentation, shipped inside the packag
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import signal
 import threading
@@ -66,15 +67,27 @@ def beir_corpus(folder: Path, limit: int) -> Corpus:
                   limit, question, frozenset(relevant))  # fmt: skip
 
 
+def _judgments(folder: Path) -> Path:
+    """The test judgments of a BEIR folder, as this project lays them out
+    (``qrels-test.tsv``) or as BEIR's downloads do (``qrels/test.tsv``)."""
+    for candidate in (folder / "qrels-test.tsv", folder / "qrels" / "test.tsv"):
+        if candidate.is_file():
+            return candidate
+    raise InvalidInput(
+        f"{folder} holds no test judgments (qrels-test.tsv or qrels/test.tsv)", field="data"
+    )
+
+
 def _pick_query(folder: Path, loaded: set[str]) -> tuple[str, set[str]]:
+    queries = folder / "queries.jsonl"
+    if not queries.is_file():
+        raise InvalidInput(f"{folder} holds no queries.jsonl (a BEIR folder does)", field="data")
     relevant: dict[str, set[str]] = {}
-    qrels = folder / "qrels-test.tsv"
-    if not qrels.is_file():
-        raise InvalidInput(f"{folder} holds no qrels-test.tsv (a BEIR folder does)", field="data")
-    with qrels.open() as stream:
+    with _judgments(folder).open() as stream:
         for row in csv.DictReader(stream, delimiter="\t"):
-            relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
-    with (folder / "queries.jsonl").open() as stream:
+            if int(row.get("score") or 1) > 0:  # a judgment of 0 says not relevant
+                relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
+    with queries.open() as stream:
         for line in stream:
             query = json.loads(line)
             docs = relevant.get(query["_id"])
@@ -99,6 +112,12 @@ def _first_ids(corpus: Path, count: int) -> list[str]:
 def run(
     settings: Settings, *, data: Path | None, limit: int, keep_serving: bool, log_level: str
 ) -> int:
+    if not _loopback(settings.host):
+        raise InvalidInput(
+            f"the quickstart serves on loopback only, without API keys (--host "
+            f"{settings.host}); `unidb serve` serves other hosts, with keys",
+            field="host",
+        )
     corpus = beir_corpus(data, limit) if data is not None else docs_corpus()
     started = time.monotonic()
     server = uvicorn.Server(
@@ -113,18 +132,17 @@ def run(
     thread = threading.Thread(target=server.run, name="unidb-server", daemon=True)
     thread.start()
     while not server.started:
+        # a port in use or a database that will not start ends the server thread (uvicorn
+        # logs why); initdb and migrations on a slow disk can take a while
         if not thread.is_alive():
             return 1
         time.sleep(0.1)
-    url = f"http://{settings.host}:{settings.port}"
-    print(f"unidb is serving at {url} (embedded Postgres in {settings.pgdata})")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}"
+    where = (
+        "UNIDB_DATABASE_URL" if settings.database_url else f"embedded Postgres in {settings.pgdata}"
+    )
+    print(f"unidb is serving at {url} ({where})")
     try:
         with Client(url) as client:
             _load(client, corpus)
@@ -135,11 +153,32 @@ def run(
         _next_steps(url, corpus)
         if keep_serving:
             print("\nserving until Ctrl-C")
-            stop.wait()
+            _wait_for_a_signal()
     finally:
         server.should_exit = True
         thread.join()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _wait_for_a_signal() -> None:
+    """Until SIGINT or SIGTERM (the tour before it stops on Ctrl-C as any command does)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
 
 
 def _load(client: Client, corpus: Corpus) -> None:
@@ -197,8 +236,8 @@ def _fresh_write(client: Client, corpus: Corpus) -> None:
     seen = bool(hits) and hits[0].id == NOTE_ID
     print(f"   upserted {NOTE_ID!r}: {text}")
     verdict = "found it first" if seen else "did NOT find it first"
-    print(f"   the next query, {elapsed_ms:.0f} ms later, {verdict}: every committed write "
-          "is searchable at once, before the indexes catch up")  # fmt: skip
+    print(f"   the next query ({elapsed_ms:.0f} ms) {verdict}: every committed write is "
+          "searchable at once, before the indexes catch up")  # fmt: skip
     if hits:
         _print_hits(hits[:1], frozenset())
 

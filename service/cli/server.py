@@ -68,7 +68,7 @@ def serve_with_workers(settings: Settings, log_level: str, log_format: LogFormat
     )
     logging.getLogger("unidb").info("answering with %d worker processes", settings.workers)
     uvicorn.run(
-        "unidb.service.api.main:create_app",
+        "unidb.service.api.main:create_worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,
