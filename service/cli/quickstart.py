@@ -8,7 +8,6 @@ With no ``--data`` it loads unidb's own documentation, shipped inside the packag
 from __future__ import annotations
 
 import csv
-import ipaddress
 import json
 import signal
 import threading
@@ -112,10 +111,10 @@ def _first_ids(corpus: Path, count: int) -> list[str]:
 def run(
     settings: Settings, *, data: Path | None, limit: int, keep_serving: bool, log_level: str
 ) -> int:
-    if not _loopback(settings.host):
+    if settings.auth_required:
         raise InvalidInput(
-            f"the quickstart serves on loopback only, without API keys (--host "
-            f"{settings.host}); `unidb serve` serves other hosts, with keys",
+            f"the quickstart serves without API keys, so on loopback only with UNIDB_AUTH "
+            f"auto or off (--host {settings.host}); `unidb serve` serves other hosts, with keys",
             field="host",
         )
     corpus = beir_corpus(data, limit) if data is not None else docs_corpus()
@@ -158,15 +157,6 @@ def run(
         server.should_exit = True
         thread.join()
     return 0
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _wait_for_a_signal() -> None:
